@@ -1,0 +1,56 @@
+# mlgate: `make demo` runs the gateway with its demo models; `make test` runs every check.
+# Both start from nothing: they create the virtual environment and install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+MODELS := models
+CONFIG := configs/demo.yaml
+
+.PHONY: help install models demo test lint typecheck unit load bench proto clean
+
+help:
+	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
+	@echo "make test   - install, then ruff, mypy, hadolint and pytest"
+	@echo "make load   - one minute of load against a running 'make demo', with a report"
+	@echo "make bench  - mlgate vs plain Ray Serve vs FastAPI, side by side (loadtests/README.md)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/mlgate models build-demo $(MODELS)
+
+demo: models
+	$(BIN)/mlgate serve --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+load: install
+	$(BIN)/python -m loadtests.loadgen --url http://127.0.0.1:8000 --model breast-cancer \
+		--mode closed --concurrency 16 --duration 60
+
+bench: models
+	$(BIN)/python -m loadtests.bench_oip --models $(MODELS) --out loadtests/results/bench_oip.md
+
+proto: install
+	bash gateway/proto/generate.sh
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

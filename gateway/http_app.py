@@ -1,0 +1,202 @@
+"""The OIP v2 REST endpoints as a plain ASGI application.
+
+The hot path (``POST .../infer``) is a few dictionary look-ups away from the
+socket: no framework routing, no request objects, one body read, one orjson
+parse, one send. Endpoints other than ``/v2/...`` go to ``fallback`` (the
+FastAPI app that hosts the admin API and its OpenAPI schema), so the framework
+costs nothing where it is not needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.http_codec import decode_infer_request, encode_infer_response, error_body, json_body
+from gateway.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+BINARY_CONTENT_TYPE = b"application/octet-stream"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body arrived; nothing to answer."""
+
+
+class OipHttpApp:
+    def __init__(self, service: InferenceService, max_request_bytes: int, fallback: ASGIApp | None = None) -> None:
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+            if self.fallback is not None:
+                await self.fallback(scope, receive, send)
+                return
+            if scope["type"] != "http":
+                return
+        try:
+            status, headers, body = await self._handle(scope, receive)
+        except ClientDisconnected:
+            return
+        except InferenceError as exc:
+            status, headers, body = _error_response(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, headers, body = 500, list(JSON_HEADERS), error_body("internal server error")
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Response:
+        method: str = scope["method"]
+        parts = scope["path"].rstrip("/").split("/")[2:]  # drop "" and "v2"
+        if len(parts) >= 2 and parts[0] == "models":
+            return await self._model_endpoint(method, parts[1:], scope, receive)
+        service = self.service
+        if not parts:
+            _allow(method, "GET")
+            return _json(200, service.server_metadata())
+        if parts == ["health", "live"]:
+            _allow(method, "GET")
+            return _json(200, {"live": True})
+        if parts == ["health", "ready"]:
+            _allow(method, "GET")
+            ready = service.ready()
+            return _json(200 if ready else 503, {"ready": ready})
+        if parts == ["repository", "index"]:
+            _allow(method, "POST")
+            body = await self._read_body(scope, receive)
+            return _json(200, service.repository_index(ready_only=_index_ready_only(body)))
+        raise NotFound(f"no such endpoint: {method} {scope['path']}")
+
+    async def _model_endpoint(self, method: str, parts: list[str], scope: Scope, receive: Receive) -> Response:
+        model, rest = parts[0], parts[1:]
+        version: str | None = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        service = self.service
+        if rest == ["infer"]:
+            _allow(method, "POST")
+            entry = service.resolve(model, version)  # 404/503 before reading a possibly large body
+            body = await self._read_body(scope, receive)
+            request = decode_infer_request(body, _header_length(scope))
+            result = await service.infer(entry, request.tensors, request.requested_outputs)
+            payload, header_length = encode_infer_response(result, request)
+            if header_length is None:
+                return 200, list(JSON_HEADERS), payload
+            return 200, [(b"content-type", BINARY_CONTENT_TYPE),
+                         (b"inference-header-content-length", str(header_length).encode())], payload
+        if not rest:
+            _allow(method, "GET")
+            return _json(200, service.model_metadata(model, version))
+        if rest == ["ready"]:
+            _allow(method, "GET")
+            ready = service.model_ready(model, version)
+            return _json(200 if ready else 503, {"name": model, "ready": ready})
+        if rest == ["config"]:
+            _allow(method, "GET")
+            return _json(200, service.model_config(model, version))
+        raise NotFound(f"no such endpoint: {method} {scope['path']}")
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_request_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = _header(scope, b"content-encoding")
+        if encoding is not None and encoding not in ("identity", ""):
+            body = _decompress(body, encoding, limit)
+        return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate request bodies (tritonclient's request_compression_algorithm), bounded against bombs."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise BadRequest(f"unsupported Content-Encoding '{encoding}'; use gzip, deflate or identity")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"request body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return out
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1").strip().lower())
+    return None
+
+
+def _header_length(scope: Scope) -> int | None:
+    raw = _header(scope, b"inference-header-content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest(f"Inference-Header-Content-Length must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def _index_ready_only(body: bytes) -> bool:
+    if not body.strip():
+        return False
+    try:
+        doc = orjson.loads(body)
+    except ValueError:
+        raise BadRequest("repository index request body must be JSON") from None
+    ready = doc.get("ready", False) if isinstance(doc, dict) else None
+    if not isinstance(ready, bool):
+        raise BadRequest("repository index request must be a JSON object whose 'ready' is true or false")
+    return ready
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here; use {allowed}")
+
+
+def _json(status: int, doc: Any) -> Response:
+    return status, list(JSON_HEADERS), json_body(doc)
+
+
+def _error_response(exc: InferenceError) -> Response:
+    headers = list(JSON_HEADERS)
+    if exc.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    if isinstance(exc, MethodNotAllowed):
+        headers.append((b"allow", b"GET, POST"))
+    return exc.http_status, headers, error_body(exc.message)

@@ -1,0 +1,144 @@
+"""The Open Inference Protocol operations, independent of HTTP or gRPC.
+
+Both front ends decode their wire format into ``WireTensor``s, call into this
+service, and encode what it returns; validation, version resolution and
+batching therefore behave identically on both protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import BadRequest, Unavailable
+from gateway.registry import ModelRegistry, ServedVersion
+from gateway.tensors import WireTensor, bind_inputs
+from serving.manifest import Manifest, TensorSpec
+
+SERVER_NAME = "mlgate"
+SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository(index)")
+
+
+@dataclass(slots=True)
+class InferResult:
+    version: ServedVersion
+    outputs: dict[str, np.ndarray]
+    specs: list[TensorSpec]
+    """The outputs to return, in order: the requested ones, or all the model declares."""
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry, server_version: str) -> None:
+        self.registry = registry
+        self.server_version = server_version
+        self.started = False
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.started and self.registry.default_versions_ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.server_version, "extensions": list(SERVER_EXTENSIONS)}
+
+    def model_ready(self, model: str, version: str | None) -> bool:
+        return self.registry.get(model, version).ready
+
+    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        entry = self.registry.get(model, version)
+        manifest = _manifest_or_unavailable(entry)
+        versions = [version] if version is not None else [e.version for e in self.registry.versions_of(model)]
+        return {
+            "name": model,
+            "versions": versions,
+            "platform": manifest.platform,
+            "inputs": [_spec_json(s) for s in manifest.inputs],
+            "outputs": [_spec_json(s) for s in manifest.outputs],
+            "parameters": {"device": entry.device or "unknown", "max_batch_rows": manifest.max_batch_rows},
+        }
+
+    def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        """Triton's model-configuration extension, so tritonclient's get_model_config works."""
+        entry = self.registry.get(model, version)
+        manifest = _manifest_or_unavailable(entry)
+
+        def dims(spec: TensorSpec) -> list[int]:
+            return list(spec.shape[1:])
+
+        return {
+            "name": model,
+            "platform": manifest.platform,
+            "backend": "onnxruntime",
+            "max_batch_size": manifest.max_batch_rows,
+            "input": [{"name": s.name, "data_type": f"TYPE_{_triton_type(s.datatype)}", "dims": dims(s)}
+                      for s in manifest.inputs],
+            "output": [{"name": s.name, "data_type": f"TYPE_{_triton_type(s.datatype)}", "dims": dims(s)}
+                       for s in manifest.outputs],
+        }
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        index = []
+        for entry in self.registry.all_versions():
+            if ready_only and not entry.ready:
+                continue
+            item = {"name": entry.model, "version": entry.version, "state": entry.state.value}
+            if entry.reason:
+                item["reason"] = entry.reason
+            index.append(item)
+        return index
+
+    def resolve(self, model: str, version: str | None) -> ServedVersion:
+        """The version that will answer; raises NotFound, or Unavailable when it cannot answer now."""
+        entry = self.registry.get(model, version)
+        if not entry.ready or entry.batcher is None:
+            why = f": {entry.reason}" if entry.reason else " (still loading)"
+            raise Unavailable(f"{entry.label} is not ready{why}", retry_after_s=1.0)
+        return entry
+
+    async def infer(
+        self, entry: ServedVersion, tensors: Sequence[WireTensor], requested: Sequence[str] | None
+    ) -> InferResult:
+        manifest = _manifest_or_unavailable(entry)
+        specs = select_outputs(entry, manifest, requested)
+        inputs, rows = bind_inputs(
+            entry.label, manifest.inputs, tensors,
+            max_rows=manifest.max_batch_rows, allow_non_finite=manifest.allow_non_finite,
+        )
+        assert entry.batcher is not None  # resolve() checked readiness
+        outputs = await entry.batcher.submit(inputs, rows)
+        return InferResult(entry, outputs, specs)
+
+
+def select_outputs(entry: ServedVersion, manifest: Manifest, requested: Sequence[str] | None) -> list[TensorSpec]:
+    if requested is None:
+        return list(manifest.outputs)
+    specs: list[TensorSpec] = []
+    seen: set[str] = set()
+    for name in requested:
+        spec = manifest.output(name)
+        if spec is None:
+            known = ", ".join(s.name for s in manifest.outputs)
+            raise BadRequest(f"unknown output '{name}' for {entry.label}; it has outputs: {known}")
+        if name in seen:
+            raise BadRequest(f"output '{name}' is requested more than once")
+        seen.add(name)
+        specs.append(spec)
+    return specs
+
+
+def _manifest_or_unavailable(entry: ServedVersion) -> Manifest:
+    if entry.manifest is None:
+        raise Unavailable(f"{entry.label} cannot be served: {entry.reason}")
+    return entry.manifest
+
+
+def _spec_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _triton_type(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype

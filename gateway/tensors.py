@@ -1,0 +1,215 @@
+"""Turn wire tensors into validated numpy arrays bound to a model's inputs.
+
+Two layers, kept apart on purpose:
+
+* decoding (``array_from_json``, ``array_from_buffer``) checks that a tensor is
+  self-consistent — its data really has the datatype and element count its
+  header claims — and is shared by the JSON, binary and protobuf front ends;
+* binding (``bind_inputs``) checks the tensors against what one model version
+  declares in its manifest: names, datatypes, shapes, row counts, finiteness.
+
+Every failure is a ``BadRequest`` whose message names the tensor and says what
+was expected, because the caller must be able to fix the request from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.datatypes import NUMPY_DTYPES, deserialize_bytes_tensor, is_float
+from gateway.errors import BadRequest
+from serving.manifest import TensorSpec
+
+MAX_DIMS = 8
+
+
+@dataclass(slots=True)
+class WireTensor:
+    """A decoded tensor as the client sent it, before it is checked against a model."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+
+
+def parse_shape(name: str, raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_DIMS:
+        raise BadRequest(f"input '{name}': shape must be a list of 1 to {MAX_DIMS} non-negative integers, got {raw!r}")
+    for dim in raw:
+        if type(dim) is not int or dim < 0:
+            raise BadRequest(f"input '{name}': shape must hold non-negative integers, got {raw!r}")
+    return tuple(raw)
+
+
+def check_datatype(name: str, datatype: Any) -> str:
+    if datatype not in NUMPY_DTYPES:
+        known = ", ".join(NUMPY_DTYPES)
+        raise BadRequest(f"input '{name}': unknown datatype {datatype!r}; expected one of {known}")
+    return str(datatype)
+
+
+def _element_count(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """Decode the JSON ``data`` of one tensor (flat or nested, row-major) into an array of ``shape``."""
+    count = _element_count(shape)
+    array = _bytes_from_json(name, data) if datatype == "BYTES" else _numbers_from_json(name, datatype, data)
+    if array.size != count:
+        raise BadRequest(
+            f"input '{name}': shape {list(shape)} needs {count} elements but data has {array.size}"
+        )
+    if array.ndim > 1 and array.shape != shape:
+        raise BadRequest(
+            f"input '{name}': nested data has shape {list(array.shape)} but the tensor declares {list(shape)}"
+        )
+    return array.reshape(shape)
+
+
+def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        parsed = np.asarray(data)
+    except ValueError:
+        raise BadRequest(f"input '{name}': nested data is ragged (rows of different lengths)") from None
+    target = NUMPY_DTYPES[datatype]
+    kind = parsed.dtype.kind
+    if parsed.size == 0:
+        return parsed.astype(target)
+    if datatype == "BOOL":
+        if kind != "b":
+            raise BadRequest(f"input '{name}': BOOL data must be true/false, got {_describe_kind(kind)}")
+    elif target.kind in "iu":
+        if kind not in "iu":
+            raise BadRequest(f"input '{name}': {datatype} data must be integers, got {_describe_kind(kind)}")
+        info = np.iinfo(target)
+        low, high = parsed.min(), parsed.max()
+        if low < info.min or high > info.max:
+            raise BadRequest(
+                f"input '{name}': value out of range for {datatype} [{info.min}, {info.max}]: "
+                f"{low if low < info.min else high}"
+            )
+    elif kind not in "iuf":
+        raise BadRequest(f"input '{name}': {datatype} data must be numbers, got {_describe_kind(kind)}")
+    return parsed.astype(target, copy=False)
+
+
+def _describe_kind(kind: str) -> str:
+    return {"b": "booleans", "U": "strings", "S": "strings", "O": "mixed or non-numeric values",
+            "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(kind, "other values")
+
+
+def _bytes_from_json(name: str, data: Any) -> np.ndarray:
+    flat: list[bytes] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, list):
+            for sub in item:
+                walk(sub)
+        elif isinstance(item, str):
+            flat.append(item.encode("utf-8"))
+        else:
+            raise BadRequest(f"input '{name}': BYTES data must be strings, got {type(item).__name__}")
+
+    walk(data)
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out
+
+
+def array_from_buffer(name: str, datatype: str, shape: tuple[int, ...], buffer: memoryview) -> np.ndarray:
+    """View raw little-endian tensor bytes (binary extension or gRPC raw contents) as an array, without a copy."""
+    count = _element_count(shape)
+    if datatype == "BYTES":
+        try:
+            return deserialize_bytes_tensor(buffer, count).reshape(shape)
+        except ValueError as exc:
+            raise BadRequest(f"input '{name}': {exc}") from None
+    dtype = NUMPY_DTYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise BadRequest(
+            f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes but {len(buffer)} were sent"
+        )
+    if datatype == "BOOL":
+        raw = np.frombuffer(buffer, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise BadRequest(f"input '{name}': BOOL bytes must be 0 or 1")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def bind_inputs(
+    model_label: str,
+    specs: Sequence[TensorSpec],
+    tensors: Sequence[WireTensor],
+    *,
+    max_rows: int,
+    allow_non_finite: bool,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Check decoded tensors against a model's inputs; return them by name with the request's row count."""
+    by_name: dict[str, WireTensor] = {}
+    for tensor in tensors:
+        if tensor.name in by_name:
+            raise BadRequest(f"input '{tensor.name}' is given more than once")
+        by_name[tensor.name] = tensor
+    expected = {spec.name for spec in specs}
+    for name in by_name:
+        if name not in expected:
+            raise BadRequest(
+                f"unknown input '{name}' for {model_label}; expected inputs: {', '.join(sorted(expected))}"
+            )
+    bound: dict[str, np.ndarray] = {}
+    rows = -1
+    for spec in specs:
+        found = by_name.get(spec.name)
+        if found is None:
+            raise BadRequest(f"missing input '{spec.name}' ({spec.datatype} {list(spec.shape)}) for {model_label}")
+        tensor = found
+        _check_against_spec(model_label, spec, tensor)
+        if rows not in (-1, tensor.shape[0]):
+            raise BadRequest(
+                f"inputs disagree on the number of rows: '{spec.name}' has {tensor.shape[0]}, others have {rows}"
+            )
+        rows = tensor.shape[0]
+        if not allow_non_finite and is_float(spec.datatype):
+            _check_finite(model_label, spec.name, tensor.array)
+        bound[spec.name] = tensor.array
+    if rows == 0:
+        raise BadRequest("the request has no rows (first dimension is 0)")
+    if rows > max_rows:
+        raise BadRequest(f"the request has {rows} rows; {model_label} takes at most {max_rows} per request")
+    return bound, rows
+
+
+def _check_against_spec(model_label: str, spec: TensorSpec, tensor: WireTensor) -> None:
+    if tensor.datatype != spec.datatype:
+        raise BadRequest(
+            f"input '{spec.name}' has datatype {tensor.datatype}; {model_label} expects {spec.datatype}"
+        )
+    shape = tensor.shape
+    fits = len(shape) == len(spec.shape) and all(want in (-1, got) for want, got in zip(spec.shape, shape, strict=True))
+    if not fits:
+        hint = ""
+        if len(spec.shape) == 2 and spec.shape[1] > 0 and len(shape) == 2:
+            hint = f" ({spec.shape[1]} features per row, got {shape[1]})"
+        raise BadRequest(
+            f"input '{spec.name}' has shape {list(shape)}; {model_label} expects {list(spec.shape)}{hint}"
+        )
+
+
+def _check_finite(model_label: str, name: str, array: np.ndarray) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        where = np.unravel_index(int(np.argmin(finite)), array.shape)
+        raise BadRequest(
+            f"input '{name}' holds a non-finite value (NaN or infinity) at index {list(map(int, where))}; "
+            f"{model_label} accepts finite values only"
+        )

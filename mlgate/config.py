@@ -1,0 +1,136 @@
+"""The one YAML configuration file, validated by pydantic.
+
+Every field has a default and a description, so an empty file is a valid
+configuration and ``mlgate config check FILE`` can point at the exact field
+that is wrong. Per-model settings override the global defaults field by field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Address both servers bind to.")
+    http_port: int = Field(8000, ge=0, le=65535, description="OIP HTTP/REST port (0 = pick a free one).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="OIP gRPC port (0 = pick a free one).")
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="How long in-flight requests may finish on SIGTERM."
+    )
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(
+        None, description="Address of an existing Ray cluster to join; unset starts a local Ray in-process."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs a locally started Ray may use (default: all).")
+    object_store_bytes: int | None = Field(
+        256 * 1024 * 1024, ge=78643200, description="Object store size of a locally started Ray."
+    )
+
+
+class BatchingConfig(_Strict):
+    max_batch_rows: int = Field(
+        256, ge=1, description="Most rows one Ray call carries (capped by the model's own maximum)."
+    )
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "How long a partial batch may wait for more requests while a replica slot is free. "
+            "0 = work-conserving: dispatch whenever a slot is free, so a lone request never waits; "
+            "batches still form under load while slots are busy."
+        ),
+    )
+    max_inflight_batches: int = Field(
+        2, ge=1, description="Batches in flight per replica (2 overlaps one batch's transfer with another's compute)."
+    )
+
+
+class DeploymentConfig(_Strict):
+    replicas: int = Field(1, ge=1, description="Ray Serve replicas of each model version.")
+    num_cpus: float = Field(
+        0.5, gt=0, description="Ray CPUs reserved per replica; ONNX Runtime threads = max(1, floor(num_cpus))."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when Ray sees a GPU, CPU otherwise."
+    )
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="How long a version may take to become ready before it is marked unavailable."
+    )
+
+
+class ModelConfig(_Strict):
+    champion: str | None = Field(
+        None, description="Version that answers unversioned requests (default: highest ready version)."
+    )
+    versions: list[str] | None = Field(None, description="Versions to serve (default: every version in the repository).")
+    batching: BatchingConfig | None = None
+    deployment: DeploymentConfig | None = None
+
+
+class MlgateConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    ray: RayConfig = RayConfig()
+    repository: Path = Field(
+        Path("models"), description="Model repository root (MODEL/VERSION/model.onnx + manifest.json)."
+    )
+    batching: BatchingConfig = BatchingConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+    models: dict[str, ModelConfig] = Field(default_factory=dict, description="Per-model overrides, by model name.")
+
+    @model_validator(mode="after")
+    def _champion_is_served(self) -> MlgateConfig:
+        for name, model in self.models.items():
+            if model.champion and model.versions is not None and model.champion not in model.versions:
+                raise ValueError(f"models.{name}: champion {model.champion!r} is not in versions {model.versions}")
+        return self
+
+    def batching_for(self, model: str) -> BatchingConfig:
+        override = self.models.get(model)
+        return override.batching if override and override.batching else self.batching
+
+    def deployment_for(self, model: str) -> DeploymentConfig:
+        override = self.models.get(model)
+        return override.deployment if override and override.deployment else self.deployment
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message lists every problem with its location."""
+
+
+def load_config(path: Path) -> MlgateConfig:
+    """Read and validate a config file. Relative repository paths resolve against the file's folder."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        config = MlgateConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {exc.error_count()} problem(s):"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc
+    if not config.repository.is_absolute():
+        config = config.model_copy(update={"repository": (path.parent / config.repository).resolve()})
+    return config

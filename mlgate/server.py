@@ -1,0 +1,189 @@
+"""Composition root: wire the repository, Ray Serve, the batchers and both front ends.
+
+Order of start-up, chosen so that probes tell the truth at every moment:
+Ray and Serve start first (synchronously, in the main thread, as ray.init
+expects); then the HTTP and gRPC servers listen, answering live=true and
+ready=false; then every model version deploys in parallel and becomes ready
+(or unavailable, with the reason) on its own; the server turns ready when
+every model's default version is. SIGTERM/SIGINT stop intake, let in-flight
+requests finish within the grace period, then shut Serve (and a Ray this
+process started) down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+from gateway.grpc_server import build_grpc_server
+
+from gateway.batcher import Batcher, BatchPolicy
+from gateway.http_app import OipHttpApp
+from gateway.registry import ModelRegistry, ServedVersion, VersionState
+from gateway.service import InferenceService
+from mlgate import __version__
+from mlgate.config import MlgateConfig
+from serving.ray_backend import RayServeBackend, ReplicaSettings
+from serving.repository import RepositoryEntry, scan_repository
+
+log = logging.getLogger("mlgate")
+
+
+def select_entries(config: MlgateConfig, entries: list[RepositoryEntry]) -> list[RepositoryEntry]:
+    """The repository's versions minus those the config leaves out."""
+    chosen = []
+    for entry in entries:
+        wanted = config.models.get(entry.model)
+        if wanted is not None and wanted.versions is not None and entry.version not in wanted.versions:
+            continue
+        chosen.append(entry)
+    return chosen
+
+
+def build_registry(config: MlgateConfig, entries: list[RepositoryEntry]) -> ModelRegistry:
+    registry = ModelRegistry(champions={name: m.champion for name, m in config.models.items()})
+    for entry in entries:
+        served = ServedVersion(entry.model, entry.version, entry.manifest)
+        if entry.error:
+            served.mark_unavailable(entry.error)
+            log.error("refusing %s: %s", served.label, entry.error)
+        registry.add(served)
+    for name, model in config.models.items():
+        if name not in registry.versions:
+            log.warning("config names model '%s' but the repository has no servable version of it", name)
+        elif model.champion and model.champion not in registry.versions[name]:
+            log.error("model '%s': champion version '%s' is not in the repository", name, model.champion)
+    return registry
+
+
+def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
+    batching = config.batching_for(entry.model)
+    replicas = config.deployment_for(entry.model).replicas
+    model_max = entry.manifest.max_batch_rows if entry.manifest else batching.max_batch_rows
+    return BatchPolicy(
+        max_batch_rows=min(batching.max_batch_rows, model_max),
+        max_wait_s=batching.max_wait_ms / 1000.0,
+        max_inflight=batching.max_inflight_batches * replicas,
+    )
+
+
+def replica_settings(config: MlgateConfig, model: str) -> ReplicaSettings:
+    deployment = config.deployment_for(model)
+    return ReplicaSettings(
+        replicas=deployment.replicas,
+        num_cpus=deployment.num_cpus,
+        device=deployment.device,
+        max_ongoing_requests=config.batching_for(model).max_inflight_batches + 1,
+    )
+
+
+@dataclass
+class Gateway:
+    config: MlgateConfig
+    backend: RayServeBackend
+    registry: ModelRegistry
+    service: InferenceService
+    entries: list[RepositoryEntry]
+
+    async def load_models(self) -> None:
+        servable = [e for e in self.entries if e.error is None]
+        settings = {e.model: replica_settings(self.config, e.model) for e in servable}
+        await asyncio.to_thread(self.backend.deploy, servable, settings)
+        await asyncio.gather(*(self._load_one(e) for e in servable))
+        self.service.started = True
+        states = {e.label: e.state.value for e in self.registry.all_versions()}
+        log.info("models loaded: %s; server ready: %s", states, self.service.ready())
+
+    async def _load_one(self, entry: RepositoryEntry) -> None:
+        served = self.registry.get(entry.model, entry.version)
+        timeout = self.config.deployment_for(entry.model).startup_timeout_s
+        try:
+            deployed = await self.backend.wait_ready(entry.model, entry.version, timeout)
+        except Exception as exc:
+            served.mark_unavailable(str(exc))
+            log.error("%s is unavailable: %s", served.label, exc)
+            return
+        batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served))
+        served.mark_ready(batcher, deployed.device)
+        log.info("%s ready on %s", served.label, deployed.device)
+
+    async def drain(self) -> None:
+        batchers = [e.batcher for e in self.registry.all_versions() if e.batcher is not None]
+        await asyncio.gather(*(b.drain() for b in batchers))
+
+
+class _QuietUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway shuts everything down in order itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def create_gateway(config: MlgateConfig) -> Gateway:
+    entries = select_entries(config, scan_repository(config.repository))
+    registry = build_registry(config, entries)
+    service = InferenceService(registry, __version__)
+    backend = RayServeBackend(config.ray.address, config.ray.num_cpus, config.ray.object_store_bytes)
+    return Gateway(config, backend, registry, service, entries)
+
+
+async def serve_forever(gateway: Gateway) -> None:
+    config = gateway.config.server
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    http = _QuietUvicorn(uvicorn.Config(
+        OipHttpApp(gateway.service, config.max_request_bytes),
+        host=config.host, port=config.http_port, http="httptools", lifespan="off",
+        access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
+    ))
+    grpc_server, grpc_port = build_grpc_server(gateway.service, config.host, config.grpc_port,
+                                               config.grpc_max_message_bytes)
+    await grpc_server.start()
+    http_task = asyncio.create_task(http.serve())
+    while not http.started:
+        if http_task.done():
+            await grpc_server.stop(0)
+            raise RuntimeError(f"HTTP server could not start on {config.host}:{config.http_port}")
+        await asyncio.sleep(0.01)
+    http_port = http.servers[0].sockets[0].getsockname()[1]
+    log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port)
+
+    load_task = asyncio.create_task(gateway.load_models())
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (grace %.1f s)", config.shutdown_grace_s)
+    load_task.cancel()
+    http.should_exit = True
+    await asyncio.gather(
+        grpc_server.stop(config.shutdown_grace_s),
+        asyncio.wait_for(gateway.drain(), timeout=config.shutdown_grace_s + 1),
+        http_task,
+        return_exceptions=True,
+    )
+
+
+def run(config: MlgateConfig) -> None:
+    """Start Ray and Serve, serve until a signal, then shut everything down."""
+    import uvloop
+
+    gateway = create_gateway(config)
+    log.info("starting Ray %s", f"(joining {config.ray.address})" if config.ray.address else "(local)")
+    gateway.backend.start()
+    try:
+        uvloop.run(serve_forever(gateway))
+    finally:
+        gateway.backend.shutdown()
+        log.info("stopped")
+
+
+__all__ = ["Gateway", "VersionState", "create_gateway", "run"]

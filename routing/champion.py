@@ -1,0 +1,26 @@
+"""Which version answers a request that names no version.
+
+The routing issue replaces this with weighted splits; the rule here is the one
+every later policy falls back to: the configured champion, else the newest
+ready version. A configured champion that is not ready is still returned, so
+the caller gets "not ready" rather than an answer from a version nobody chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def pick_default_version(champion: str | None, versions: Iterable[tuple[str, bool]]) -> str | None:
+    """``versions`` are (version, ready) pairs; returns None only when there are no versions at all."""
+    ordered = sorted(versions, key=lambda item: version_sort_key(item[0]))
+    if champion is not None:
+        return champion
+    ready = [v for v, is_ready in ordered if is_ready]
+    if ready:
+        return ready[-1]
+    return ordered[-1][0] if ordered else None
+
+
+def version_sort_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)

@@ -1,0 +1,49 @@
+"""The Ray Serve deployment that runs one model version with ONNX Runtime.
+
+A replica receives a whole batch (named numpy arrays) per call and returns
+named numpy arrays: the gateway has already decoded and grouped requests, so
+the replica does nothing but verify, load once and run. It re-checks the model
+file's SHA-256 itself, because the file it opens may not be the file the
+gateway checked (another node, or a file swapped in between).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.device import Device, choose_providers, device_of
+from serving.repository import verify_model_file
+
+
+class OnnxModel:
+    """One replica: an ONNX Runtime session sized to the CPUs Ray gave it."""
+
+    def __init__(self, model_path: str, sha256: str, device: Device, num_cpus: float) -> None:
+        from pathlib import Path
+
+        import ray
+
+        verify_model_file(Path(model_path), sha256)
+        gpus = len(ray.get_gpu_ids()) if ray.is_initialized() else 0
+        providers = choose_providers(device, gpus, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, math.floor(num_cpus))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._device = device_of(self._session.get_providers())
+        self._pid = os.getpid()
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, outputs, strict=True))
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": self._device, "providers": self._session.get_providers(), "pid": self._pid}

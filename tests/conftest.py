@@ -1,0 +1,166 @@
+"""Shared fixtures: the demo model repository and one real running gateway per test session.
+
+The gateway is the real thing — ``mlgate serve`` in a subprocess with a local
+Ray, Ray Serve deployments and ONNX Runtime — because the behaviour under test
+(batching across the Ray hop, readiness, error mapping) lives in how those
+parts meet. It starts once per session (~20-40 s on 2 cores) and is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TAMPERED_VERSION = "9"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _demo_source_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "serving").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def demo_repository() -> Path:
+    """The demo repository, built once and cached under build/ keyed by the builder's source."""
+    from serving.demo_models import build_demo_repository
+
+    root = ROOT / "build" / f"test-models-{_demo_source_digest()}"
+    entries = build_demo_repository(root)
+    assert all(e.error is None for e in entries), [e.error for e in entries]
+    return root
+
+
+@pytest.fixture(scope="session")
+def served_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo repository plus ``breast-cancer/9``: a copy of version 1 whose model file was tampered with."""
+    root = tmp_path_factory.mktemp("served-repo") / "models"
+    shutil.copytree(demo_repository, root)
+    tampered = root / "breast-cancer" / TAMPERED_VERSION
+    shutil.copytree(root / "breast-cancer" / "1", tampered)
+    manifest = (tampered / "manifest.json").read_text().replace('"version": "1"', f'"version": "{TAMPERED_VERSION}"')
+    (tampered / "manifest.json").write_text(manifest)
+    model = bytearray((tampered / "model.onnx").read_bytes())
+    model[len(model) // 2] ^= 0xFF
+    (tampered / "model.onnx").write_bytes(bytes(model))
+    return root
+
+
+@dataclass
+class RunningGateway:
+    http_url: str
+    grpc_url: str
+    repository: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_ready(gateway: RunningGateway, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"mlgate exited with {gateway.process.returncode}:\n{gateway.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://{gateway.http_url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"mlgate not ready after {timeout_s} s:\n{gateway.log_tail()}")
+
+
+def start_gateway(config_text: str, workdir: Path, http_port: int, grpc_port: int, repository: Path) -> RunningGateway:
+    config = workdir / "mlgate.yaml"
+    config.write_text(config_text)
+    log_path = workdir / "mlgate.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlgate.cli", "serve", "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True,
+        )
+    gateway = RunningGateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", repository, process, log_path)
+    try:
+        _wait_ready(gateway, timeout_s=240)
+    except BaseException:
+        stop_gateway(gateway)
+        raise
+    return gateway
+
+
+def stop_gateway(gateway: RunningGateway) -> None:
+    """SIGTERM the gateway's process group (it shuts Ray down itself), SIGKILL what is left."""
+    try:
+        os.killpg(gateway.process.pid, signal.SIGTERM)
+        gateway.process.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(gateway.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def gateway(served_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    workdir = tmp_path_factory.mktemp("gateway")
+    http_port, grpc_port = free_port(), free_port()
+    config = f"""
+server: {{host: 127.0.0.1, http_port: {http_port}, grpc_port: {grpc_port}, max_request_bytes: 1048576}}
+ray: {{num_cpus: 2}}
+repository: {served_repository}
+models:
+  breast-cancer: {{champion: "1"}}
+batching: {{max_batch_rows: 128}}
+"""
+    running = start_gateway(config, workdir, http_port, grpc_port, served_repository)
+    yield running
+    stop_gateway(running)
+
+
+@pytest.fixture(scope="session")
+def dataset() -> np.ndarray:
+    """The 569 x 30 breast-cancer feature rows, float32, as clients send them."""
+    from sklearn.datasets import load_breast_cancer
+
+    return np.asarray(load_breast_cancer().data, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(served_repository: Path, dataset: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """ONNX Runtime run directly on every dataset row, per version: what the gateway must return."""
+    import onnxruntime as ort
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for version in ("1", "2", "3"):
+        path = served_repository / "breast-cancer" / version / "model.onnx"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        out[version] = dict(zip(names, session.run(names, {"features": dataset}), strict=True))
+    return out

@@ -1,0 +1,177 @@
+"""Every kind of bad input gets the right status and a message that says what to fix; the server keeps serving."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from tests.conftest import TAMPERED_VERSION, RunningGateway
+
+INFER = "/v2/models/breast-cancer/infer"
+
+
+@pytest.fixture(scope="module")
+def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://{gateway.http_url}", timeout=30) as client:
+        yield client
+
+
+def _body(data: Any = None, *, name: str = "features", datatype: str = "FP32",
+          shape: list[int] | None = None) -> dict[str, Any]:
+    data = [0.5] * 30 if data is None else data
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": shape or [1, 30], "data": data}]}
+
+
+def _assert_error(response: httpx.Response, status: int, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    message = response.json()["error"]
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "Traceback" not in response.text
+
+
+def _binary_request(array: np.ndarray, declared_size: int | None = None,
+                    header_length_delta: int = 0) -> tuple[bytes, dict[str, str]]:
+    raw = array.astype("<f4").tobytes()
+    header = orjson.dumps({"inputs": [{
+        "name": "features", "datatype": "FP32", "shape": list(array.shape),
+        "parameters": {"binary_data_size": len(raw) if declared_size is None else declared_size},
+    }]})
+    headers = {"Inference-Header-Content-Length": str(len(header) + header_length_delta),
+               "Content-Type": "application/octet-stream"}
+    return header + raw, headers
+
+
+@pytest.fixture(autouse=True)
+def still_serving_afterwards(http: httpx.Client) -> Iterator[None]:
+    """After every bad request, a good one still gets its answer."""
+    yield
+    response = http.post(INFER, json=_body())
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "1"
+
+
+def test_malformed_json(http: httpx.Client) -> None:
+    response = http.post(INFER, content=b'{"inputs": [', headers={"Content-Type": "application/json"})
+    _assert_error(response, 400, "not valid JSON")
+
+
+def test_body_that_is_not_an_object(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json=[1, 2, 3]), 400, "must be a JSON object")
+
+
+def test_missing_inputs(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json={"inputs": []}), 400, "'inputs' must be a non-empty list")
+
+
+def test_wrong_tensor_name(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json=_body(name="feats")), 400, "unknown input 'feats'", "expected inputs: features")
+
+
+def test_wrong_datatype(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json=_body(datatype="FP64")), 400, "datatype FP64", "expects FP32")
+
+
+def test_unknown_datatype(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json=_body(datatype="FLOAT")), 400, "unknown datatype 'FLOAT'")
+
+
+def test_shape_does_not_match_data_length(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json=_body(data=[0.5] * 29)), 400, "needs 30 elements but data has 29")
+
+
+def test_wrong_feature_count(http: httpx.Client) -> None:
+    response = http.post(INFER, json=_body(data=[0.5] * 29, shape=[1, 29]))
+    _assert_error(response, 400, "shape [1, 29]", "expects [-1, 30]", "30 features per row, got 29")
+
+
+def test_strings_where_numbers_belong(http: httpx.Client) -> None:
+    _assert_error(http.post(INFER, json=_body(data=["x"] * 30)), 400, "FP32 data must be numbers, got strings")
+
+
+def test_ragged_nested_data(http: httpx.Client) -> None:
+    response = http.post(INFER, json=_body(data=[[0.5] * 30, [0.5] * 29], shape=[2, 30]))
+    _assert_error(response, 400, "ragged")
+
+
+def test_too_many_rows_for_the_model(http: httpx.Client) -> None:
+    response = http.post(INFER, json=_body(data=[0.5] * 30 * 1025, shape=[1025, 30]))
+    _assert_error(response, 400, "1025 rows", "at most 1024")
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_values(http: httpx.Client, literal: str) -> None:
+    values = ", ".join(["0.5"] * 7 + [literal] + ["0.5"] * 22)
+    raw = f'{{"inputs": [{{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": [{values}]}}]}}'
+    response = http.post(INFER, content=raw.encode(), headers={"Content-Type": "application/json"})
+    _assert_error(response, 400, "non-finite", "index [0, 7]", "finite values only")
+
+
+def test_non_finite_binary_values(http: httpx.Client) -> None:
+    rows = np.full((2, 30), 0.5, dtype=np.float32)
+    rows[1, 3] = math.nan
+    body, headers = _binary_request(rows)
+    _assert_error(http.post(INFER, content=body, headers=headers), 400, "non-finite", "index [1, 3]")
+
+
+def test_body_over_the_size_limit(http: httpx.Client) -> None:
+    oversized = b'{"inputs": []}' + b" " * (1024 * 1024)
+    response = http.post(INFER, content=oversized, headers={"Content-Type": "application/json"})
+    _assert_error(response, 413, "exceeds the limit of 1048576 bytes")
+
+
+def test_unknown_model(http: httpx.Client) -> None:
+    response = http.post("/v2/models/no-such-model/infer", json=_body())
+    _assert_error(response, 404, "unknown model 'no-such-model'", "breast-cancer")
+
+
+def test_unknown_version(http: httpx.Client) -> None:
+    response = http.post("/v2/models/breast-cancer/versions/77/infer", json=_body())
+    _assert_error(response, 404, "no version '77'", "versions: 1, 2, 3")
+
+
+def test_unknown_model_metadata(http: httpx.Client) -> None:
+    _assert_error(http.get("/v2/models/no-such-model"), 404, "unknown model 'no-such-model'")
+
+
+def test_unavailable_version(http: httpx.Client) -> None:
+    response = http.post(f"/v2/models/breast-cancer/versions/{TAMPERED_VERSION}/infer", json=_body())
+    _assert_error(response, 503, "not ready", "SHA-256")
+    assert response.headers["retry-after"] == "1"
+
+
+def test_binary_header_length_beyond_body(http: httpx.Client) -> None:
+    body, headers = _binary_request(np.ones((1, 30), np.float32), header_length_delta=10_000)
+    _assert_error(http.post(INFER, content=body, headers=headers), 400,
+                  "Inference-Header-Content-Length", "only")
+
+
+def test_binary_size_beyond_body(http: httpx.Client) -> None:
+    body, headers = _binary_request(np.ones((1, 30), np.float32), declared_size=240)
+    _assert_error(http.post(INFER, content=body, headers=headers), 400, "binary_data_size 240 runs past the end")
+
+
+def test_binary_size_not_matching_shape(http: httpx.Client) -> None:
+    body, headers = _binary_request(np.ones((1, 30), np.float32), declared_size=60)
+    _assert_error(http.post(INFER, content=body, headers=headers), 400, "needs 120 bytes but 60 were sent")
+
+
+def test_unknown_requested_output(http: httpx.Client) -> None:
+    body = {**_body(), "outputs": [{"name": "logits"}]}
+    _assert_error(http.post(INFER, json=body), 400, "unknown output 'logits'", "probabilities, label")
+
+
+def test_wrong_method(http: httpx.Client) -> None:
+    response = http.get(INFER)
+    _assert_error(response, 405, "use POST")
+
+
+def test_unknown_endpoint(http: httpx.Client) -> None:
+    _assert_error(http.get("/v2/nothing/here"), 404, "no such endpoint")
