@@ -8,6 +8,7 @@ parts meet. It starts once per session (~20-40 s on 2 cores) and is shared.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -116,15 +117,11 @@ def start_gateway(config_text: str, workdir: Path, http_port: int, grpc_port: in
 
 def stop_gateway(gateway: RunningGateway) -> None:
     """SIGTERM the gateway's process group (it shuts Ray down itself), SIGKILL what is left."""
-    try:
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(gateway.process.pid, signal.SIGTERM)
         gateway.process.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(gateway.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="session")

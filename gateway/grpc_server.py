@@ -1,0 +1,450 @@
+"""The Open Inference Protocol over gRPC (KServe v2 / Triton ``GRPCInferenceService``).
+
+Two layers, kept apart so the codec can be tested without a server:
+
+* the codec (``decode_infer_request``, ``encode_infer_response``) turns
+  protobuf messages into ``WireTensor``s and an ``InferResult`` back into a
+  ``ModelInferResponse``; it is pure and raises ``BadRequest`` with messages
+  that name the tensor and say what was expected;
+* the servicer maps each RPC onto ``InferenceService`` — the same validation,
+  version resolution and batching as the HTTP front end — and every
+  ``InferenceError`` onto its gRPC status code.
+
+Tensor data comes either as ``raw_input_contents`` (what tritonclient sends:
+one little-endian blob per input, viewed in place with ``np.frombuffer``) or
+as the typed ``contents`` fields; a request uses one or the other. The
+response mirrors the request: raw in, raw out (tritonclient reads only
+``raw_output_contents``), typed in, typed out — except that FP16 has no typed
+field, so a response holding FP16 is always raw.
+
+The server is a ``grpc.aio`` server; it runs on the same asyncio loop as the
+HTTP server, so both front ends feed the same batchers without threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, Final, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+
+from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
+from gateway.errors import BadRequest, DeadlineExceeded, InferenceError
+from gateway.proto import grpc_service_pb2 as pb
+from gateway.proto import grpc_service_pb2_grpc as pb_grpc
+from gateway.service import InferenceService, InferResult
+from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+TYPED_FIELD: Final[dict[str, str]] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+"""The ``InferTensorContents`` field that carries each OIP datatype; FP16 has none (raw only)."""
+
+_WIRE_DTYPE: Final[dict[str, np.dtype]] = {
+    "int_contents": np.dtype(np.int32),
+    "uint_contents": np.dtype(np.uint32),
+}
+"""Typed fields wider than the datatypes they carry: decode at field width, then range-check and narrow."""
+
+_UNSUPPORTED_PARAMETERS: Final[tuple[str, ...]] = ("shared_memory_region", "shared_memory_byte_size")
+
+
+# --------------------------------------------------------------------------- codec (pure)
+
+
+@dataclass(slots=True)
+class GrpcInferRequest:
+    """A decoded ``ModelInferRequest``: what ``InferenceService.infer`` needs, plus how to answer."""
+
+    model: str
+    version: str | None
+    id: str
+    tensors: list[WireTensor]
+    requested_outputs: list[str] | None
+    raw: bool
+    """True when the inputs came as ``raw_input_contents``; the outputs then go back raw too."""
+
+
+def decode_infer_request(request: pb.ModelInferRequest) -> GrpcInferRequest:
+    """Decode the inputs and requested outputs of one request; BadRequest on anything malformed."""
+    raw = len(request.raw_input_contents) > 0
+    tensors = decode_raw_inputs(request) if raw else decode_typed_inputs(request)
+    return GrpcInferRequest(
+        model=request.model_name,
+        version=request.model_version or None,
+        id=request.id,
+        tensors=tensors,
+        requested_outputs=requested_outputs(request),
+        raw=raw,
+    )
+
+
+def decode_raw_inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
+    """Inputs whose data is in ``raw_input_contents``, one blob per input in order, viewed without a copy."""
+    blobs = request.raw_input_contents
+    if len(blobs) != len(request.inputs):
+        raise BadRequest(
+            f"raw_input_contents has {len(blobs)} entries but the request has {len(request.inputs)} inputs; "
+            "raw contents must hold exactly one entry per input, in order"
+        )
+    tensors: list[WireTensor] = []
+    for tensor, blob in zip(request.inputs, blobs, strict=True):
+        name, datatype, shape = _header(tensor)
+        if tensor.HasField("contents"):
+            raise BadRequest(
+                f"input '{name}' has typed contents but the request also uses raw_input_contents; "
+                "send every input one way or the other"
+            )
+        array = array_from_buffer(name, datatype, shape, memoryview(blob))
+        tensors.append(WireTensor(name, datatype, shape, array))
+    return tensors
+
+
+def decode_typed_inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
+    """Inputs whose data is in the typed ``contents`` field matching each tensor's datatype."""
+    tensors: list[WireTensor] = []
+    for tensor in request.inputs:
+        name, datatype, shape = _header(tensor)
+        array = array_from_contents(name, datatype, shape, tensor.contents)
+        tensors.append(WireTensor(name, datatype, shape, array))
+    return tensors
+
+
+def _header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, str, tuple[int, ...]]:
+    name = tensor.name
+    if not name:
+        raise BadRequest("every input needs a non-empty 'name'")
+    _refuse_unsupported_parameters(f"input '{name}'", tensor.parameters)
+    datatype = check_datatype(name, tensor.datatype)
+    shape = parse_shape(name, list(tensor.shape))
+    return name, datatype, shape
+
+
+def array_from_contents(
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> np.ndarray:
+    """Decode one tensor's typed contents into an array of ``shape``, checking field, count and range."""
+    field = TYPED_FIELD.get(datatype)
+    if field is None:
+        raise BadRequest(
+            f"input '{name}': {datatype} tensors must be sent in raw_input_contents "
+            "(the protocol has no typed contents field for them)"
+        )
+    present = [descriptor.name for descriptor, _ in contents.ListFields()]
+    strays = [f for f in present if f != field]
+    if strays:
+        raise BadRequest(
+            f"input '{name}': {datatype} data belongs in contents.{field}, "
+            f"but contents has {', '.join(strays)}"
+        )
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if not present and count:
+        raise BadRequest(
+            f"input '{name}' has no data: put its {count} elements in contents.{field} or send the request's "
+            "inputs as raw_input_contents"
+        )
+    if len(values) != count:
+        raise BadRequest(
+            f"input '{name}': shape {list(shape)} needs {count} elements "
+            f"but contents.{field} has {len(values)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    target = numpy_dtype(datatype)
+    wire = _WIRE_DTYPE.get(field, target)
+    array = np.fromiter(values, dtype=wire, count=count)
+    if wire != target:
+        array = _narrow(name, datatype, array, target)
+    return array.reshape(shape)
+
+
+def _narrow(name: str, datatype: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
+    """INT8/INT16 and UINT8/UINT16 arrive in 32-bit fields: refuse values the datatype cannot hold."""
+    if array.size:
+        info = np.iinfo(target)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise BadRequest(
+                f"input '{name}': value out of range for {datatype} [{info.min}, {info.max}]: {bad}"
+            )
+    return array.astype(target)
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> list[str] | None:
+    """The names of the outputs the client asked for, in order; None (all outputs) when it named none."""
+    if not request.outputs:
+        return None
+    names: list[str] = []
+    for output in request.outputs:
+        where = f"output '{output.name}'"
+        _refuse_unsupported_parameters(where, output.parameters)
+        if "classification" in output.parameters:
+            raise BadRequest(f"{where}: the classification extension is not supported")
+        names.append(output.name)
+    return names
+
+
+def _refuse_unsupported_parameters(where: str, parameters: Any) -> None:
+    for key in _UNSUPPORTED_PARAMETERS:
+        if key in parameters:
+            raise BadRequest(
+                f"{where}: shared-memory tensors are not supported by this server (parameter '{key}')"
+            )
+
+
+def encode_infer_response(result: InferResult, request_id: str, raw: bool) -> pb.ModelInferResponse:
+    """The response for ``result``: raw contents when asked (or when an output has no typed field)."""
+    response = pb.ModelInferResponse(
+        model_name=result.version.model, model_version=result.version.version, id=request_id
+    )
+    use_raw = raw or any(spec.datatype not in TYPED_FIELD for spec in result.specs)
+    for spec in result.specs:
+        array = result.outputs[spec.name]
+        output = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
+        if use_raw:
+            response.raw_output_contents.append(tensor_bytes(spec.datatype, array))
+        else:
+            fill_contents(output.contents, spec.datatype, array)
+    return response
+
+
+def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
+    """Row-major little-endian bytes of a tensor; BYTES in Triton's length-prefixed layout."""
+    if datatype == "BYTES":
+        return serialize_bytes_tensor(array)
+    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).tobytes()
+
+
+def fill_contents(contents: pb.InferTensorContents, datatype: str, array: np.ndarray) -> None:
+    """Put a tensor into the typed contents field for its datatype (row-major, flattened)."""
+    field = getattr(contents, TYPED_FIELD[datatype])
+    if datatype == "BYTES":
+        field.extend(x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in array.reshape(-1))
+        return
+    flat = np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).reshape(-1)
+    field.extend(flat.tolist())
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def remaining_s(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """Seconds left before the client's deadline, or None when it set none.
+
+    Kept separate so the remaining budget can later be handed to the batcher
+    (deadline-aware batching) rather than only enforced here.
+    """
+    remaining: float | None = context.time_remaining()
+    return remaining
+
+
+async def within_deadline(remaining: float | None, work: Coroutine[Any, Any, _T], label: str) -> _T:
+    """Await ``work``, or raise DeadlineExceeded if the client's deadline passes first (or already has).
+
+    On expiry the work is cancelled: a request still queued in a batcher is then
+    dropped there instead of being executed for a caller who has gone.
+    """
+    if remaining is None:
+        return await work
+    if remaining <= 0:
+        work.close()
+        raise DeadlineExceeded(f"the request's deadline had passed before {label} could run it")
+    try:
+        return await asyncio.wait_for(work, timeout=remaining)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        raise DeadlineExceeded(
+            f"the request's deadline ({remaining:.3f} s left on arrival) passed before {label} answered"
+        ) from None
+
+
+# --------------------------------------------------------------------------- servicer
+
+_Servicer = TypeVar("_Servicer", bound="OipGrpcServicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Handler = Callable[[_Servicer, _Request, Any], Awaitable[_Response]]
+
+
+def _rpc(handler: _Handler[_Servicer, _Request, _Response]) -> _Handler[_Servicer, _Request, _Response]:
+    """Map errors to statuses: InferenceError -> its code and message; anything else -> INTERNAL, logged.
+
+    The client never sees a stack trace; the log keeps it.
+    """
+
+    @wraps(handler)
+    async def guarded(
+        self: _Servicer, request: _Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _Response:
+        try:
+            return await handler(self, request, context)
+        except InferenceError as exc:
+            await abort_with(context, exc)
+        except Exception:
+            log.exception("unhandled error in gRPC %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            raise AssertionError("context.abort() returned") from None
+
+    return guarded
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: InferenceError) -> NoReturn:
+    """End the RPC with the error's status; overload errors also carry a ``retry-after`` trailer (seconds)."""
+    trailers: tuple[tuple[str, str], ...] = ()
+    if exc.retry_after_s is not None:
+        trailers = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailers)
+    raise AssertionError("context.abort() returned")  # it always raises; this keeps type checkers sure
+
+
+class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``GRPCInferenceService`` over an ``InferenceService`` (OIP RPCs plus Triton's RepositoryIndex)."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    @_rpc
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.service.live())
+
+    @_rpc
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.service.ready())
+
+    @_rpc
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version or None))
+
+    @_rpc
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerMetadataResponse:
+        return server_metadata_response(self.service.server_metadata())
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelMetadataResponse:
+        return model_metadata_response(self.service.model_metadata(request.name, request.version or None))
+
+    @_rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RepositoryIndexResponse:
+        # One repository per server: repository_name is accepted and ignored.
+        return repository_index_response(self.service.repository_index(ready_only=request.ready))
+
+    @_rpc
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelInferResponse:
+        remaining = remaining_s(context)  # measured on arrival, before any work
+        service = self.service
+        # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
+        entry = service.resolve(request.model_name, request.model_version or None)
+        decoded = decode_infer_request(request)
+        work = service.infer(entry, decoded.tensors, decoded.requested_outputs)
+        result = await within_deadline(remaining, work, entry.label)
+        return encode_infer_response(result, decoded.id, decoded.raw)
+
+
+def server_metadata_response(doc: dict[str, Any]) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name=doc["name"], version=doc["version"], extensions=doc["extensions"])
+
+
+def model_metadata_response(doc: dict[str, Any]) -> pb.ModelMetadataResponse:
+    """The service's metadata dict as protobuf; its ``parameters`` become the OIP ``properties`` map."""
+
+    def tensors(specs: Sequence[dict[str, Any]]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+        return [
+            pb.ModelMetadataResponse.TensorMetadata(name=s["name"], datatype=s["datatype"], shape=s["shape"])
+            for s in specs
+        ]
+
+    properties = {str(key): str(value) for key, value in doc.get("parameters", {}).items()}
+    return pb.ModelMetadataResponse(
+        name=doc["name"], versions=doc["versions"], platform=doc["platform"],
+        inputs=tensors(doc["inputs"]), outputs=tensors(doc["outputs"]), properties=properties,
+    )
+
+
+def repository_index_response(index: Sequence[dict[str, str]]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(models=[
+        pb.RepositoryIndexResponse.ModelIndex(
+            name=item["name"], version=item["version"], state=item["state"], reason=item.get("reason", "")
+        )
+        for item in index
+    ])
+
+
+# --------------------------------------------------------------------------- server
+
+
+def build_grpc_server(
+    service: InferenceService, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """The (not yet started) gRPC server and the port it bound; port 0 picks a free one.
+
+    ``grpc.so_reuseport`` is off so that a port already taken fails here,
+    loudly, instead of silently sharing traffic with another process.
+    """
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        OipGrpcServicer(service), server
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises on a failed bind (older versions return 0)
+        raise RuntimeError(f"gRPC server could not listen on {address}: {exc}") from None
+    if bound == 0:
+        raise RuntimeError(f"gRPC server could not listen on {address}")
+    return server, bound
+
+
+__all__ = [
+    "TYPED_FIELD",
+    "GrpcInferRequest",
+    "OipGrpcServicer",
+    "array_from_contents",
+    "build_grpc_server",
+    "decode_infer_request",
+    "encode_infer_response",
+    "remaining_s",
+    "within_deadline",
+]
