@@ -36,6 +36,10 @@ class MethodNotAllowed(InferenceError):
     http_status = 405
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
+    def __init__(self, method: str, allowed: str) -> None:
+        super().__init__(f"method {method} not allowed here; use {allowed}")
+        self.allowed = allowed
+
 
 class PayloadTooLarge(InferenceError):
     http_status = 413

@@ -186,7 +186,7 @@ def _index_ready_only(body: bytes) -> bool:
 
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"method {method} not allowed here; use {allowed}")
+        raise MethodNotAllowed(method, allowed)
 
 
 def _json(status: int, doc: Any) -> Response:
@@ -198,5 +198,5 @@ def _error_response(exc: InferenceError) -> Response:
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     if isinstance(exc, MethodNotAllowed):
-        headers.append((b"allow", b"GET, POST"))
+        headers.append((b"allow", exc.allowed.encode()))
     return exc.http_status, headers, error_body(exc.message)

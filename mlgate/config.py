@@ -78,7 +78,9 @@ class ModelConfig(_Strict):
     champion: str | None = Field(
         None, description="Version that answers unversioned requests (default: highest ready version)."
     )
-    versions: list[str] | None = Field(None, description="Versions to serve (default: every version in the repository).")
+    versions: list[str] | None = Field(
+        None, description="Versions to serve (default: every version in the repository)."
+    )
     batching: BatchingConfig | None = None
     deployment: DeploymentConfig | None = None
 

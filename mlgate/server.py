@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
-from gateway.grpc_server import build_grpc_server
 
 from gateway.batcher import Batcher, BatchPolicy
+from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService

@@ -41,7 +41,9 @@ class OnnxModel:
         self._device = device_of(self._session.get_providers())
         self._pid = os.getpid()
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. Async on purpose: Serve runs sync methods through a thread pool, a hop that
+        costs more than a small model's whole execution; ORT releases the GIL while it computes."""
         outputs = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, outputs, strict=True))
 

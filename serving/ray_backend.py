@@ -13,7 +13,17 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
+# Switches from Ray Serve's own RAY_SERVE_THROUGHPUT_OPTIMIZED profile that apply to a proxy-less
+# deployment; profiled on the replica, the thread hops and per-request logging they remove cost
+# far more CPU than the model itself. They are set here for the driver and passed to every replica.
+REPLICA_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+}
+for _name, _value in REPLICA_ENV.items():
+    os.environ.setdefault(_name, _value)
 # Ray starts workers at nice 15 to protect its own daemons; here the workers are the model replicas,
 # i.e. the critical path of every request, so a Ray started by the gateway runs them at normal priority.
 os.environ.setdefault("RAY_worker_niceness", "0")
@@ -94,7 +104,12 @@ class RayServeBackend:
                 name="onnx",
                 num_replicas=s.replicas,
                 max_ongoing_requests=s.max_ongoing_requests,
-                ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": gpus_per_replica(s.device, gpus)},
+                ray_actor_options={
+                    "num_cpus": s.num_cpus,
+                    "num_gpus": gpus_per_replica(s.device, gpus),
+                    "runtime_env": {"env_vars": REPLICA_ENV},
+                },
+                logging_config={"enable_access_log": False},
             )(OnnxModel)
             app = deployment.bind(str(entry.model_file), entry.manifest.sha256, s.device, s.num_cpus)
             targets.append(serve.RunTarget(app, name=app_name(entry.model, entry.version), route_prefix=None))

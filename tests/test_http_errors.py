@@ -170,7 +170,8 @@ def test_unknown_requested_output(http: httpx.Client) -> None:
 
 def test_wrong_method(http: httpx.Client) -> None:
     response = http.get(INFER)
-    _assert_error(response, 405, "use POST")
+    _assert_error(response, 405, "method GET not allowed here; use POST")
+    assert response.headers["allow"] == "POST"
 
 
 def test_unknown_endpoint(http: httpx.Client) -> None:

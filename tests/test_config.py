@@ -1,0 +1,74 @@
+"""Configuration: defaults, precise errors with locations, and `mlgate config check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlgate.cli import app
+from mlgate.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_is_valid_and_resolves_the_repository_next_to_it() -> None:
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    assert config.server.http_port == 8000 and config.server.grpc_port == 8001
+    assert config.server.host == "127.0.0.1"
+    assert config.repository == (ROOT / "models").resolve()
+    assert config.models["breast-cancer"].champion == "1"
+
+
+def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    config = load_config(path)
+    assert config.batching.max_wait_ms == 0.0
+    assert config.deployment.device == "auto"
+
+
+def test_every_problem_is_reported_with_its_location(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "server: {http_port: 70000, colour: blue}\n"
+        "batching: {max_batch_rows: 0}\n"
+        "models: {m: {champion: '3', versions: ['1', '2']}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "server.http_port: Input should be less than or equal to 65535" in message
+    assert "server.colour: Extra inputs are not permitted" in message
+    assert "batching.max_batch_rows: Input should be greater than or equal to 1" in message
+
+
+def test_champion_must_be_among_served_versions(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: {m: {champion: '3', versions: ['1', '2']}}\n")
+    with pytest.raises(ConfigError, match=r"models.m: champion '3' is not in versions \['1', '2'\]"):
+        load_config(path)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping, got list"):
+        load_config(path)
+
+
+def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", str(ROOT / "configs" / "demo.yaml")])
+    assert ok.exit_code == 0 and ": ok" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ray: {num_cpus: 0}\n")
+    failed = runner.invoke(app, ["config", "check", str(bad)])
+    assert failed.exit_code == 2
+    assert "ray.num_cpus: Input should be greater than or equal to 1" in failed.output
+    missing = runner.invoke(app, ["config", "check", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "cannot read" in missing.output

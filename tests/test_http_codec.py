@@ -1,0 +1,151 @@
+"""OIP JSON and binary tensor decoding/encoding for every datatype, without a server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.datatypes import NUMPY_DTYPES, deserialize_bytes_tensor, serialize_bytes_tensor
+from gateway.errors import BadRequest
+from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response
+from gateway.registry import ServedVersion
+from gateway.service import InferResult
+from gateway.tensors import WireTensor, bind_inputs
+from serving.manifest import TensorSpec
+
+NUMERIC = [d for d in NUMPY_DTYPES if d not in ("BYTES", "BOOL")]
+
+
+def _json_request(datatype: str, shape: list[int], data: Any, **extra: Any) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}], **extra})
+
+
+def _binary_request(datatype: str, array: np.ndarray, **extra: Any) -> tuple[bytes, int]:
+    raw = serialize_bytes_tensor(array) if datatype == "BYTES" else array.tobytes()
+    header = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": list(array.shape),
+                                       "parameters": {"binary_data_size": len(raw)}}], **extra})
+    return header + raw, len(header)
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_every_numeric_datatype_decodes_from_flat_and_nested_json(datatype: str) -> None:
+    expected = np.array([[1, 2, 3], [4, 5, 6]], dtype=NUMPY_DTYPES[datatype])
+    for data in (expected.reshape(-1).tolist(), expected.tolist()):
+        tensor = decode_infer_request(_json_request(datatype, [2, 3], data), None).tensors[0]
+        assert tensor.array.dtype == expected.dtype
+        np.testing.assert_array_equal(tensor.array, expected)
+
+
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BOOL"])
+def test_every_fixed_size_datatype_decodes_from_binary_without_copying(datatype: str) -> None:
+    expected = (np.arange(6) % 2).astype(NUMPY_DTYPES[datatype]).reshape(2, 3)
+    body, header_length = _binary_request(datatype, expected)
+    tensor = decode_infer_request(body, header_length).tensors[0]
+    np.testing.assert_array_equal(tensor.array, expected)
+    assert not tensor.array.flags.owndata  # a view over the request body
+
+
+def test_bool_json_and_bytes_json() -> None:
+    flags = decode_infer_request(_json_request("BOOL", [3], [True, False, True]), None).tensors[0]
+    np.testing.assert_array_equal(flags.array, [True, False, True])
+    words = decode_infer_request(_json_request("BYTES", [2, 1], [["héllo"], ["b"]]), None).tensors[0]
+    assert words.array.tolist() == [[("héllo").encode()], [b"b"]]
+
+
+def test_bytes_binary_round_trip_and_truncation() -> None:
+    array = np.array([b"abc", b"", "ünï".encode()], dtype=object)
+    body, header_length = _binary_request("BYTES", array)
+    assert decode_infer_request(body, header_length).tensors[0].array.tolist() == array.tolist()
+    raw = serialize_bytes_tensor(array)
+    with pytest.raises(ValueError, match="claims 3 bytes but only 2 remain"):
+        deserialize_bytes_tensor(raw[:6], 3)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("INT32", [1.5, 2.0], "INT32 data must be integers, got non-integer numbers"),
+        ("UINT8", [1, 256], "value out of range for UINT8 [0, 255]: 256"),
+        ("INT8", [-129, 0], "value out of range for INT8 [-128, 127]: -129"),
+        ("BOOL", [1, 0], "BOOL data must be true/false, got integers"),
+        ("FP32", [True, False], "FP32 data must be numbers, got booleans"),
+        ("FP32", ["1", "2"], "FP32 data must be numbers, got strings"),
+        ("BYTES", [1, 2], "BYTES data must be strings, got int"),
+    ],
+)
+def test_json_values_of_the_wrong_kind_are_refused(datatype: str, data: list[Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
+        decode_infer_request(_json_request(datatype, [2], data), None)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}]}, "neither 'data' nor"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}, "non-negative integers"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": "2", "data": [1]}]}, "shape must be a list"),
+        ({"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}, "non-empty string 'name'"),
+        ({"id": 5, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}, "'id' must be a string"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+          "outputs": [{"name": "y", "parameters": {"classification": 2}}]}, "classification extension"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+          "parameters": {"binary_data_output": "yes"}}, "'binary_data_output' must be true or false"),
+    ],
+)
+def test_structural_errors_are_precise(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        decode_infer_request(orjson.dumps(doc), None)
+
+
+def test_trailing_binary_bytes_are_refused() -> None:
+    body, header_length = _binary_request("FP32", np.ones(2, np.float32))
+    with pytest.raises(BadRequest, match="4 bytes after the JSON header belong to no input"):
+        decode_infer_request(body + b"\0\0\0\0", header_length)
+
+
+SPECS = (TensorSpec(name="x", datatype="FP32", shape=(-1, 3)),)
+
+
+def test_bind_checks_rows_and_finiteness() -> None:
+    good = WireTensor("x", "FP32", (2, 3), np.ones((2, 3), np.float32))
+    inputs, rows = bind_inputs("m", SPECS, [good], max_rows=4, allow_non_finite=False)
+    assert rows == 2 and inputs["x"] is good.array
+    with pytest.raises(BadRequest, match="given more than once"):
+        bind_inputs("m", SPECS, [good, good], max_rows=4, allow_non_finite=False)
+    with pytest.raises(BadRequest, match="no rows"):
+        bind_inputs("m", SPECS, [WireTensor("x", "FP32", (0, 3), np.ones((0, 3), np.float32))],
+                    max_rows=4, allow_non_finite=False)
+    nan = np.ones((2, 3), np.float32)
+    nan[1, 2] = np.nan
+    with pytest.raises(BadRequest, match=r"index \[1, 2\]"):
+        bind_inputs("m", SPECS, [WireTensor("x", "FP32", (2, 3), nan)], max_rows=4, allow_non_finite=False)
+    assert bind_inputs("m", SPECS, [WireTensor("x", "FP32", (2, 3), nan)], max_rows=4, allow_non_finite=True)[1] == 2
+
+
+def _result(outputs: dict[str, np.ndarray], specs: list[TensorSpec]) -> InferResult:
+    return InferResult(ServedVersion("m", "3", None), outputs, specs)
+
+
+def test_response_mixes_json_and_binary_outputs_as_requested() -> None:
+    probabilities = np.array([[0.25, 0.75], [1 / 3, 2 / 3]], dtype=np.float32)
+    labels = np.array([1, 0], dtype=np.int64)
+    specs = [TensorSpec(name="p", datatype="FP32", shape=(-1, 2)), TensorSpec(name="l", datatype="INT64", shape=(-1,))]
+    request = HttpInferRequest(id="r1", tensors=[], requested_outputs=["p", "l"], binary_outputs={"p"})
+    body, header_length = encode_infer_response(_result({"p": probabilities, "l": labels}, specs), request)
+    assert header_length is not None
+    header = orjson.loads(body[:header_length])
+    assert header["id"] == "r1" and header["model_version"] == "3"
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 16}
+    np.testing.assert_array_equal(np.frombuffer(body[header_length:], np.float32).reshape(2, 2), probabilities)
+    assert header["outputs"][1]["data"] == [1, 0]
+
+
+def test_json_floats_round_trip_exactly_in_float32() -> None:
+    values = np.random.default_rng(0).random((50, 2), dtype=np.float32)
+    specs = [TensorSpec(name="p", datatype="FP32", shape=(-1, 2))]
+    body, _ = encode_infer_response(_result({"p": values}, specs), HttpInferRequest(None, [], None, set()))
+    decoded = np.asarray(orjson.loads(body)["outputs"][0]["data"], dtype=np.float32).reshape(50, 2)
+    np.testing.assert_array_equal(decoded, values)
