@@ -1,0 +1,183 @@
+"""The model repository: a Triton-like folder tree, scanned and verified.
+
+Layout::
+
+    ROOT/MODEL/VERSION/manifest.json
+    ROOT/MODEL/VERSION/model.onnx        (or whatever the manifest's ``model_file`` names)
+
+Every sub-folder of ROOT is a model, every sub-folder of a model is a version
+(a positive integer, like Triton). Hidden folders (``.name``) are skipped so
+that a builder can assemble a version in ``MODEL/.tmp-*`` and rename it into
+place: a half-written version is then never visible under its final name.
+
+The scanner never raises for one bad version. A missing or invalid manifest,
+a manifest that claims another name or version, a missing model file or a
+SHA-256 mismatch each produce an entry whose ``error`` names the offending
+file, so an operator sees exactly what to fix while the good versions load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.manifest import MANIFEST_FILENAME, Manifest, read_manifest
+
+_CHUNK_BYTES = 1024 * 1024
+# Canonical positive integers only: "01" would sort like "1" but name a different folder.
+_VERSION_RE = re.compile(r"[1-9][0-9]*")
+_DEFAULT_MODEL_FILE = "model.onnx"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed in 1 MiB chunks so large models never sit in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelIntegrityError(Exception):
+    """A model file's bytes are not the ones its manifest pinned: refuse to serve it."""
+
+    def __init__(self, path: Path, expected_sha256: str, actual_sha256: str) -> None:
+        self.path = path
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
+        super().__init__(
+            f"{path}: SHA-256 mismatch: manifest says {expected_sha256}, file is {actual_sha256}"
+        )
+
+
+def verify_model_file(path: Path, expected_sha256: str) -> None:
+    """Check a model file against its pinned digest.
+
+    Raises FileNotFoundError (naming the file) when it is absent and
+    ModelIntegrityError when its bytes differ, so a swapped or truncated file
+    is refused at load time rather than served.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    actual = sha256_file(path)
+    if actual != expected_sha256.lower():
+        raise ModelIntegrityError(path, expected_sha256.lower(), actual)
+
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """One version folder as the scanner found it; servable exactly when ``error`` is None."""
+
+    model: str
+    version: str
+    path: Path
+    manifest: Manifest | None
+    error: str | None
+
+    @property
+    def model_file(self) -> Path:
+        """Where the model bytes live (the manifest may name a file other than model.onnx)."""
+        name = self.manifest.model_file if self.manifest is not None else _DEFAULT_MODEL_FILE
+        return self.path / name
+
+    @property
+    def servable(self) -> bool:
+        return self.error is None
+
+
+def _one_line(text: str) -> str:
+    """Collapse a multi-line message (pydantic's are) so logs and admin listings stay one line per entry."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("For further information visit")]
+    return "; ".join(lines)
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def _version_sort_key(path: Path) -> tuple[int, int, str]:
+    """Numeric versions first, in numeric order; misnamed folders after them, by name."""
+    if _VERSION_RE.fullmatch(path.name):
+        return (0, int(path.name), "")
+    return (1, 0, path.name)
+
+
+def _model_file_problem(version_dir: Path, manifest: Manifest) -> str | None:
+    """Refuse model_file values that escape the version folder (``../other/model.onnx``, absolute paths)."""
+    name = manifest.model_file
+    candidate = Path(name)
+    if candidate.is_absolute() or len(candidate.parts) != 1 or name in {".", ".."}:
+        return (
+            f"{version_dir / MANIFEST_FILENAME}: model_file must be a plain file name "
+            f"inside the version folder, got {name!r}"
+        )
+    return None
+
+
+def _check_version(model: str, version_dir: Path, *, verify: bool) -> tuple[Manifest | None, str | None]:
+    """Validate one version folder; returns (manifest if it parsed, error or None)."""
+    version = version_dir.name
+    if not _VERSION_RE.fullmatch(version):
+        return None, f"{version_dir}: version folder name {version!r} is not a positive integer"
+    manifest_path = version_dir / MANIFEST_FILENAME
+    if not manifest_path.is_file():
+        return None, f"{manifest_path}: manifest not found"
+    try:
+        manifest = read_manifest(manifest_path)
+    except ValueError as exc:
+        return None, _one_line(str(exc))
+    if manifest.name != model or manifest.version != version:
+        return manifest, (
+            f"{manifest_path}: manifest says model {manifest.name!r} version {manifest.version!r}, "
+            f"but it lies in {model}/{version}"
+        )
+    problem = _model_file_problem(version_dir, manifest)
+    if problem is not None:
+        return manifest, problem
+    model_file = version_dir / manifest.model_file
+    if not model_file.is_file():
+        return manifest, f"{model_file}: model file not found"
+    if verify:
+        try:
+            verify_model_file(model_file, manifest.sha256)
+        except (ModelIntegrityError, OSError) as exc:
+            return manifest, str(exc)
+    return manifest, None
+
+
+def scan_entry(model: str, version_dir: Path, *, verify: bool = True) -> RepositoryEntry:
+    """Scan one version folder; never raises for a problem inside it (I/O errors become ``error``)."""
+    try:
+        manifest, error = _check_version(model, version_dir, verify=verify)
+    except OSError as exc:  # unreadable folder or file: report it, keep scanning the rest
+        manifest, error = None, f"{version_dir}: {exc}"
+    return RepositoryEntry(
+        model=model, version=version_dir.name, path=version_dir, manifest=manifest, error=error
+    )
+
+
+def scan_repository(root: Path, *, verify: bool = True) -> list[RepositoryEntry]:
+    """List every version under ``root``, sorted by model name then numeric version.
+
+    An unreadable model folder yields one entry with an empty version and an
+    error. ``verify=False`` skips the SHA-256 check (hashing every file costs time on
+    large repositories); everything else is still checked. Raises only when
+    ``root`` itself is missing or not a directory.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: model repository not found")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: model repository is not a directory")
+    entries: list[RepositoryEntry] = []
+    for model_dir in sorted(_visible_dirs(root), key=lambda p: p.name):
+        try:
+            version_dirs = sorted(_visible_dirs(model_dir), key=_version_sort_key)
+        except OSError as exc:  # an unreadable model folder must not hide the other models
+            entries.append(RepositoryEntry(model_dir.name, "", model_dir, None, f"{model_dir}: {exc}"))
+            continue
+        entries.extend(scan_entry(model_dir.name, version_dir, verify=verify) for version_dir in version_dirs)
+    return entries
