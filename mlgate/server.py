@@ -170,6 +170,7 @@ async def serve_forever(gateway: Gateway) -> None:
         http_task,
         return_exceptions=True,
     )
+    await gateway.backend.stop_serve()
 
 
 def run(config: MlgateConfig) -> None:
@@ -182,7 +183,7 @@ def run(config: MlgateConfig) -> None:
     try:
         uvloop.run(serve_forever(gateway))
     finally:
-        gateway.backend.shutdown()
+        gateway.backend.stop_ray()
         log.info("stopped")
 
 

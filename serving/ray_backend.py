@@ -21,6 +21,9 @@ REPLICA_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_LOG_TO_STDERR": "0",
+    # Batches travel by value over Serve's replica gRPC channel, capped at 4 MiB by default: far below
+    # what one batch of large requests carries (server.max_request_bytes is 64 MiB per request).
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
 }
 for _name, _value in REPLICA_ENV.items():
     os.environ.setdefault(_name, _value)
@@ -141,12 +144,18 @@ class RayServeBackend:
 
         return DeployedVersion(execute=execute, device=str(description["device"]))
 
-    def shutdown(self) -> None:
-        try:
-            serve.shutdown()  # type: ignore[no-untyped-call]
-        finally:
-            if self._started_ray:
-                ray.shutdown()
+    async def stop_serve(self) -> None:
+        """Shut Serve down from the event loop its handles' routers run on (the sync API would touch a closed loop).
+
+        Only when this process started Ray: on a joined cluster, serve.shutdown would delete every
+        application there, other gateways' included, so the deployments are left to the cluster.
+        """
+        if self._started_ray:
+            await serve.shutdown_async()  # type: ignore[no-untyped-call]
+
+    def stop_ray(self) -> None:
+        if self._started_ray:
+            ray.shutdown()
 
 
 def _app_status(name: str) -> tuple[ApplicationStatus, str] | None:

@@ -115,13 +115,15 @@ def start_gateway(config_text: str, workdir: Path, http_port: int, grpc_port: in
     return gateway
 
 
-def stop_gateway(gateway: RunningGateway) -> None:
-    """SIGTERM the gateway's process group (it shuts Ray down itself), SIGKILL what is left."""
+def stop_gateway(gateway: RunningGateway) -> int | None:
+    """SIGTERM the gateway (it drains and shuts Ray down itself), SIGKILL what is left; its exit code."""
     with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(gateway.process.pid, signal.SIGTERM)
         gateway.process.wait(timeout=60)
+    code = gateway.process.poll()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(gateway.process.pid, signal.SIGKILL)
+    return code
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +140,8 @@ batching: {{max_batch_rows: 128}}
 """
     running = start_gateway(config, workdir, http_port, grpc_port, served_repository)
     yield running
-    stop_gateway(running)
+    code = stop_gateway(running)
+    assert code == 0, f"mlgate did not shut down cleanly on SIGTERM (exit {code}):\n{running.log_tail()}"
 
 
 @pytest.fixture(scope="session")
