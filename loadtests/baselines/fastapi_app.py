@@ -21,8 +21,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from loadtests.baselines.oip_json import output_tensor
+
 # OIP datatype of each numpy dtype the model can return.
-_OIP_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float64): "FP64"}
 
 
 class InferInput(BaseModel):
@@ -50,16 +51,6 @@ def load_session(model_file: Path) -> ort.InferenceSession:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
-
-
-def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
-    """One OIP output tensor in JSON form."""
-    return {
-        "name": name,
-        "datatype": _OIP_DATATYPES.get(value.dtype, "FP32"),
-        "shape": list(value.shape),
-        "data": value.reshape(-1).tolist(),
-    }
 
 
 def create_app(model_file: Path, model_name: str) -> FastAPI:

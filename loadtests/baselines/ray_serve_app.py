@@ -27,18 +27,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from loadtests.baselines.oip_json import output_tensor
+
 MODEL_NAME = "breast-cancer"
 ROUTE_PREFIX = f"/v2/models/{MODEL_NAME}"
-_OIP_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float64): "FP64"}
-
-
-def _tensor(name: str, value: np.ndarray) -> dict[str, Any]:
-    return {
-        "name": name,
-        "datatype": _OIP_DATATYPES.get(value.dtype, "FP32"),
-        "shape": list(value.shape),
-        "data": value.reshape(-1).tolist(),
-    }
 
 
 @serve.deployment
@@ -61,7 +53,7 @@ class OnnxModel:
         bounds = np.cumsum([len(x) for x in batch])[:-1]
         per_output = [np.split(np.asarray(r), bounds) for r in results]
         return [
-            [_tensor(name, parts[i]) for name, parts in zip(self.output_names, per_output, strict=True)]
+            [output_tensor(name, parts[i]) for name, parts in zip(self.output_names, per_output, strict=True)]
             for i in range(len(batch))
         ]
 
