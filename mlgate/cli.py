@@ -61,9 +61,13 @@ def serve(
         typer.echo(f"error: model repository {cfg.repository} does not exist "
                    f"(build the demo one with: mlgate models build-demo {cfg.repository})", err=True)
         raise typer.Exit(2)
-    from mlgate.server import run  # imports Ray: keep the other commands fast
+    from mlgate.server import StartupError, run  # imports Ray: keep the other commands fast
 
-    run(cfg)
+    try:
+        run(cfg)
+    except StartupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @models_app.command("build-demo")

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,24 @@ from serving.ray_backend import RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
 
 log = logging.getLogger("mlgate")
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured; the message says why in one line."""
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Fail in a second, with a clear message, instead of after Ray's 15-30 s start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for what, port in ports.items():
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and grpc bind
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
 
 
 def select_entries(config: MlgateConfig, entries: list[RepositoryEntry]) -> list[RepositoryEntry]:
@@ -154,7 +173,7 @@ async def serve_forever(gateway: Gateway) -> None:
     while not http.started:
         if http_task.done():
             await grpc_server.stop(0)
-            raise RuntimeError(f"HTTP server could not start on {config.host}:{config.http_port}")
+            raise StartupError(f"HTTP server could not start on {config.host}:{config.http_port}")
         await asyncio.sleep(0.01)
     http_port = http.servers[0].sockets[0].getsockname()[1]
     log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port)
@@ -177,6 +196,8 @@ def run(config: MlgateConfig) -> None:
     """Start Ray and Serve, serve until a signal, then shut everything down."""
     import uvloop
 
+    server = config.server
+    check_ports_free(server.host, {"HTTP": server.http_port, "gRPC": server.grpc_port})
     gateway = create_gateway(config)
     log.info("starting Ray %s", f"(joining {config.ray.address})" if config.ray.address else "(local)")
     gateway.backend.start()

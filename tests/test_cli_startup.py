@@ -1,0 +1,42 @@
+"""`mlgate serve` fails fast and clearly when it cannot start, before spending Ray's start-up time."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import free_port
+
+
+def _serve(config: Path) -> tuple[int, str, float]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mlgate.cli", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def test_port_in_use_is_one_clear_line_and_no_ray(tmp_path: Path, demo_repository: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(f"server: {{http_port: {free_port()}, grpc_port: {taken}}}\nrepository: {demo_repository}\n")
+        code, stderr, elapsed = _serve(config)
+    assert code == 1
+    assert f"error: cannot listen for gRPC on 127.0.0.1:{taken}: Address already in use" in stderr
+    assert "Traceback" not in stderr
+    assert "starting Ray" not in stderr
+    assert elapsed < 15
+
+
+def test_missing_repository_says_how_to_build_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("repository: nowhere\n")
+    code, stderr, _ = _serve(config)
+    assert code == 2
+    assert f"model repository {tmp_path / 'nowhere'} does not exist" in stderr
+    assert "mlgate models build-demo" in stderr
