@@ -23,10 +23,9 @@ HTTP server, so both front ends feed the same batchers without threads.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Final, NoReturn, TypeVar
@@ -38,7 +37,7 @@ from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest, DeadlineExceeded, InferenceError
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.proto import grpc_service_pb2_grpc as pb_grpc
-from gateway.service import InferenceService, InferResult
+from gateway.service import InferenceService, InferResult, parse_timeout_us, tighter
 from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape
 
 log = logging.getLogger(__name__)
@@ -253,33 +252,21 @@ def fill_contents(contents: pb.InferTensorContents, datatype: str, array: np.nda
 # --------------------------------------------------------------------------- deadlines
 
 
-def remaining_s(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """Seconds left before the client's deadline, or None when it set none.
+def request_timeout_s(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The request's time budget: the tighter of its ``timeout`` parameter (µs) and the gRPC deadline.
 
-    Kept separate so the remaining budget can later be handed to the batcher
-    (deadline-aware batching) rather than only enforced here.
+    Measured on arrival; the batcher enforces it. DeadlineExceeded if the deadline has already passed.
     """
+    parameter = request.parameters.get("timeout")
+    value = None
+    if parameter is not None:
+        field = parameter.WhichOneof("parameter_choice")
+        value = getattr(parameter, field) if field else None
+    from_parameter = parse_timeout_us(value)
     remaining: float | None = context.time_remaining()
-    return remaining
-
-
-async def within_deadline(remaining: float | None, work: Coroutine[Any, Any, _T], label: str) -> _T:
-    """Await ``work``, or raise DeadlineExceeded if the client's deadline passes first (or already has).
-
-    On expiry the work is cancelled: a request still queued in a batcher is then
-    dropped there instead of being executed for a caller who has gone.
-    """
-    if remaining is None:
-        return await work
-    if remaining <= 0:
-        work.close()
-        raise DeadlineExceeded(f"the request's deadline had passed before {label} could run it")
-    try:
-        return await asyncio.wait_for(work, timeout=remaining)
-    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-        raise DeadlineExceeded(
-            f"the request's deadline ({remaining:.3f} s left on arrival) passed before {label} answered"
-        ) from None
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the request's gRPC deadline had passed on arrival")
+    return tighter(from_parameter, remaining)
 
 
 # --------------------------------------------------------------------------- servicer
@@ -368,13 +355,12 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        remaining = remaining_s(context)  # measured on arrival, before any work
+        timeout_s = request_timeout_s(request, context)  # measured on arrival, before any work
         service = self.service
         # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
         entry = service.resolve(request.model_name, request.model_version or None)
         decoded = decode_infer_request(request)
-        work = service.infer(entry, decoded.tensors, decoded.requested_outputs)
-        result = await within_deadline(remaining, work, entry.label)
+        result = await service.infer(entry, decoded.tensors, decoded.requested_outputs, timeout_s)
         return encode_infer_response(result, decoded.id, decoded.raw)
 
 
@@ -445,6 +431,5 @@ __all__ = [
     "build_grpc_server",
     "decode_infer_request",
     "encode_infer_response",
-    "remaining_s",
-    "within_deadline",
+    "request_timeout_s",
 ]

@@ -97,7 +97,7 @@ class OipHttpApp:
             entry = service.resolve(model, version)  # 404/503 before reading a possibly large body
             body = await self._read_body(scope, receive)
             request = decode_infer_request(body, _header_length(scope))
-            result = await service.infer(entry, request.tensors, request.requested_outputs)
+            result = await service.infer(entry, request.tensors, request.requested_outputs, request.timeout_s)
             payload, header_length = encode_infer_response(result, request)
             if header_length is None:
                 return 200, list(JSON_HEADERS), payload

@@ -20,7 +20,7 @@ import orjson
 
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest
-from gateway.service import InferResult
+from gateway.service import InferResult, parse_timeout_us
 from gateway.tensors import WireTensor, array_from_buffer, array_from_json, check_datatype, parse_shape
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -33,6 +33,8 @@ class HttpInferRequest:
     requested_outputs: list[str] | None
     binary_outputs: set[str]
     """Names of the outputs to return as raw bytes."""
+    timeout_s: float | None = None
+    """The request's own time budget (OIP parameter ``timeout``, microseconds on the wire)."""
 
 
 def decode_infer_request(body: bytes, header_length: int | None) -> HttpInferRequest:
@@ -56,9 +58,10 @@ def decode_infer_request(body: bytes, header_length: int | None) -> HttpInferReq
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise BadRequest("request parameter 'binary_data_output' must be true or false")
+    timeout_s = parse_timeout_us(parameters.get("timeout"))
     tensors = _decode_inputs(doc.get("inputs"), tail)
     requested, binary = _decode_outputs(doc.get("outputs"), binary_default)
-    return HttpInferRequest(request_id, tensors, requested, binary)
+    return HttpInferRequest(request_id, tensors, requested, binary, timeout_s)
 
 
 def _parse_json(raw: bytes | memoryview) -> Any:

@@ -92,16 +92,23 @@ class InferenceService:
         return index
 
     def resolve(self, model: str, version: str | None) -> ServedVersion:
-        """The version that will answer; raises NotFound, or Unavailable when it cannot answer now."""
+        """The version that will answer, checked before the request body is read.
+
+        Raises NotFound, Unavailable when it cannot answer now, or Overloaded when it is shedding
+        load — all before the (possibly large) body costs anything to read and decode.
+        """
         entry = self.registry.get(model, version)
         if not entry.ready or entry.batcher is None:
             why = f": {entry.reason}" if entry.reason else " (still loading)"
             raise Unavailable(f"{entry.label} is not ready{why}", retry_after_s=1.0)
+        entry.batcher.shed_early()
         return entry
 
     async def infer(
-        self, entry: ServedVersion, tensors: Sequence[WireTensor], requested: Sequence[str] | None
+        self, entry: ServedVersion, tensors: Sequence[WireTensor], requested: Sequence[str] | None,
+        timeout_s: float | None = None,
     ) -> InferResult:
+        """Validate, batch and run one request; ``timeout_s`` is the caller's own budget, if it set one."""
         manifest = _manifest_or_unavailable(entry)
         specs = select_outputs(entry, manifest, requested)
         inputs, rows = bind_inputs(
@@ -109,8 +116,23 @@ class InferenceService:
             max_rows=manifest.max_batch_rows, allow_non_finite=manifest.allow_non_finite,
         )
         assert entry.batcher is not None  # resolve() checked readiness
-        outputs = await entry.batcher.submit(inputs, rows)
+        outputs = await entry.batcher.submit(inputs, rows, timeout_s)
         return InferResult(entry, outputs, specs)
+
+
+def parse_timeout_us(value: Any) -> float | None:
+    """The OIP/Triton ``timeout`` request parameter (microseconds) in seconds; BadRequest if malformed."""
+    if value is None:
+        return None
+    if type(value) is not int or value <= 0:
+        raise BadRequest(f"request parameter 'timeout' must be a positive integer of microseconds, got {value!r}")
+    return value / 1e6
+
+
+def tighter(*budgets_s: float | None) -> float | None:
+    """The smallest of the time budgets that are set (a request parameter, a gRPC deadline)."""
+    present = [b for b in budgets_s if b is not None]
+    return min(present) if present else None
 
 
 def select_outputs(entry: ServedVersion, manifest: Manifest, requested: Sequence[str] | None) -> list[TensorSpec]:

@@ -213,3 +213,18 @@ def _check_finite(model_label: str, name: str, array: np.ndarray) -> None:
             f"input '{name}' holds a non-finite value (NaN or infinity) at index {list(map(int, where))}; "
             f"{model_label} accepts finite values only"
         )
+
+
+def placeholder_inputs(specs: Sequence[TensorSpec], rows: int) -> dict[str, np.ndarray]:
+    """Zero-filled inputs of ``rows`` rows matching a model's declared inputs, for warm-up batches.
+
+    Variable dimensions other than the first are given size 1.
+    """
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = (rows, *(d if d > 0 else 1 for d in spec.shape[1:]))
+        if spec.datatype == "BYTES":
+            inputs[spec.name] = np.full(shape, b"", dtype=object)
+        else:
+            inputs[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+    return inputs

@@ -59,6 +59,18 @@ class BatchingConfig(_Strict):
     max_inflight_batches: int = Field(
         2, ge=1, description="Batches in flight per replica (2 overlaps one batch's transfer with another's compute)."
     )
+    latency_objective_ms: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Latency objective (p99 target) of the deployment; unset = none. When set, requests that set no "
+            "timeout of their own use it as their deadline for admission and batch sizing: one predicted to "
+            "miss it is refused with 429 rather than queued. Experimental: under heavy overload on a small "
+            "box the shedding can over-react (see loadtests/README.md). A request's own OIP 'timeout' "
+            "parameter or gRPC deadline always applies, objective or not."
+        ),
+    )
+    max_queue_rows: int = Field(65536, ge=1, description="Most rows waiting per deployment; beyond it, 429.")
 
 
 class DeploymentConfig(_Strict):

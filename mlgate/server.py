@@ -28,9 +28,10 @@ from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService
+from gateway.tensors import placeholder_inputs
 from mlgate import __version__
 from mlgate.config import MlgateConfig
-from serving.ray_backend import RayServeBackend, ReplicaSettings
+from serving.ray_backend import DeployedVersion, RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
 
 log = logging.getLogger("mlgate")
@@ -89,6 +90,8 @@ def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
         max_batch_rows=min(batching.max_batch_rows, model_max),
         max_wait_s=batching.max_wait_ms / 1000.0,
         max_inflight=batching.max_inflight_batches * replicas,
+        objective_s=None if batching.latency_objective_ms is None else batching.latency_objective_ms / 1000.0,
+        max_queue_rows=batching.max_queue_rows,
     )
 
 
@@ -111,26 +114,47 @@ class Gateway:
     entries: list[RepositoryEntry]
 
     async def load_models(self) -> None:
+        """Deploy every servable version, then warm each up in turn and let it take traffic.
+
+        Warm-ups wait until every replica is up and run one at a time: a latency model timed
+        while other replicas start (process spawn, imports) or warm up would learn their load.
+        """
         servable = [e for e in self.entries if e.error is None]
         settings = {e.model: replica_settings(self.config, e.model) for e in servable}
         await asyncio.to_thread(self.backend.deploy, servable, settings)
-        await asyncio.gather(*(self._load_one(e) for e in servable))
+        deployed = await asyncio.gather(*(self._wait_deployed(e) for e in servable))
+        for entry, version in zip(servable, deployed, strict=True):
+            if version is not None:
+                await self._warm_up_and_open(entry, version)
         self.service.started = True
         states = {e.label: e.state.value for e in self.registry.all_versions()}
         log.info("models loaded: %s; server ready: %s", states, self.service.ready())
 
-    async def _load_one(self, entry: RepositoryEntry) -> None:
+    async def _wait_deployed(self, entry: RepositoryEntry) -> DeployedVersion | None:
         served = self.registry.get(entry.model, entry.version)
         timeout = self.config.deployment_for(entry.model).startup_timeout_s
         try:
-            deployed = await self.backend.wait_ready(entry.model, entry.version, timeout)
+            return await self.backend.wait_ready(entry.model, entry.version, timeout)
         except Exception as exc:
             served.mark_unavailable(str(exc))
             log.error("%s is unavailable: %s", served.label, exc)
-            return
+            return None
+
+    async def _warm_up_and_open(self, entry: RepositoryEntry, deployed: DeployedVersion) -> None:
+        served = self.registry.get(entry.model, entry.version)
+        manifest = entry.manifest
+        assert manifest is not None  # only servable entries are deployed
         batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served))
+        try:
+            await batcher.warm_up(lambda rows: placeholder_inputs(manifest.inputs, rows))
+        except Exception as exc:
+            served.mark_unavailable(f"warm-up batch failed: {exc}")
+            log.error("%s is unavailable: warm-up batch failed: %s", served.label, exc)
+            return
         served.mark_ready(batcher, deployed.device)
-        log.info("%s ready on %s", served.label, deployed.device)
+        fixed_s, per_row_s = batcher.latency.coefficients()
+        log.info("%s ready on %s (latency model: %.2f ms + %.1f µs/row)",
+                 served.label, deployed.device, fixed_s * 1e3, per_row_s * 1e6)
 
     async def drain(self) -> None:
         batchers = [e.batcher for e in self.registry.all_versions() if e.batcher is not None]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gateway.batcher import Arrays, Batcher, BatchPolicy
-from gateway.errors import BadRequest, Unavailable
+from gateway.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 
 
 class RecordingExecutor:
@@ -154,3 +154,114 @@ def test_cancelled_requests_are_not_executed() -> None:
 
     asyncio.run(main())
     assert executor.batch_rows == [1, 2]
+
+
+def _trained(batcher: Batcher, seconds: float) -> Batcher:
+    for rows in (1, 8, 64) * 4:
+        batcher.latency.observe(rows, seconds)
+    return batcher
+
+
+def test_request_that_cannot_meet_its_deadline_is_refused_at_once() -> None:
+    executor = RecordingExecutor(delay_s=0.02)
+    batcher = _trained(Batcher("m", executor, BatchPolicy(64, 0.0, 1, objective_s=1.0)), 0.02)
+
+    with pytest.raises(Overloaded, match=r"cannot answer within 5\.0 ms \(predicted 20\.0 ms"):
+        asyncio.run(batcher.submit(_rows(0, 1), 1, timeout_s=0.005))
+    assert executor.batch_rows == []  # refused before it reached the model
+
+
+def test_objective_sheds_load_when_the_queue_would_make_everyone_late() -> None:
+    executor = RecordingExecutor(delay_s=0.02)
+    policy = BatchPolicy(max_batch_rows=4, max_wait_s=0.0, max_inflight=1, objective_s=0.07)
+    batcher = _trained(Batcher("m", executor, policy), 0.02)
+
+    async def main() -> list[BaseException | Arrays]:
+        return await asyncio.gather(*(batcher.submit(_rows(i, 1), 1) for i in range(40)), return_exceptions=True)
+
+    started = time.perf_counter()
+    results = asyncio.run(main())
+    elapsed = time.perf_counter() - started
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, dict)]
+    assert refused and served and len(refused) + len(served) == 40
+    assert all(r.retry_after_s is not None and r.retry_after_s >= 0 for r in refused)
+    assert elapsed < 0.07 + 0.05  # every admitted request was answered within the objective (+ tolerance)
+
+
+def test_queue_is_bounded() -> None:
+    batcher = Batcher("m", RecordingExecutor(delay_s=0.01), BatchPolicy(8, 0.0, 1, max_queue_rows=10))
+
+    async def main() -> list[BaseException | Arrays]:
+        return await asyncio.gather(*(batcher.submit(_rows(0, 4), 4) for _ in range(4)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    # the first leaves at once (its slot was free), the next two wait (8 rows), the fourth would make 12
+    assert [isinstance(r, Overloaded) for r in results] == [False, False, False, True]
+    assert "queue full" in str(next(r for r in results if isinstance(r, Overloaded)))
+
+
+def test_own_timeout_cuts_off_a_slow_execution_with_504() -> None:
+    batcher = Batcher("model 'm' version '1'", RecordingExecutor(delay_s=0.3), BatchPolicy(8, 0.0, 1))
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded, match=r"deadline of 50\.0 ms passed"):
+        asyncio.run(batcher.submit(_rows(0, 1), 1, timeout_s=0.05))
+    assert time.perf_counter() - started < 0.2  # answered at its deadline, not when the batch finished
+
+
+def test_request_expired_while_queued_is_never_executed() -> None:
+    executor = RecordingExecutor(delay_s=0.05)
+    batcher = Batcher("m", executor, BatchPolicy(8, 0.0, 1))
+
+    async def main() -> list[BaseException | Arrays]:
+        busy = batcher.submit(_rows(0, 1), 1)
+        doomed = batcher.submit(_rows(1, 3), 3, timeout_s=0.01)
+        results = await asyncio.gather(busy, doomed, return_exceptions=True)
+        await batcher.drain()
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[1], DeadlineExceeded)
+    assert executor.batch_rows == [1]
+
+
+def test_batch_is_capped_so_the_oldest_request_still_meets_its_deadline() -> None:
+    policy = BatchPolicy(max_batch_rows=1000, max_wait_s=0.0, max_inflight=1, objective_s=10.0)
+    batcher = Batcher("m", RecordingExecutor(), policy)
+    for rows in (1, 10, 100) * 10:  # 1 ms + 0.1 ms per row, exactly
+        batcher.latency.observe(rows, 1e-3 + 1e-4 * rows)
+
+    async def main() -> int:
+        batcher._inflight = policy.max_inflight  # the slot is busy: everything below queues
+        tight = asyncio.ensure_future(batcher.submit(_rows(0, 10), 10, timeout_s=0.0205))
+        rest = [asyncio.ensure_future(batcher.submit(_rows(0, 100), 100)) for _ in range(5)]
+        await asyncio.sleep(0)
+        batch = batcher._take_batch()  # what the next free slot would carry
+        for pending in batch:
+            pending.future.cancel()
+        for future in (tight, *rest):
+            future.cancel()
+        return sum(p.rows for p in batch)
+
+    # ~20 ms left for the head: 1 ms fixed + 0.1 ms/row fits 190 rows, so 10 + 100 go and 400 wait
+    assert asyncio.run(main()) == 110
+
+
+def test_warm_up_seeds_the_latency_model_across_batch_sizes() -> None:
+    executor = RecordingExecutor()
+    batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=100, max_wait_s=0.0, max_inflight=1))
+    asyncio.run(batcher.warm_up(lambda rows: _rows(0, rows), repeats=3, priming=2))
+    assert executor.batch_rows[:2] == [1, 1]  # priming calls, not timed
+    assert executor.batch_rows[2:] == [size for size in (1, 4, 16, 64, 100) for _ in range(3)]
+    assert batcher.latency.observations == len(executor.batch_rows) - 2
+
+
+def test_without_objective_or_timeout_nothing_is_refused_or_capped() -> None:
+    executor = RecordingExecutor(delay_s=0.01)
+    batcher = _trained(Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1)), 5.0)
+
+    async def main() -> list[Arrays]:
+        return await asyncio.gather(*(batcher.submit(_rows(i, 2), 2) for i in range(30)))
+
+    assert len(asyncio.run(main())) == 30  # a model predicting 5 s per batch refuses nothing without deadlines
+    assert max(executor.batch_rows) > 2

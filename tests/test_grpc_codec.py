@@ -7,14 +7,13 @@ serialises with Triton's definitions, not ours.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 import pytest
 
 from gateway.datatypes import NUMPY_DTYPES, serialize_bytes_tensor
-from gateway.errors import BadRequest, DeadlineExceeded
+from gateway.errors import BadRequest
 from gateway.grpc_server import (
     TYPED_FIELD,
     array_from_contents,
@@ -23,7 +22,6 @@ from gateway.grpc_server import (
     model_metadata_response,
     repository_index_response,
     requested_outputs,
-    within_deadline,
 )
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.registry import ServedVersion, VersionState
@@ -430,36 +428,3 @@ def test_shared_message_fields_match_triton() -> None:
 
     for name, message in pb.DESCRIPTOR.message_types_by_name.items():
         check(message, triton_pb.DESCRIPTOR.message_types_by_name[name])
-
-
-# --------------------------------------------------------------------------- deadlines
-
-
-def test_expired_deadline_fails_without_running_the_work() -> None:
-    ran = False
-
-    async def work() -> int:
-        nonlocal ran
-        ran = True
-        return 1
-
-    with pytest.raises(DeadlineExceeded, match="deadline had passed"):
-        asyncio.run(within_deadline(0.0, work(), "model 'm' version '1'"))
-    assert not ran
-
-
-def test_deadline_passing_during_the_work() -> None:
-    async def slow() -> int:
-        await asyncio.sleep(5)
-        return 1
-
-    with pytest.raises(DeadlineExceeded, match="passed before model 'm' version '1' answered"):
-        asyncio.run(within_deadline(0.01, slow(), "model 'm' version '1'"))
-
-
-def test_no_deadline_and_deadline_in_time() -> None:
-    async def quick() -> int:
-        return 7
-
-    assert asyncio.run(within_deadline(None, quick(), "x")) == 7
-    assert asyncio.run(within_deadline(5.0, quick(), "x")) == 7

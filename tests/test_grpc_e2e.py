@@ -364,3 +364,28 @@ def test_broken_version_is_unavailable(client: Any, repository: Path) -> None:
                            model_version=BROKEN_VERSION)
     assert message.startswith(f"model '{MODEL}' version '{BROKEN_VERSION}' is not ready")
     assert "model.onnx" in message
+
+
+def test_impossible_timeout_parameter_is_resource_exhausted(client: Any, repository: Path) -> None:
+    # tritonclient's `timeout` (µs) is sent as the request's "timeout" parameter
+    message = expect_error(client, repository, "RESOURCE_EXHAUSTED", MODEL, [features_input(rows(0, 1))],
+                           timeout=1)
+    assert "cannot answer within 0.0 ms" in message
+
+
+def test_malformed_timeout_parameter_is_invalid(stub: Any, client: Any, repository: Path) -> None:
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add(name=INPUT, datatype="FP32", shape=[1, FEATURES])
+    tensor.contents.fp32_contents.extend(rows(0, 1).reshape(-1).tolist())
+    request.parameters["timeout"].string_param = "soon"
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ModelInfer(request)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'timeout' must be a positive integer of microseconds, got 'soon'" in exc.value.details()
+    assert_still_serving(client, repository)
+
+
+def test_generous_grpc_deadline_is_served(client: Any, repository: Path) -> None:
+    x = rows(10, 3)
+    result = client.infer(MODEL, [features_input(x)], client_timeout=5.0, timeout=5_000_000)
+    np.testing.assert_array_equal(result.as_numpy("label"), reference(repository, DEFAULT_VERSION, x)["label"])

@@ -176,3 +176,19 @@ def test_wrong_method(http: httpx.Client) -> None:
 
 def test_unknown_endpoint(http: httpx.Client) -> None:
     _assert_error(http.get("/v2/nothing/here"), 404, "no such endpoint")
+
+
+def test_malformed_timeout_parameter(http: httpx.Client) -> None:
+    response = http.post(INFER, json={**_body(), "parameters": {"timeout": "soon"}})
+    _assert_error(response, 400, "'timeout' must be a positive integer of microseconds")
+
+
+def test_impossible_timeout_is_refused_at_once_with_429(http: httpx.Client) -> None:
+    response = http.post(INFER, json={**_body(), "parameters": {"timeout": 1}})  # one microsecond
+    _assert_error(response, 429, "cannot answer within 0.0 ms", "predicted")
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_generous_timeout_is_served(http: httpx.Client) -> None:
+    response = http.post(INFER, json={**_body(), "parameters": {"timeout": 5_000_000}})
+    assert response.status_code == 200, response.text
