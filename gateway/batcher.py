@@ -38,6 +38,7 @@ import numpy as np
 
 from gateway.errors import DeadlineExceeded, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
+from telemetry.metrics import BatchMetrics
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,12 @@ class BatchPolicy:
 class Batcher:
     """Queue and dispatcher for one model deployment."""
 
-    def __init__(self, label: str, execute: BatchExecutor, policy: BatchPolicy) -> None:
+    def __init__(self, label: str, execute: BatchExecutor, policy: BatchPolicy,
+                 metrics: BatchMetrics | None = None) -> None:
         self.label = label
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.queued_rows.set_function(lambda: self._queued_rows)  # read at scrape time, free here
         self._execute = execute
         self._policy = policy
         self._queue: deque[_Pending] = deque()
@@ -112,6 +117,7 @@ class Batcher:
         try:
             return await asyncio.wait_for(future, timeout=max(0.0, now + timeout_s - time.monotonic()))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            self._count_rejection("expired")
             raise DeadlineExceeded(
                 f"{self.label}: the request's deadline of {timeout_s * 1e3:.1f} ms passed before it was answered"
             ) from None
@@ -125,6 +131,7 @@ class Batcher:
         """
         policy = self._policy
         if self._queued_rows + rows > policy.max_queue_rows:
+            self._count_rejection("queue_full")
             raise Overloaded(f"{self.label}: queue full ({self._queued_rows} rows waiting)",
                              retry_after_s=self.latency.bound(policy.max_batch_rows))
         if deadline == math.inf or self.latency.observations < MIN_OBSERVATIONS:
@@ -132,11 +139,16 @@ class Batcher:
         idle = not self._queue and self._inflight < policy.max_inflight
         finish = now + self.latency.mean(rows) if idle else self.predicted_finish(rows, now)
         if finish > deadline:
+            self._count_rejection("deadline")
             raise Overloaded(
                 f"{self.label}: cannot answer within {(deadline - now) * 1e3:.1f} ms "
                 f"(predicted {(finish - now) * 1e3:.1f} ms with {self._queued_rows} rows queued)",
                 retry_after_s=max(0.0, finish - deadline),
             )
+
+    def _count_rejection(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.rejections[reason].inc()
 
     def shed_early(self) -> None:
         """Refuse before the request is even read when a one-row request without a timeout would miss
@@ -235,6 +247,9 @@ class Batcher:
                     budget = fits
             batch.append(head)
             rows += head.rows
+        if self._metrics is not None:
+            for pending in batch:
+                self._metrics.queue_wait.observe(now - pending.enqueued_at)
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
@@ -242,7 +257,9 @@ class Batcher:
             total_rows = sum(p.rows for p in batch)
             started = time.monotonic()
             outputs = await self._execute(_concatenate(batch))
-            self.latency.observe(total_rows, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self.latency.observe(total_rows, elapsed)
+            self._record_batch(total_rows, elapsed)
             _scatter(self.label, batch, outputs, total_rows)
         except InferenceError as exc:
             _fail(batch, exc)
@@ -252,6 +269,16 @@ class Batcher:
         finally:
             self._inflight -= 1
             self._dispatch()
+
+    def _record_batch(self, rows: int, seconds: float) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        metrics.batch_rows.observe(rows)
+        metrics.batch_execution.observe(seconds)
+        fixed_s, per_row_s = self.latency.coefficients()
+        metrics.model_fixed.set(fixed_s)
+        metrics.model_per_row.set(per_row_s)
 
     async def drain(self) -> None:
         """Wait until every queued and in-flight batch has finished (graceful shutdown)."""

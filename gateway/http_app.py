@@ -19,6 +19,7 @@ import orjson
 from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.http_codec import decode_infer_request, encode_infer_response, error_body, json_body
 from gateway.service import InferenceService
+from telemetry.metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class OipHttpApp:
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            await _send_metrics(scope, send)
+            return
         if scope["type"] != "http" or not scope["path"].startswith("/v2"):
             if self.fallback is not None:
                 await self.fallback(scope, receive, send)
@@ -138,6 +142,17 @@ class OipHttpApp:
         if encoding is not None and encoding not in ("identity", ""):
             body = _decompress(body, encoding, limit)
         return body
+
+
+async def _send_metrics(scope: Scope, send: Send) -> None:
+    if scope["method"] != "GET":
+        status, headers, body = _error_response(MethodNotAllowed(scope["method"], "GET"))
+    else:
+        body, content_type = exposition()
+        status, headers = 200, [(b"content-type", content_type.encode())]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -33,6 +33,7 @@ from mlgate import __version__
 from mlgate.config import MlgateConfig
 from serving.ray_backend import DeployedVersion, RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
+from telemetry.metrics import BatchMetrics
 
 log = logging.getLogger("mlgate")
 
@@ -144,7 +145,8 @@ class Gateway:
         served = self.registry.get(entry.model, entry.version)
         manifest = entry.manifest
         assert manifest is not None  # only servable entries are deployed
-        batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served))
+        batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served),
+                          BatchMetrics.for_deployment(entry.model, entry.version))
         try:
             await batcher.warm_up(lambda rows: placeholder_inputs(manifest.inputs, rows))
         except Exception as exc:

@@ -265,3 +265,32 @@ def test_without_objective_or_timeout_nothing_is_refused_or_capped() -> None:
 
     assert len(asyncio.run(main())) == 30  # a model predicting 5 s per batch refuses nothing without deadlines
     assert max(executor.batch_rows) > 2
+
+
+def test_metrics_count_batches_rows_waits_and_refusals_exactly() -> None:
+    from telemetry.metrics import REGISTRY, BatchMetrics
+
+    labels = {"model": "unit-metrics", "version": "1"}
+    executor = RecordingExecutor(delay_s=0.005)
+    policy = BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1, max_queue_rows=40)
+    batcher = Batcher("m", executor, policy, BatchMetrics.for_deployment(**labels))
+
+    async def main() -> list[BaseException | Arrays]:
+        return await asyncio.gather(*(batcher.submit(_rows(i, 3), 3) for i in range(16)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    refused = sum(isinstance(r, Overloaded) for r in results)
+    assert refused == 2  # the first leaves at once, 13 more queue (39 rows), the last two would exceed 40
+
+    def sample(name: str, **extra: str) -> float:
+        value = REGISTRY.get_sample_value(name, {**labels, **extra})
+        assert value is not None, name
+        return value
+
+    assert sample("mlgate_batch_rows_count") == len(executor.batch_rows)
+    assert sample("mlgate_batch_rows_sum") == sum(executor.batch_rows) == 3 * (16 - refused)
+    assert sample("mlgate_batch_execution_seconds_count") == len(executor.batch_rows)
+    assert sample("mlgate_queue_wait_seconds_count") == 16 - refused
+    assert sample("mlgate_batcher_rejections_total", reason="queue_full") == refused
+    assert sample("mlgate_queued_rows") == 0
+    assert sample("mlgate_latency_model_fixed_seconds") > 0

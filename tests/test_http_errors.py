@@ -192,3 +192,26 @@ def test_impossible_timeout_is_refused_at_once_with_429(http: httpx.Client) -> N
 def test_generous_timeout_is_served(http: httpx.Client) -> None:
     response = http.post(INFER, json={**_body(), "parameters": {"timeout": 5_000_000}})
     assert response.status_code == 200, response.text
+
+
+def _metric(http: httpx.Client, name: str, labels: dict[str, str]) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_metrics_endpoint_counts_batches_and_refusals(http: httpx.Client) -> None:
+    labels = {"model": "breast-cancer", "version": "1"}
+    batches = _metric(http, "mlgate_batch_rows_count", labels)
+    refused = _metric(http, "mlgate_batcher_rejections_total", {**labels, "reason": "deadline"})
+    assert http.post(INFER, json=_body()).status_code == 200
+    assert http.post(INFER, json={**_body(), "parameters": {"timeout": 1}}).status_code == 429
+    assert _metric(http, "mlgate_batch_rows_count", labels) == batches + 1
+    assert _metric(http, "mlgate_batcher_rejections_total", {**labels, "reason": "deadline"}) == refused + 1
+    assert _metric(http, "mlgate_latency_model_fixed_seconds", labels) > 0

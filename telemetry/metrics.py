@@ -1,0 +1,68 @@
+"""Prometheus metrics of the batching layer, on one registry the gateway serves at ``/metrics``.
+
+Names follow Prometheus conventions (base units, ``_total`` for counters) and
+carry only bounded labels: ``model`` and ``version`` come from the repository,
+``reason`` from a fixed set. Buckets span what this gateway actually sees:
+sub-millisecond to seconds for time, 1 to 1024 for rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+SECONDS_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REJECTION_REASONS = ("deadline", "queue_full", "expired")
+
+_labels = ("model", "version")
+BATCH_ROWS = Histogram("mlgate_batch_rows", "Rows per executed batch.", _labels,
+                       buckets=ROWS_BUCKETS, registry=REGISTRY)
+BATCH_EXECUTION = Histogram("mlgate_batch_execution_seconds",
+                            "Time from sending a batch to the deployment to having its outputs (the Ray round trip).",
+                            _labels, buckets=SECONDS_BUCKETS, registry=REGISTRY)
+QUEUE_WAIT = Histogram("mlgate_queue_wait_seconds", "Time a request waited in the batcher before its batch left.",
+                       _labels, buckets=SECONDS_BUCKETS, registry=REGISTRY)
+REJECTIONS = Counter("mlgate_batcher_rejections_total",
+                     "Requests refused by the batcher: deadline (429: cannot finish in time), queue_full (429), "
+                     "expired (504: own deadline passed).", (*_labels, "reason"), registry=REGISTRY)
+QUEUED_ROWS = Gauge("mlgate_queued_rows", "Rows waiting in the batcher.", _labels, registry=REGISTRY)
+MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed cost per batch.", _labels,
+                    registry=REGISTRY)
+MODEL_PER_ROW = Gauge("mlgate_latency_model_per_row_seconds", "Latency model: cost per row.", _labels,
+                      registry=REGISTRY)
+
+
+@dataclass(frozen=True)
+class BatchMetrics:
+    """The batching metrics of one deployment, with their label values bound once (not per request)."""
+
+    batch_rows: Histogram
+    batch_execution: Histogram
+    queue_wait: Histogram
+    queued_rows: Gauge
+    model_fixed: Gauge
+    model_per_row: Gauge
+    rejections: dict[str, Counter]
+
+    @classmethod
+    def for_deployment(cls, model: str, version: str) -> BatchMetrics:
+        labels = {"model": model, "version": version}
+        return cls(
+            batch_rows=BATCH_ROWS.labels(**labels),
+            batch_execution=BATCH_EXECUTION.labels(**labels),
+            queue_wait=QUEUE_WAIT.labels(**labels),
+            queued_rows=QUEUED_ROWS.labels(**labels),
+            model_fixed=MODEL_FIXED.labels(**labels),
+            model_per_row=MODEL_PER_ROW.labels(**labels),
+            rejections={reason: REJECTIONS.labels(**labels, reason=reason) for reason in REJECTION_REASONS},
+        )
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
