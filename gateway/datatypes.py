@@ -27,21 +27,9 @@ NUMPY_DTYPES: Final[dict[str, np.dtype]] = {
     "BYTES": np.dtype(object),
 }
 
-DATATYPE_OF_KIND: Final[dict[tuple[str, int], str]] = {
-    (dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "BYTES"
-}
-
-
 def numpy_dtype(datatype: str) -> np.dtype:
     """The numpy dtype for an OIP datatype; KeyError for an unknown one."""
     return NUMPY_DTYPES[datatype]
-
-
-def oip_datatype(array: np.ndarray) -> str:
-    """The OIP datatype name of a numpy array (strings and bytes map to BYTES)."""
-    if array.dtype.kind in ("O", "S", "U"):
-        return "BYTES"
-    return DATATYPE_OF_KIND[(array.dtype.kind, array.dtype.itemsize)]
 
 
 def is_float(datatype: str) -> bool:

@@ -79,7 +79,7 @@ class OipHttpApp:
             return _json(200, service.server_metadata())
         if parts == ["health", "live"]:
             _allow(method, "GET")
-            return _json(200, {"live": True})
+            return _json(200, {"live": service.live()})
         if parts == ["health", "ready"]:
             _allow(method, "GET")
             ready = service.ready()
