@@ -137,7 +137,7 @@ class Batcher:
         if deadline == math.inf or self.latency.observations < MIN_OBSERVATIONS:
             return
         idle = not self._queue and self._inflight < policy.max_inflight
-        finish = now + self.latency.mean(rows) if idle else self.predicted_finish(rows, now)
+        finish = now + self.latency.mean(rows) if idle else self._predicted_finish(rows, now)
         if finish > deadline:
             self._count_rejection("deadline")
             raise Overloaded(
@@ -159,7 +159,7 @@ class Batcher:
             now = time.monotonic()
             self._admit(1, now, now + objective)
 
-    def predicted_finish(self, rows: int, now: float) -> float:
+    def _predicted_finish(self, rows: int, now: float) -> float:
         """When a request of ``rows`` joining the queue now would be answered, by the latency model."""
         policy = self._policy
         start = now

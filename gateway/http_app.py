@@ -2,9 +2,8 @@
 
 The hot path (``POST .../infer``) is a few dictionary look-ups away from the
 socket: no framework routing, no request objects, one body read, one orjson
-parse, one send. Endpoints other than ``/v2/...`` go to ``fallback`` (the
-FastAPI app that hosts the admin API and its OpenAPI schema), so the framework
-costs nothing where it is not needed.
+parse, one send. It also serves ``/metrics`` for Prometheus; every other path
+is a 404 with an OIP error body.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -40,21 +38,13 @@ class ClientDisconnected(Exception):
 
 
 class OipHttpApp:
-    def __init__(self, service: InferenceService, max_request_bytes: int, fallback: ASGIApp | None = None) -> None:
+    def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
-        self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/metrics":
-            await _send_metrics(scope, send)
+        if scope["type"] != "http":
             return
-        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
-            if self.fallback is not None:
-                await self.fallback(scope, receive, send)
-                return
-            if scope["type"] != "http":
-                return
         try:
             status, headers, body = await self._handle(scope, receive)
         except ClientDisconnected:
@@ -70,6 +60,12 @@ class OipHttpApp:
 
     async def _handle(self, scope: Scope, receive: Receive) -> Response:
         method: str = scope["method"]
+        if scope["path"] == "/metrics":
+            _allow(method, "GET")
+            body, content_type = exposition()
+            return 200, [(b"content-type", content_type.encode())], body
+        if not scope["path"].startswith("/v2"):
+            raise NotFound(f"no such endpoint: {method} {scope['path']}")
         parts = scope["path"].rstrip("/").split("/")[2:]  # drop "" and "v2"
         if len(parts) >= 2 and parts[0] == "models":
             return await self._model_endpoint(method, parts[1:], scope, receive)
@@ -142,17 +138,6 @@ class OipHttpApp:
         if encoding is not None and encoding not in ("identity", ""):
             body = _decompress(body, encoding, limit)
         return body
-
-
-async def _send_metrics(scope: Scope, send: Send) -> None:
-    if scope["method"] != "GET":
-        status, headers, body = _error_response(MethodNotAllowed(scope["method"], "GET"))
-    else:
-        body, content_type = exposition()
-        status, headers = 200, [(b"content-type", content_type.encode())]
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -43,7 +43,8 @@ class StartupError(Exception):
 
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Fail in a second, with a clear message, instead of after Ray's 15-30 s start-up."""
+    """Fail in a second instead of after Ray's 15-30 s start-up. Only a fast path: a port taken in
+    between is still caught where the servers bind (``serve_http``, ``build_grpc_server``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for what, port in ports.items():
         if port == 0:
@@ -163,6 +164,14 @@ class Gateway:
         await asyncio.gather(*(b.drain() for b in batchers))
 
 
+async def serve_http(http: uvicorn.Server, where: str) -> None:
+    """Run uvicorn; it calls sys.exit when it cannot bind, which would tear the loop down mid-start."""
+    try:
+        await http.serve()
+    except SystemExit:
+        raise StartupError(f"cannot listen for HTTP on {where}") from None
+
+
 class _QuietUvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the gateway shuts everything down in order itself."""
 
@@ -192,14 +201,18 @@ async def serve_forever(gateway: Gateway) -> None:
         access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))
-    grpc_server, grpc_port = build_grpc_server(gateway.service, config.host, config.grpc_port,
-                                               config.grpc_max_message_bytes)
+    try:
+        grpc_server, grpc_port = build_grpc_server(gateway.service, config.host, config.grpc_port,
+                                                   config.grpc_max_message_bytes)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc}") from None
     await grpc_server.start()
-    http_task = asyncio.create_task(http.serve())
+    http_task = asyncio.create_task(serve_http(http, f"{config.host}:{config.http_port}"))
     while not http.started:
         if http_task.done():
             await grpc_server.stop(0)
-            raise StartupError(f"HTTP server could not start on {config.host}:{config.http_port}")
+            http_task.result()  # raises the StartupError
+            raise StartupError(f"HTTP server on {config.host}:{config.http_port} stopped while starting")
         await asyncio.sleep(0.01)
     http_port = http.servers[0].sockets[0].getsockname()[1]
     log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port)

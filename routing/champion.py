@@ -12,10 +12,13 @@ from collections.abc import Iterable
 
 
 def pick_default_version(champion: str | None, versions: Iterable[tuple[str, bool]]) -> str | None:
-    """``versions`` are (version, ready) pairs; returns None only when there are no versions at all."""
-    ordered = sorted(versions, key=lambda item: version_sort_key(item[0]))
+    """``versions`` are (version, ready) pairs; returns None only when there are no versions at all.
+
+    Runs per unversioned request: a configured champion is returned before anything is sorted.
+    """
     if champion is not None:
         return champion
+    ordered = sorted(versions, key=lambda item: version_sort_key(item[0]))
     ready = [v for v, is_ready in ordered if is_ready]
     if ready:
         return ready[-1]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+import uvicorn
+
+from mlgate.server import StartupError, serve_http
 from tests.conftest import free_port
 
 
@@ -40,3 +45,17 @@ def test_missing_repository_says_how_to_build_it(tmp_path: Path) -> None:
     assert code == 2
     assert f"model repository {tmp_path / 'nowhere'} does not exist" in stderr
     assert "mlgate models build-demo" in stderr
+
+
+def test_http_bind_failure_becomes_a_startup_error_not_an_exit() -> None:
+    """uvicorn calls sys.exit when it cannot bind; the gateway must get an error it can report instead."""
+    async def app(scope: object, receive: object, send: object) -> None:
+        return None
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+        with pytest.raises(StartupError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
+            asyncio.run(serve_http(server, f"127.0.0.1:{port}"))

@@ -96,6 +96,24 @@ def assert_still_serving(client: Any, repository: Path) -> None:
     np.testing.assert_array_equal(result.as_numpy("label"), expected)
 
 
+def expect_raw_error(stub: Any, client: Any, repository: Path, code: grpc.StatusCode,
+                     request: service_pb2.ModelInferRequest) -> str:
+    """Send a request tritonclient cannot express; it must fail with ``code``. Returns the message."""
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ModelInfer(request)
+    assert exc.value.code() == code, exc.value.details()
+    assert_still_serving(client, repository)
+    return str(exc.value.details())
+
+
+def typed_request(x: np.ndarray) -> service_pb2.ModelInferRequest:
+    """A request carrying ``x`` in typed FP32 contents (as non-Triton OIP clients send it)."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add(name=INPUT, datatype="FP32", shape=list(x.shape))
+    tensor.contents.fp32_contents.extend(x.reshape(-1).tolist())
+    return request
+
+
 def expect_error(client: Any, repository: Path, code: str, *args: Any, **kwargs: Any) -> str:
     """Run one infer that must fail with ``code``; return its message, once the server is seen serving on."""
     with pytest.raises(InferenceServerException) as exc:
@@ -233,9 +251,8 @@ def test_single_row(client: Any, repository: Path) -> None:
 def test_typed_contents_get_typed_answers(stub: Any, repository: Path) -> None:
     """Clients that do not use raw contents (other OIP clients) are answered in typed fields."""
     x = rows(20, 4)
-    request = service_pb2.ModelInferRequest(model_name=MODEL, model_version="2", id="typed")
-    tensor = request.inputs.add(name=INPUT, datatype="FP32", shape=list(x.shape))
-    tensor.contents.fp32_contents.extend(x.reshape(-1).tolist())
+    request = typed_request(x)
+    request.model_version, request.id = "2", "typed"
     response = stub.ModelInfer(request)
     assert (response.model_version, response.id) == ("2", "typed")
     assert len(response.raw_output_contents) == 0
@@ -336,15 +353,10 @@ def test_too_many_rows(client: Any, repository: Path) -> None:
 
 
 def test_mixed_raw_and_typed_contents(client: Any, stub: Any, repository: Path) -> None:
-    request = service_pb2.ModelInferRequest(model_name=MODEL)
-    first = request.inputs.add(name=INPUT, datatype="FP32", shape=[1, FEATURES])
-    first.contents.fp32_contents.extend(rows(0, 1).reshape(-1).tolist())
+    request = typed_request(rows(0, 1))
     request.raw_input_contents.append(rows(0, 1).tobytes())
-    with pytest.raises(grpc.RpcError) as exc:
-        stub.ModelInfer(request)
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "also uses raw_input_contents" in exc.value.details()
-    assert_still_serving(client, repository)
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert "also uses raw_input_contents" in message
 
 
 def test_unknown_model(client: Any, repository: Path) -> None:
@@ -374,15 +386,10 @@ def test_impossible_timeout_parameter_is_resource_exhausted(client: Any, reposit
 
 
 def test_malformed_timeout_parameter_is_invalid(stub: Any, client: Any, repository: Path) -> None:
-    request = service_pb2.ModelInferRequest(model_name=MODEL)
-    tensor = request.inputs.add(name=INPUT, datatype="FP32", shape=[1, FEATURES])
-    tensor.contents.fp32_contents.extend(rows(0, 1).reshape(-1).tolist())
+    request = typed_request(rows(0, 1))
     request.parameters["timeout"].string_param = "soon"
-    with pytest.raises(grpc.RpcError) as exc:
-        stub.ModelInfer(request)
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "'timeout' must be a positive integer of microseconds, got 'soon'" in exc.value.details()
-    assert_still_serving(client, repository)
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert "'timeout' must be a positive integer of microseconds, got 'soon'" in message
 
 
 def test_generous_grpc_deadline_is_served(client: Any, repository: Path) -> None:

@@ -11,6 +11,13 @@ def _noisy(rng: np.random.Generator, rows: int, fixed: float = 1.5e-3, per_row: 
     return fixed + per_row * rows + float(rng.gamma(2.0, 0.1e-3))  # right-skewed noise, like real latency
 
 
+def _observe_random(model: LatencyModel, rng: np.random.Generator, batches: int, max_rows: int,
+                    fixed: float = 1.5e-3) -> None:
+    for _ in range(batches):
+        rows = int(rng.integers(1, max_rows))
+        model.observe(rows, _noisy(rng, rows, fixed=fixed))
+
+
 def test_converges_within_5_percent_on_held_out_batch_sizes() -> None:
     rng = np.random.default_rng(3)
     model = LatencyModel()
@@ -25,9 +32,7 @@ def test_converges_within_5_percent_on_held_out_batch_sizes() -> None:
 def test_bound_covers_the_tail_it_claims() -> None:
     rng = np.random.default_rng(4)
     model = LatencyModel(tail_quantile=0.99)
-    for _ in range(600):
-        rows = int(rng.integers(1, 128))
-        model.observe(rows, _noisy(rng, rows))
+    _observe_random(model, rng, 600, 128)
     samples = [(_noisy(rng, 50), model.bound(50)) for _ in range(5000)]
     covered = np.mean([observed <= bound for observed, bound in samples])
     assert 0.97 <= covered <= 0.999, covered
@@ -37,12 +42,8 @@ def test_bound_covers_the_tail_it_claims() -> None:
 def test_follows_a_change_in_the_machine() -> None:
     rng = np.random.default_rng(5)
     model = LatencyModel(half_life_batches=50)
-    for _ in range(300):
-        rows = int(rng.integers(1, 64))
-        model.observe(rows, _noisy(rng, rows))
-    for _ in range(400):  # a noisy neighbour doubles the fixed cost
-        rows = int(rng.integers(1, 64))
-        model.observe(rows, _noisy(rng, rows, fixed=3e-3))
+    _observe_random(model, rng, 300, 64)
+    _observe_random(model, rng, 400, 64, fixed=3e-3)  # a noisy neighbour doubles the fixed cost
     intercept, slope = model.coefficients()
     assert abs(intercept - (3e-3 + 0.2e-3)) < 0.3e-3  # gamma(2, 0.1 ms) has mean 0.2 ms
     assert abs(slope - 20e-6) < 4e-6
