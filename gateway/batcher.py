@@ -1,18 +1,26 @@
 """Group concurrent requests for one deployment into one call per batch.
 
 A Ray call costs milliseconds of CPU while the model costs microseconds
-(docs/architecture.md), so the gateway batches *before* the Ray hop. The
-policy here is work-conserving: whenever an execution slot is free, everything
-queued (up to ``max_batch_rows``) goes out at once, so a lone request at low
-load never waits; under load the slots are busy, requests pile up, and each
-free slot takes a larger batch. ``max_wait_s`` optionally holds a partial
-batch back while slots are free, for models where bigger batches pay more than
-the wait costs.
+(docs/architecture.md), so the gateway batches *before* the Ray hop.
+
+Dispatch is work-conserving: whenever an execution slot is free, what is
+queued (up to ``max_batch_rows``) goes out, so a lone request at low load never
+waits; under load the slots are busy, requests pile up, and each free slot
+takes a larger batch. It waits for more requests only when waiting pays: when
+the queue holds fewer rows than the batch size the deployment needs to keep up
+with the current arrival rate (``keep_up_rows``: with ``S`` slots and batches
+costing ``a + b·n``, it keeps up with ``λ`` rows/s only if
+``S·n / (a + b·n) ≥ λ``), and the oldest request's deadline leaves room. At
+low load that size is below one row, so nothing waits. ``max_wait_s`` instead
+fixes the wait, as Triton and Ray Serve do; it exists for comparison
+(loadtests/bench_batching.py).
 
 A request may have a deadline: its own (OIP ``timeout`` parameter or gRPC
-deadline), or the deployment's latency objective if one is configured. An
+deadline), or the deployment's latency objective if one is configured. The
 online latency model (``LatencyModel``, seeded by a warm-up sweep) predicts
-when the request would finish given the work ahead of it; a request that
+when a request joining the queue would be answered: the queue drains in
+batches through ``S`` slots, so the prediction is the time for the rows ahead
+of it to drain plus its own batch's tail-bounded execution. A request that
 cannot make its deadline is refused at once (429 with Retry-After) instead of
 queueing and making everyone late, and a batch is capped at the rows that
 still let its oldest request finish in time. A request that set its own
@@ -36,6 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.admission import AdmissionLimit
+from gateway.arrivals import ArrivalRate
 from gateway.errors import DeadlineExceeded, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
 from telemetry.metrics import BatchMetrics
@@ -84,10 +94,19 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._inflight = 0
+        self._inflight_rows = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight_finish: dict[asyncio.Task[None], float] = {}
         self.latency = LatencyModel()
+        self.arrivals = ArrivalRate(now=time.monotonic())
+        self.admission: AdmissionLimit | None = None
+        if policy.objective_s is not None:
+            slots = policy.max_inflight
+            admission = self.admission = AdmissionLimit(policy.objective_s, slots * policy.max_batch_rows, slots)
+            if metrics is not None:
+                metrics.admission_limit.set_function(lambda: admission.rows)
 
     @property
     def queued_rows(self) -> int:
@@ -105,12 +124,13 @@ class Batcher:
         """
         now = time.monotonic()
         objective = self._policy.objective_s
-        budgets = [b for b in (timeout_s, objective) if b is not None]
-        deadline = now + min(budgets) if budgets else math.inf
-        self._admit(rows, now, deadline)
+        own_deadline = now + timeout_s if timeout_s is not None else math.inf
+        deadline = min(own_deadline, now + objective) if objective is not None else own_deadline
+        self._admit(rows, now, deadline, own_deadline)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(inputs, rows, future, deadline, now))
         self._queued_rows += rows
+        self.arrivals.add(rows, now)
         self._dispatch()
         if timeout_s is None:
             return await future
@@ -122,22 +142,26 @@ class Batcher:
                 f"{self.label}: the request's deadline of {timeout_s * 1e3:.1f} ms passed before it was answered"
             ) from None
 
-    def _admit(self, rows: int, now: float, deadline: float) -> None:
-        """Refuse at once what cannot finish in time, rather than queue it and delay everyone behind it.
+    def _admit(self, rows: int, now: float, deadline: float, own_deadline: float) -> None:
+        """Refuse at once what would not be answered in time, rather than queue it and delay everyone.
 
-        An idle deployment (nothing queued, a slot free) admits whatever could finish alone by the
-        model's mean: the tail margin may be stale, and only executed batches refresh it — a
-        deployment that refused everything would never learn that it has recovered.
+        Against the latency objective, the admission limit decides (``AdmissionLimit``: what
+        requests actually experienced, robust when the gateway itself is the bottleneck). Against a
+        request's own timeout, the latency model predicts: from the queue when the deployment is
+        busy, from the request's own execution alone (no tail margin) when it is idle.
         """
         policy = self._policy
         if self._queued_rows + rows > policy.max_queue_rows:
             self._count_rejection("queue_full")
             raise Overloaded(f"{self.label}: queue full ({self._queued_rows} rows waiting)",
                              retry_after_s=self.latency.bound(policy.max_batch_rows))
-        if deadline == math.inf or self.latency.observations < MIN_OBSERVATIONS:
+        self._check_objective(rows)
+        if own_deadline == math.inf or self.latency.observations < MIN_OBSERVATIONS:
             return
-        idle = not self._queue and self._inflight < policy.max_inflight
-        finish = now + self.latency.mean(rows) if idle else self._predicted_finish(rows, now)
+        if self._queue or self._inflight >= policy.max_inflight:
+            finish = self._predicted_finish(rows, now)
+        else:
+            finish = now + self.latency.mean(rows)
         if finish > deadline:
             self._count_rejection("deadline")
             raise Overloaded(
@@ -146,28 +170,83 @@ class Batcher:
                 retry_after_s=max(0.0, finish - deadline),
             )
 
+    def _check_objective(self, rows: int) -> None:
+        admission = self.admission
+        if admission is None:
+            return
+        in_system = self._queued_rows + self._inflight_rows
+        if not admission.admits(in_system, rows):
+            self._count_rejection("objective")
+            raise Overloaded(
+                f"{self.label}: at its limit for a {admission.objective_s * 1e3:g} ms latency objective "
+                f"({in_system} rows queued or running, limit {admission.rows:.0f})",
+                retry_after_s=admission.objective_s,
+            )
+
     def _count_rejection(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.rejections[reason].inc()
 
     def shed_early(self) -> None:
-        """Refuse before the request is even read when a one-row request without a timeout would miss
-        the objective: under heavy overload, reading and parsing requests only to refuse them is
-        what takes a gateway down."""
-        objective = self._policy.objective_s
-        if objective is not None and self._queue and self.latency.observations >= MIN_OBSERVATIONS:
-            now = time.monotonic()
-            self._admit(1, now, now + objective)
+        """Refuse before the request is even read when the deployment is at its objective's limit:
+        under heavy overload, reading and parsing requests only to refuse them is what takes a
+        gateway down."""
+        self._check_objective(1)
 
     def _predicted_finish(self, rows: int, now: float) -> float:
-        """When a request of ``rows`` joining the queue now would be answered, by the latency model."""
+        """When a request of ``rows`` joining the queue now would be answered, by the latency model.
+
+        The rows ahead drain in batches of up to ``max_batch_rows`` through ``max_inflight`` slots
+        side by side; the request's own batch starts when its round comes (or when the first busy
+        slot frees) and takes the tail bound once. Charging the tail margin to every batch ahead
+        instead would count the same bad luck many times and refuse work the deployment can do.
+        """
         policy = self._policy
+        ahead = self._queued_rows + rows
+        size = min(ahead, policy.max_batch_rows)
+        rounds_ahead = (-(-ahead // size) - 1) // policy.max_inflight
         start = now
         if self._inflight >= policy.max_inflight and self._inflight_finish:
             start = max(now, min(self._inflight_finish.values()))
-        total = self._queued_rows + rows
-        batches = -(-total // policy.max_batch_rows)
-        return start + batches * self.latency.bound(min(total, policy.max_batch_rows))
+        return start + rounds_ahead * self.latency.mean(size) + self.latency.bound(size)
+
+    def keep_up_rows(self, now: float) -> float:
+        """The batch size at which the slots keep up with the current arrival rate (0 when idle).
+
+        ``max_inflight`` slots running batches of ``n`` rows that take ``a + b·n`` serve
+        ``S·n / (a + b·n)`` rows/s; solving for the arrival rate ``λ`` gives ``n = λa / (S - λb)``.
+        If even the largest batch cannot keep up, it is ``max_batch_rows``.
+        """
+        rate = self.arrivals.rows_per_second(now)
+        fixed_s, per_row_s = self.latency.coefficients()
+        spare = self._policy.max_inflight - rate * per_row_s
+        if spare <= 0.0:
+            return float(self._policy.max_batch_rows)
+        return min(float(self._policy.max_batch_rows), rate * fixed_s / spare)
+
+    def _hold_until(self, now: float) -> float:
+        """Until when the partial batch at the head of the queue waits for company (``now`` = go).
+
+        With a fixed ``max_wait_s`` it waits that long unless the batch is full. Otherwise it waits
+        only when waiting pays: the queue holds fewer rows than ``keep_up_rows``, and then only as
+        long as the rows should take to arrive, no longer than such a batch takes to run, and never
+        past the point where the head request could no longer make its deadline.
+        """
+        policy = self._policy
+        head = self._queue[0]
+        if policy.max_wait_s > 0:
+            return now if self._queued_rows >= policy.max_batch_rows else head.enqueued_at + policy.max_wait_s
+        if self.latency.observations < MIN_OBSERVATIONS:
+            return now
+        wanted = self.keep_up_rows(now)
+        if self.admission is not None:  # never wait for rows the admission limit would refuse
+            wanted = min(wanted, self.admission.rows - self._inflight_rows)
+        missing = wanted - self._queued_rows
+        if missing <= 0:
+            return now
+        size = min(policy.max_batch_rows, math.ceil(wanted))
+        latest = min(head.enqueued_at + self.latency.mean(size), head.deadline - self.latency.bound(size))
+        return min(latest, now + missing / self.arrivals.rows_per_second(now))
 
     async def warm_up(self, make_inputs: Callable[[int], Arrays], repeats: int = 3, priming: int = 3) -> None:
         """Seed the latency model with a sweep of batch sizes before the deployment takes traffic.
@@ -186,30 +265,40 @@ class Batcher:
                 await self._execute(inputs)
                 self.latency.observe(rows, time.monotonic() - started)
             if rows >= min(self._policy.max_batch_rows, 256):
-                return
+                break
             size *= 4
+        if self.admission is not None:  # start from what the warmed-up model says fits the objective
+            slots = self._policy.max_inflight
+            self.admission.rows = max(self.admission.floor_rows,
+                                      slots * self.latency.rows_within(self.admission.objective_s / 2,
+                                                                       self._policy.max_batch_rows))
 
     def _dispatch(self) -> None:
         policy = self._policy
         while self._queue and self._inflight < policy.max_inflight:
-            if policy.max_wait_s > 0 and self._queued_rows < policy.max_batch_rows:
-                deadline = self._queue[0].enqueued_at + policy.max_wait_s
-                if time.monotonic() < deadline:
-                    self._arm_timer(deadline)
-                    return
+            now = time.monotonic()
+            hold_until = self._hold_until(now)
+            if hold_until > now:
+                self._arm_timer(hold_until)
+                return
             batch = self._take_batch()
             if not batch:
                 continue
+            rows = sum(p.rows for p in batch)
             self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._inflight_rows += rows
+            task = asyncio.get_running_loop().create_task(self._run(batch, rows))
             self._tasks.add(task)
-            self._inflight_finish[task] = time.monotonic() + self.latency.bound(sum(p.rows for p in batch))
+            self._inflight_finish[task] = now + self.latency.mean(rows)
             task.add_done_callback(self._forget)
 
-    def _arm_timer(self, deadline: float) -> None:
-        if self._timer is None:
-            delay = max(0.0, deadline - time.monotonic())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+    def _arm_timer(self, at: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._on_timer)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -217,6 +306,7 @@ class Batcher:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = math.inf
         self._dispatch()
 
     def _take_batch(self) -> list[_Pending]:
@@ -252,15 +342,19 @@ class Batcher:
                 self._metrics.queue_wait.observe(now - pending.enqueued_at)
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[_Pending], total_rows: int) -> None:
         try:
-            total_rows = sum(p.rows for p in batch)
             started = time.monotonic()
             outputs = await self._execute(_concatenate(batch))
-            elapsed = time.monotonic() - started
+            finished = time.monotonic()
+            elapsed = finished - started
             self.latency.observe(total_rows, elapsed)
             self._record_batch(total_rows, elapsed)
             _scatter(self.label, batch, outputs, total_rows)
+            if self.admission is not None:
+                late_after = finished - self.admission.objective_s
+                late_rows = sum(p.rows for p in batch if p.enqueued_at < late_after)
+                self.admission.observe(total_rows, late_rows, finished)
         except InferenceError as exc:
             _fail(batch, exc)
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed
@@ -268,6 +362,7 @@ class Batcher:
             _fail(batch, Unavailable(f"{self.label} failed to execute the batch ({type(exc).__name__})"))
         finally:
             self._inflight -= 1
+            self._inflight_rows -= total_rows
             self._dispatch()
 
     def _record_batch(self, rows: int, seconds: float) -> None:

@@ -17,7 +17,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 SECONDS_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-REJECTION_REASONS = ("deadline", "queue_full", "expired")
+REJECTION_REASONS = ("objective", "deadline", "queue_full", "expired")
 
 _labels = ("model", "version")
 BATCH_ROWS = Histogram("mlgate_batch_rows", "Rows per executed batch.", _labels,
@@ -28,9 +28,16 @@ BATCH_EXECUTION = Histogram("mlgate_batch_execution_seconds",
 QUEUE_WAIT = Histogram("mlgate_queue_wait_seconds", "Time a request waited in the batcher before its batch left.",
                        _labels, buckets=SECONDS_BUCKETS, registry=REGISTRY)
 REJECTIONS = Counter("mlgate_batcher_rejections_total",
-                     "Requests refused by the batcher: deadline (429: cannot finish in time), queue_full (429), "
+                     "Requests refused by the batcher: objective (429: at the admission limit for the latency "
+                     "objective), deadline (429: cannot finish within its own timeout), queue_full (429), "
                      "expired (504: own deadline passed).", (*_labels, "reason"), registry=REGISTRY)
 QUEUED_ROWS = Gauge("mlgate_queued_rows", "Rows waiting in the batcher.", _labels, registry=REGISTRY)
+ADMISSION_LIMIT = Gauge("mlgate_admission_limit_rows",
+                        "Rows a deployment with a latency objective may hold (queued + executing) before it refuses.",
+                        _labels, registry=REGISTRY)
+MODEL_DEVICE = Gauge("mlgate_model_device_info",
+                     "1 for the device each ready model version runs on (label device: cpu or cuda).",
+                     (*_labels, "device"), registry=REGISTRY)
 MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed cost per batch.", _labels,
                     registry=REGISTRY)
 MODEL_PER_ROW = Gauge("mlgate_latency_model_per_row_seconds", "Latency model: cost per row.", _labels,
@@ -45,6 +52,7 @@ class BatchMetrics:
     batch_execution: Histogram
     queue_wait: Histogram
     queued_rows: Gauge
+    admission_limit: Gauge
     model_fixed: Gauge
     model_per_row: Gauge
     rejections: dict[str, Counter]
@@ -57,10 +65,16 @@ class BatchMetrics:
             batch_execution=BATCH_EXECUTION.labels(**labels),
             queue_wait=QUEUE_WAIT.labels(**labels),
             queued_rows=QUEUED_ROWS.labels(**labels),
+            admission_limit=ADMISSION_LIMIT.labels(**labels),
             model_fixed=MODEL_FIXED.labels(**labels),
             model_per_row=MODEL_PER_ROW.labels(**labels),
             rejections={reason: REJECTIONS.labels(**labels, reason=reason) for reason in REJECTION_REASONS},
         )
+
+
+def record_device(model: str, version: str, device: str) -> None:
+    """Say which device a version runs on, once it is ready (metadata says it too)."""
+    MODEL_DEVICE.labels(model=model, version=version, device=device).set(1)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from gateway.arrivals import ArrivalRate
 from gateway.batcher import Arrays, Batcher, BatchPolicy
 from gateway.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 
@@ -80,6 +81,77 @@ def test_lone_request_is_not_held_back_when_work_conserving() -> None:
 
     assert asyncio.run(main()) < 0.05
     assert executor.batch_rows == [1]
+
+
+def _stream(batcher: Batcher, rows_per_s: float, seconds: float = 1.0) -> None:
+    """Tell the arrival-rate estimate that rows have been arriving at ``rows_per_s`` until now."""
+    now = time.monotonic()
+    batcher.arrivals = ArrivalRate(now=now - seconds)
+    steps = 100
+    for step in range(steps + 1):
+        batcher.arrivals.add(round(rows_per_s * seconds / steps), now - seconds + step * seconds / steps)
+
+
+def test_a_trained_batcher_sends_a_lone_request_at_once_at_low_load() -> None:
+    executor = RecordingExecutor()
+    batcher = _trained(Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1)), 0.005)
+    _stream(batcher, rows_per_s=20)  # keeps up with one-row batches: 20/s x 5 ms is far below a slot
+
+    async def main() -> list[int]:
+        request = asyncio.ensure_future(batcher.submit(_rows(0, 1), 1))
+        for _ in range(3):  # a few turns of the loop: no timer could have fired yet
+            await asyncio.sleep(0)
+        sent = list(executor.batch_rows)
+        await request
+        return sent
+
+    assert batcher.keep_up_rows(time.monotonic()) < 1
+    assert asyncio.run(main()) == [1]  # sent at once, not held for the 5 ms a batch is worth
+
+
+def test_waits_for_company_when_a_batch_that_small_could_not_keep_up() -> None:
+    executor = RecordingExecutor()
+    batcher = _trained(Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1)), 0.05)
+    _stream(batcher, rows_per_s=100)  # one slot at 50 ms per batch keeps up with 100 rows/s only at 5+ rows
+
+    async def main() -> float:
+        started = time.perf_counter()
+        first = asyncio.ensure_future(batcher.submit(_rows(0, 1), 1))
+        for i in range(1, 5):
+            await asyncio.sleep(0.0005)
+            assert executor.batch_rows == []  # held: still waiting for the rows it needs
+            await batcher.submit(_rows(i, 1), 1) if i == 4 else asyncio.ensure_future(batcher.submit(_rows(i, 1), 1))
+        await first
+        return time.perf_counter() - started
+
+    assert 4.5 < batcher.keep_up_rows(time.monotonic()) < 5.5
+    waited = asyncio.run(main())
+    assert executor.batch_rows == [5]  # one batch of the size that keeps up, not five calls
+    assert waited < 0.04  # it left when it had them, before the 50 ms it would have held out for
+
+
+def test_objective_limit_recovers_after_a_slow_spell() -> None:
+    executor = RecordingExecutor(delay_s=0.03)
+    policy = BatchPolicy(max_batch_rows=8, max_wait_s=0.0, max_inflight=1, objective_s=0.02)
+    batcher = _trained(Batcher("m", executor, policy), 0.001)
+    assert batcher.admission is not None
+
+    async def burst() -> list[BaseException | Arrays]:
+        return await asyncio.gather(*(batcher.submit(_rows(i, 1), 1) for i in range(40)), return_exceptions=True)
+
+    initial = batcher.admission.rows
+    for _ in range(40):  # every batch takes 30 ms, over the objective: the limit is cut
+        asyncio.run(burst())
+        if batcher.admission.rows < initial:
+            break
+    cut = batcher.admission.rows
+    assert cut < initial
+    executor.delay_s = 0.001  # the deployment is fast again
+    for _ in range(30):
+        asyncio.run(batcher.submit(_rows(0, 1), 1))  # an empty deployment always admits: never locked out
+    assert batcher.admission.rows > cut + 2  # the limit grew back with every batch answered in time
+    results = asyncio.run(burst())
+    assert sum(isinstance(r, dict) for r in results) > 5
 
 
 def test_max_wait_holds_a_partial_batch_to_collect_more() -> None:
