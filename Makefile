@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install models demo test lint typecheck unit load bench proto clean
+.PHONY: help install models demo test lint typecheck unit load bench bench-batching proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
 	@echo "make test   - install, then ruff, mypy, hadolint and pytest"
 	@echo "make load   - one minute of load against a running 'make demo', with a report"
 	@echo "make bench  - mlgate vs plain Ray Serve vs FastAPI, side by side (loadtests/README.md)"
+	@echo "make bench-batching - adaptive batching vs fixed settings and @serve.batch (~25 min)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,9 @@ load: install
 
 bench: models
 	$(BIN)/python -m loadtests.bench_oip --models $(MODELS) --out loadtests/results/bench_oip.md
+
+bench-batching: models
+	$(BIN)/python -m loadtests.bench_batching --models $(MODELS) --out loadtests/results/bench_batching.md
 
 proto: install
 	bash gateway/proto/generate.sh

@@ -283,14 +283,14 @@ def open_table(results: dict[str, list[RunResult]], rates: list[float]) -> str:
     return "\n".join(lines)
 
 
-def environment_lines(argv: list[str]) -> str:
+def environment_lines(argv: list[str], module: str = "loadtests.bench_oip") -> str:
     """Command line, date, CPU, cores, versions: what a reader needs to judge the numbers."""
     import numpy
     import onnxruntime
     import ray
 
     return "\n".join([
-        f"- command: `{shlex.join([Path(sys.executable).name, '-m', 'loadtests.bench_oip', *argv])}`",
+        f"- command: `{shlex.join([Path(sys.executable).name, '-m', module, *argv])}`",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} cores (load generator, server and Ray share them)",
         f"- Python {platform.python_version()}, ray {ray.__version__}, "

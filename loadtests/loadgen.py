@@ -45,7 +45,7 @@ from loadtests.payloads import Payload, build_requests
 from loadtests.report import Recorder, Report, latency_summary
 
 Mode = Literal["closed", "open"]
-Arrival = Literal["poisson", "constant"]
+Arrival = Literal["poisson", "constant", "bursty"]
 
 _TICK_S = 0.1  # timeout scan period
 _CONNECT_BACKOFF_S = 0.005  # after a failed connect, so a dead server does not spin the CPU
@@ -78,6 +78,7 @@ class LoadConfig:
     bodies: int = 256
     seed: int = 0
     quiet: bool = False
+    slo_ms: float | None = None
 
     def validate(self) -> None:
         """Reject settings that would make the run unbounded or meaningless."""
@@ -407,8 +408,23 @@ class OpenLoopDriver(_Driver):
         self._idle.clear()
 
 
+BURST_FACTOR = 4.0
+"""Bursty arrivals: the rate during a burst, as a multiple of the mean rate."""
+BURST_MEAN_S = 0.2
+CALM_MEAN_S = 0.8
+CALM_FACTOR = (1.0 - BURST_FACTOR * BURST_MEAN_S / (BURST_MEAN_S + CALM_MEAN_S)) * (
+    (BURST_MEAN_S + CALM_MEAN_S) / CALM_MEAN_S)
+"""The rate between bursts, chosen so that the long-run mean is the requested rate (0.25x here)."""
+
+
 def _gap_stream(arrival: Arrival, rate: float, seed: int) -> Iterator[int]:
-    """Inter-arrival gaps in ns: exponential (Poisson process) or constant; drawn in blocks for speed."""
+    """Inter-arrival gaps in ns: exponential (Poisson process), constant, or bursty.
+
+    Bursty is a two-state Markov-modulated Poisson process: bursts at ``BURST_FACTOR`` times the
+    mean rate lasting ``BURST_MEAN_S`` on average, calm stretches at ``CALM_FACTOR`` times it lasting
+    ``CALM_MEAN_S``; phase lengths are exponential, so bursts come at unpredictable times, as they do
+    when a batch job or a retry storm hits a service. The long-run mean rate is ``rate``.
+    """
     mean_ns = _NS / rate
     if arrival == "constant":
         # Accumulate fractional ns so the long-run rate is exact even when 1/rate is not whole ns.
@@ -419,8 +435,27 @@ def _gap_stream(arrival: Arrival, rate: float, seed: int) -> Iterator[int]:
             acc -= whole
             yield whole
     rng = np.random.default_rng(seed)
+    if arrival == "poisson":
+        while True:
+            yield from rng.exponential(mean_ns, 4096).astype(np.int64).tolist()
+    yield from _bursty_gaps(rng, rate)
+
+
+def _bursty_gaps(rng: np.random.Generator, rate: float) -> Iterator[int]:
+    t = last = 0.0
+    bursting = False
+    phase_end = rng.exponential(CALM_MEAN_S)
     while True:
-        yield from rng.exponential(mean_ns, 4096).astype(np.int64).tolist()
+        phase_rate = rate * (BURST_FACTOR if bursting else CALM_FACTOR)
+        t_next = t + rng.exponential(1.0 / phase_rate)
+        if t_next >= phase_end:  # memoryless: restart the draw at the phase change at the new rate
+            t = phase_end
+            bursting = not bursting
+            phase_end = t + rng.exponential(BURST_MEAN_S if bursting else CALM_MEAN_S)
+            continue
+        t = t_next
+        yield int((t - last) * _NS)
+        last = t
 
 
 async def _sleep_until(t_ns: int) -> None:
@@ -503,6 +538,9 @@ def _build_report(cfg: LoadConfig, driver: _Driver, rec: Recorder, cpu_percent: 
         elapsed_s=elapsed_s, throughput=ok / elapsed_s if elapsed_s > 0 else 0.0,
         latency_ms=latency_summary(rec.latencies), client_cpu_percent=cpu_percent,
     )
+    if cfg.slo_ms is not None:
+        within = int(np.count_nonzero(np.asarray(rec.latencies, dtype=np.int64) <= cfg.slo_ms * 1e6))
+        report = replace(report, slo_ms=cfg.slo_ms, within_slo=within, goodput=within / cfg.duration_s)
     if isinstance(driver, OpenLoopDriver):
         return replace(
             report, connections=cfg.connections, arrival=cfg.arrival, target_rate=cfg.rate,
@@ -531,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["closed", "open"], default=d.mode)
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="closed loop: workers")
     p.add_argument("--rate", type=float, default=d.rate, help="open loop: requests per second")
-    p.add_argument("--arrival", choices=["poisson", "constant"], default=d.arrival)
+    p.add_argument("--arrival", choices=["poisson", "constant", "bursty"], default=d.arrival,
+                   help=f"open loop: bursty = bursts at {BURST_FACTOR:g}x the rate, {BURST_MEAN_S:g} s on average, "
+                        f"between {CALM_MEAN_S:g} s stretches at {CALM_FACTOR:g}x")
     p.add_argument("--connections", type=int, default=d.connections, help="open loop: max keep-alive pool")
     p.add_argument("--duration", type=float, default=d.duration_s, help="measured seconds")
     p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of load discarded first")
@@ -540,8 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="per-request timeout, seconds")
     p.add_argument("--check-every", type=int, default=d.check_every, help="fully parse every Nth ok response")
     p.add_argument("--bodies", type=int, default=d.bodies, help="distinct pre-built request bodies")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the Poisson arrivals")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random arrivals")
     p.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    p.add_argument("--slo-ms", type=float, default=None, help="count ok answers within this latency (goodput)")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON to this file")
     return p
 
@@ -552,7 +593,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         url=args.url, model=args.model, version=args.version, mode=args.mode, concurrency=args.concurrency,
         rate=args.rate, arrival=args.arrival, connections=args.connections, duration_s=args.duration,
         warmup_s=args.warmup, rows=args.rows, payload=args.payload, timeout_s=args.timeout,
-        check_every=args.check_every, bodies=args.bodies, seed=args.seed, quiet=args.quiet,
+        check_every=args.check_every, bodies=args.bodies, seed=args.seed, quiet=args.quiet, slo_ms=args.slo_ms,
     )
 
 

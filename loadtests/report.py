@@ -136,6 +136,10 @@ class Report:
     latency_basis: str = ""
     service_latency_ms: dict[str, float] = field(default_factory=dict)
     client_cpu_percent: float = 0.0
+    slo_ms: float | None = None
+    within_slo: int | None = None
+    goodput: float | None = None
+    """Ok answers within ``slo_ms`` (from the intended send time) per second of the measured window."""
 
     @property
     def error_count(self) -> int:
@@ -162,6 +166,8 @@ class Report:
             f"throughput {self.throughput:.1f} ok/s over {self.elapsed_s:.2f} s  "
             f"(client CPU {self.client_cpu_percent:.0f}% of one core)"
         )
+        if self.goodput is not None:
+            lines.append(f"goodput {self.goodput:.1f} ok/s within {self.slo_ms:g} ms ({self.within_slo} answers)")
         if self.errors:
             lines.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())))
         lines.append(f"latency ms ({self.latency_basis}): " + _fmt_latency(self.latency_ms))

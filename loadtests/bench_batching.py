@@ -1,0 +1,296 @@
+"""Adaptive batching against every fixed setting: goodput under Poisson and bursty load, one run, one box.
+
+Usage::
+
+    python -m loadtests.bench_batching --models models --out loadtests/results/bench_batching.md \\
+        [--duration 3] [--loads 10,30,60,90,120,150] [--slo-ms 25]
+
+What it measures (issue 3's benchmark):
+
+* One mlgate gateway serves every policy side by side, each as its own model
+  name with its own replica, so every policy sees the same gateway, the same
+  Ray and the same machine state, and load levels interleave across policies
+  instead of running one policy's sweep after another's:
+
+  - ``adaptive``: mlgate's default batcher with the SLO as latency objective;
+  - ``adaptive-no-objective``: the same dispatch without an objective (no
+    admission control), which also gives the capacity figure;
+  - ``nobatch``: one request per model call (``max_batch_rows: 1``, 16 calls in flight);
+  - ``fixed-R-Wms``: a grid of fixed (max batch rows, max wait) in mlgate's own
+    batcher, which holds a partial batch up to W ms unless R rows are queued
+    (how Triton's dynamic batcher and ``@serve.batch`` behave).
+
+  Then plain Ray Serve with ``@serve.batch`` defaults (max 10, 10 ms) runs the
+  same loads on its own (it is a separate server with its own Ray).
+* Capacity is the closed-loop throughput of ``adaptive-no-objective`` at 64
+  concurrent callers, measured first; offered loads are percentages of it.
+  (Not ``adaptive``: a closed loop resends every 429 at once, a retry storm
+  that measures the refusal path, not capacity.)
+* Loads are open loop (latency counted from the intended send time, so a
+  server that falls behind is charged for it), Poisson and bursty (bursts at
+  4x the mean rate, see ``loadtests.loadgen``).
+* Goodput is answers within the SLO per second. A policy's throughput at the
+  SLO is its best goodput over the load levels where its p99 met the SLO.
+
+The demo's two models are the champion (logistic regression) and the "heavy"
+wide MLP (1536x1536 hidden).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtests.bench_oip import environment_lines, mlgate_command
+from loadtests.loadgen import LoadConfig, run_load_sync
+from loadtests.payloads import json_body, load_rows
+from loadtests.procs import free_port, http_request, running, wait_ready
+
+BASE_MODELS = ("breast-cancer", "breast-cancer-wide")
+SERVE_DEFAULTS = "serve-defaults"
+CAPACITY_POLICY = "adaptive-no-objective"
+NO_BATCH = {"max_batch_rows": 1, "max_inflight_batches": 16}
+FIXED_QUEUE_ROWS = 2048
+"""Queue bound of the fixed policies: an unbounded backlog at 150% load would take minutes to drain."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One open-loop run of one policy at one load."""
+
+    model: str
+    trace: str
+    load_pct: int
+    policy: str
+    offered_rps: float
+    ok_rps: float
+    goodput: float
+    p50_ms: float
+    p99_ms: float
+    refused: int
+    failed: int
+
+
+def grid_policies(rows: list[int], waits_ms: list[float]) -> dict[str, dict[str, Any]]:
+    """Every policy the gateway serves, by name, with its batching configuration."""
+    policies: dict[str, dict[str, Any]] = {
+        "adaptive": {}, CAPACITY_POLICY: {}, "nobatch": {**NO_BATCH, "max_queue_rows": FIXED_QUEUE_ROWS}}
+    for r in rows:
+        for w in waits_ms:
+            policies[f"fixed-{r}-{w:g}ms"] = {"max_batch_rows": r, "max_wait_ms": w, "max_queue_rows": FIXED_QUEUE_ROWS}
+    return policies
+
+
+def build_repository(models: Path, target: Path, policies: dict[str, dict[str, Any]]) -> None:
+    """One model name per (base model, policy), each a copy of the base model's version 1."""
+    for base in BASE_MODELS:
+        source = models / base / "1"
+        if not (source / "model.onnx").is_file():
+            raise SystemExit(f"error: {source}/model.onnx not found; build the demo repository first "
+                             f"(`make models` or `mlgate models build-demo {models}`)")
+        for policy in policies:
+            copy = target / f"{base}--{policy}" / "1"
+            shutil.copytree(source, copy)
+            manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+            manifest["name"] = f"{base}--{policy}"  # a manifest must name the folder it lies in
+            (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def write_config(path: Path, repository: Path, http_port: int, slo_ms: float,
+                 policies: dict[str, dict[str, Any]]) -> None:
+    models: dict[str, Any] = {}
+    for base in BASE_MODELS:
+        for policy, batching in policies.items():
+            if policy == "adaptive":
+                batching = {"latency_objective_ms": slo_ms}
+            # a sliver of a CPU each, so that Ray places every replica on this 2-core box
+            models[f"{base}--{policy}"] = {"batching": batching, "deployment": {"num_cpus": 0.05}}
+    config = {
+        "server": {"host": "127.0.0.1", "http_port": http_port, "grpc_port": free_port()},
+        "repository": str(repository), "models": models,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def open_loop(port: int, model: str, trace: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="open", rate=rate, arrival=trace,  # type: ignore[arg-type]
+                     connections=256, duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0,
+                     quiet=True, slo_ms=args.slo_ms, seed=args.seed)
+    report = run_load_sync(cfg)
+    refused = report.errors.get("http_429", 0)
+    return {"ok_rps": report.throughput, "goodput": report.goodput or 0.0,
+            "p50_ms": report.latency_ms.get("p50", float("nan")), "p99_ms": report.latency_ms.get("p99", float("nan")),
+            "refused": refused, "failed": report.error_count - refused}
+
+
+def capacity(port: int, model: str, args: argparse.Namespace) -> float:
+    cfg = LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="closed", concurrency=64,
+                     duration_s=args.duration + 1, warmup_s=args.warmup, quiet=True)
+    return run_load_sync(cfg).throughput
+
+
+def settle(port: int, mlgate: bool) -> None:
+    """Wait until the last run's backlog has drained, so that it does not load the next run."""
+    deadline = time.monotonic() + 60.0
+    while mlgate and time.monotonic() < deadline:
+        _, body = http_request(port, "GET", "/metrics")
+        queued = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                     if line.startswith("mlgate_queued_rows{"))
+        if queued == 0:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5 if mlgate else 2.0)
+
+
+def sweep(port: int, served_name: str, base: str, policy: str, rates: dict[int, float],
+          args: argparse.Namespace, points: list[Point], trace: str, pct: int) -> None:
+    result = open_loop(port, served_name, trace, rates[pct], args)
+    settle(port, mlgate=policy != SERVE_DEFAULTS)
+    point = Point(base, trace, pct, policy, rates[pct], **result)
+    points.append(point)
+    print(f"  {base:20s} {trace:8s} {pct:4d}% {policy:18s} good {point.goodput:7.0f}/s ok {point.ok_rps:7.0f}/s "
+          f"p50 {point.p50_ms:8.2f} p99 {point.p99_ms:8.2f} refused {point.refused} failed {point.failed}",
+          file=sys.stderr, flush=True)
+
+
+def run_mlgate(args: argparse.Namespace, work: Path, policies: dict[str, dict[str, Any]],
+               points: list[Point]) -> dict[str, dict[int, float]]:
+    repository = work / "repository"
+    build_repository(args.models, repository, policies)
+    port = free_port()
+    config = work / "mlgate.yaml"
+    write_config(config, repository, port, args.slo_ms, policies)
+    command = mlgate_command(config)
+    if command is None:
+        raise SystemExit("error: no mlgate CLI in this environment")
+    probe = json_body(load_rows()[:1]).body
+    rates: dict[str, dict[int, float]] = {}
+    with running("mlgate", command, work / "mlgate.log") as server:
+        startup = wait_ready(server, port, f"/v2/models/{BASE_MODELS[-1]}--{list(policies)[-1]}/infer", probe,
+                             300.0, "/v2/health/ready")
+        print(f"--- mlgate with {len(policies) * len(BASE_MODELS)} deployments ready after {startup:.0f} s",
+              file=sys.stderr, flush=True)
+        for base in BASE_MODELS:
+            cap = capacity(port, f"{base}--{CAPACITY_POLICY}", args)
+            settle(port, mlgate=True)
+            rates[base] = {pct: cap * pct / 100 for pct in args.loads}
+            print(f"--- {base}: capacity {cap:.0f} req/s (closed loop, 64 callers, {CAPACITY_POLICY})",
+                  file=sys.stderr, flush=True)
+            for trace in args.traces:
+                for pct in args.loads:
+                    for policy in policies:
+                        sweep(port, f"{base}--{policy}", base, policy, rates[base], args, points, trace, pct)
+    return rates
+
+
+def run_serve_defaults(args: argparse.Namespace, work: Path, rates: dict[str, dict[int, float]],
+                       points: list[Point]) -> None:
+    probe = json_body(load_rows()[:1]).body
+    for base in BASE_MODELS:
+        port = free_port()
+        onnx = (args.models / base / "1" / "model.onnx").resolve()
+        command = [sys.executable, "-m", "loadtests.baselines.ray_serve_app", "--model-file", str(onnx),
+                   "--port", str(port)]
+        with running(SERVE_DEFAULTS, command, work / f"serve-{base}.log") as server:
+            wait_ready(server, port, "/v2/models/breast-cancer/infer", probe, 300.0)
+            for trace in args.traces:
+                for pct in args.loads:
+                    # the baseline app serves whatever file it is given under the champion's name
+                    sweep(port, "breast-cancer", base, SERVE_DEFAULTS, rates[base], args, points, trace, pct)
+
+
+def at_slo(points: list[Point], slo_ms: float) -> float:
+    """Best goodput over the load levels where p99 met the SLO (0 if it met it nowhere)."""
+    return max((p.goodput for p in points if p.p99_ms <= slo_ms), default=0.0)
+
+
+def render(args: argparse.Namespace, argv: list[str], rates: dict[str, dict[int, float]],
+           points: list[Point]) -> str:
+    lines = ["# Adaptive batching vs fixed settings", "", environment_lines(argv, "loadtests.bench_batching"), "",
+             f"SLO: p99 <= {args.slo_ms:g} ms; goodput = answers within the SLO per second; "
+             f"{args.duration:g} s measured after {args.warmup:g} s warm-up per point.", ""]
+    for base in BASE_MODELS:
+        for trace in args.traces:
+            mine = [p for p in points if p.model == base and p.trace == trace]
+            lines += [f"## {base}, {trace} arrivals", "",
+                      "| load | offered req/s | adaptive goodput (p99 ms) | best grid point: goodput (p99 ms) "
+                      "| adaptive / best grid | adaptive, no objective | no batching | Serve defaults |",
+                      "|---:|---:|---:|---|---:|---:|---:|---:|"]
+            for pct in args.loads:
+                level = {p.policy: p for p in mine if p.load_pct == pct}
+                grid = [p for name, p in level.items() if name.startswith("fixed-")]
+                adaptive = level["adaptive"]
+                best = max(grid, key=lambda p: p.goodput)
+                ratio = adaptive.goodput / best.goodput if best.goodput else float("inf")
+                serve = level.get(SERVE_DEFAULTS)
+                serve_txt = f"{serve.goodput:.0f} ({serve.p99_ms:.0f})" if serve else "-"
+                lines.append(
+                    f"| {pct}% | {rates[base][pct]:.0f} | {adaptive.goodput:.0f} ({adaptive.p99_ms:.1f}) "
+                    f"| {best.policy}: {best.goodput:.0f} ({best.p99_ms:.1f}) | {ratio:.2f} "
+                    f"| {level[CAPACITY_POLICY].goodput:.0f} ({level[CAPACITY_POLICY].p99_ms:.1f}) "
+                    f"| {level['nobatch'].goodput:.0f} ({level['nobatch'].p99_ms:.1f}) | {serve_txt} |")
+            by_policy: dict[str, list[Point]] = {}
+            for p in mine:
+                by_policy.setdefault(p.policy, []).append(p)
+            scores = {name: at_slo(ps, args.slo_ms) for name, ps in by_policy.items()}
+            best_fixed = max((n for n in scores if n.startswith("fixed-")), key=lambda n: scores[n])
+            low = min(args.loads)
+            low_p50 = {p.policy: p.p50_ms for p in mine if p.load_pct == low}
+            lines += ["",
+                      f"Throughput at the SLO: adaptive **{scores['adaptive']:.0f}** req/s; best single fixed "
+                      f"setting {best_fixed} {scores[best_fixed]:.0f} "
+                      f"(ratio {scores['adaptive'] / max(scores[best_fixed], 1e-9):.2f}); no objective "
+                      f"{scores[CAPACITY_POLICY]:.0f}; no batching "
+                      f"{scores['nobatch']:.0f}; Serve defaults {scores.get(SERVE_DEFAULTS, 0.0):.0f}. "
+                      f"p50 at {low}% load: adaptive {low_p50['adaptive']:.2f} ms, no batching "
+                      f"{low_p50['nobatch']:.2f} ms.", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench_batching", description=__doc__.split("\n")[0])
+    p.add_argument("--models", type=Path, default=Path("models"), help="demo model repository")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown report here (and .json beside it)")
+    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="discarded seconds per point")
+    p.add_argument("--loads", type=lambda s: [int(x) for x in s.split(",")], default=[10, 30, 60, 90, 120, 150],
+                   help="offered loads, %% of capacity")
+    p.add_argument("--traces", type=lambda s: s.split(","), default=["poisson", "bursty"])
+    p.add_argument("--grid-rows", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
+    p.add_argument("--grid-wait-ms", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 10.0])
+    p.add_argument("--slo-ms", type=float, default=25.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-serve", action="store_true", help="leave out the plain Ray Serve baseline")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    policies = grid_policies(args.grid_rows, args.grid_wait_ms)
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory(prefix="mlgate-bench-batching-") as tmp:
+        work = Path(tmp)
+        rates = run_mlgate(args, work, policies, points)
+        if not args.skip_serve:
+            run_serve_defaults(args, work, rates, points)
+    report = render(args, argv, rates, points)
+    print(report)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report + "\n", encoding="utf-8")
+        args.out.with_suffix(".json").write_text(json.dumps([asdict(p) for p in points], indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
