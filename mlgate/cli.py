@@ -1,4 +1,4 @@
-"""The ``mlgate`` command line: serve, build the demo models, check a config file."""
+"""The ``mlgate`` command line: serve, show status, build the demo models, check a config file."""
 
 from __future__ import annotations
 
@@ -94,6 +94,24 @@ def config_check(path: Annotated[Path, typer.Argument(help="Configuration file t
     cfg = _load_or_exit(path)
     typer.echo(f"{path}: ok (repository {cfg.repository}, HTTP {cfg.server.host}:{cfg.server.http_port}, "
                f"gRPC {cfg.server.host}:{cfg.server.grpc_port})")
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="Base URL of the gateway's HTTP port.")] = "http://127.0.0.1:8000",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per deployment: state, batches, rows per batch, execution and queue time, refusals, latency model."""
+    import urllib.error
+
+    from mlgate.status import fetch_status, render_json, render_table
+
+    try:
+        statuses = fetch_status(url)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        typer.echo(f"error: cannot read status from {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(render_json(statuses) if as_json else render_table(statuses))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from mlgate import __version__
 from mlgate.config import MlgateConfig
 from serving.ray_backend import DeployedVersion, RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
-from telemetry.metrics import BatchMetrics
+from telemetry.metrics import BatchMetrics, record_device
 
 log = logging.getLogger("mlgate")
 
@@ -85,7 +85,7 @@ def build_registry(config: MlgateConfig, entries: list[RepositoryEntry]) -> Mode
 
 
 def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
-    batching = config.batching_for(entry.model)
+    batching = config.batching_for(entry.model, entry.version)
     replicas = config.deployment_for(entry.model).replicas
     model_max = entry.manifest.max_batch_rows if entry.manifest else batching.max_batch_rows
     return BatchPolicy(
@@ -97,13 +97,13 @@ def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
     )
 
 
-def replica_settings(config: MlgateConfig, model: str) -> ReplicaSettings:
+def replica_settings(config: MlgateConfig, model: str, version: str) -> ReplicaSettings:
     deployment = config.deployment_for(model)
     return ReplicaSettings(
         replicas=deployment.replicas,
         num_cpus=deployment.num_cpus,
         device=deployment.device,
-        max_ongoing_requests=config.batching_for(model).max_inflight_batches + 1,
+        max_ongoing_requests=config.batching_for(model, version).max_inflight_batches + 1,
     )
 
 
@@ -122,7 +122,7 @@ class Gateway:
         while other replicas start (process spawn, imports) or warm up would learn their load.
         """
         servable = [e for e in self.entries if e.error is None]
-        settings = {e.model: replica_settings(self.config, e.model) for e in servable}
+        settings = {(e.model, e.version): replica_settings(self.config, e.model, e.version) for e in servable}
         await asyncio.to_thread(self.backend.deploy, servable, settings)
         deployed = await asyncio.gather(*(self._wait_deployed(e) for e in servable))
         for entry, version in zip(servable, deployed, strict=True):
@@ -155,6 +155,7 @@ class Gateway:
             log.error("%s is unavailable: warm-up batch failed: %s", served.label, exc)
             return
         served.mark_ready(batcher, deployed.device)
+        record_device(entry.model, entry.version, deployed.device)
         fixed_s, per_row_s = batcher.latency.coefficients()
         log.info("%s ready on %s (latency model: %.2f ms + %.1f µs/row)",
                  served.label, deployed.device, fixed_s * 1e3, per_row_s * 1e6)
