@@ -2,7 +2,7 @@
 
 Every field has a default and a description, so an empty file is a valid
 configuration and ``mlgate config check FILE`` can point at the exact field
-that is wrong. Per-model settings override the global defaults field by field.
+that is wrong. Per-model (and per-version batching) sections replace the global ones whole.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ class BatchingConfig(_Strict):
         0.0,
         ge=0,
         description=(
-            "How long a partial batch may wait for more requests while a replica slot is free. "
-            "0 = work-conserving: dispatch whenever a slot is free, so a lone request never waits; "
-            "batches still form under load while slots are busy."
+            "Fixed time a partial batch waits for more requests while a replica slot is free (as Triton and "
+            "@serve.batch do). 0 (default) = adaptive: dispatch whenever a slot is free, and wait only when the "
+            "queue holds fewer rows than the batch size needed to keep up with the arrival rate, so a lone "
+            "request at low load never waits."
         ),
     )
     max_inflight_batches: int = Field(
@@ -63,11 +64,11 @@ class BatchingConfig(_Strict):
         None,
         gt=0,
         description=(
-            "Latency objective (p99 target) of the deployment; unset = none. When set, requests that set no "
-            "timeout of their own use it as their deadline for admission and batch sizing: one predicted to "
-            "miss it is refused with 429 rather than queued. Experimental: under heavy overload on a small "
-            "box the shedding can over-react (see loadtests/README.md). A request's own OIP 'timeout' "
-            "parameter or gRPC deadline always applies, objective or not."
+            "Latency objective (p99 target, from decode to answer) of each version of the model; unset = none. "
+            "When set, it is the deadline of requests that set no timeout of their own (batch sizing), and an "
+            "adaptive limit on rows queued or running refuses requests with 429 before their body is read "
+            "when more than 1% of recent answers missed it (docs/architecture.md). A request's own OIP "
+            "'timeout' parameter or gRPC deadline always applies, objective or not."
         ),
     )
     max_queue_rows: int = Field(65536, ge=1, description="Most rows waiting per deployment; beyond it, 429.")
@@ -94,6 +95,10 @@ class ModelConfig(_Strict):
         None, description="Versions to serve (default: every version in the repository)."
     )
     batching: BatchingConfig | None = None
+    version_batching: dict[str, BatchingConfig] = Field(
+        default_factory=dict,
+        description="Batching overrides for single versions, by version (e.g. a tighter objective for a challenger).",
+    )
     deployment: DeploymentConfig | None = None
 
 
@@ -114,9 +119,12 @@ class MlgateConfig(_Strict):
                 raise ValueError(f"models.{name}: champion {model.champion!r} is not in versions {model.versions}")
         return self
 
-    def batching_for(self, model: str) -> BatchingConfig:
+    def batching_for(self, model: str, version: str) -> BatchingConfig:
+        """The version's own batching, else its model's, else the global one (whole sections, not field by field)."""
         override = self.models.get(model)
-        return override.batching if override and override.batching else self.batching
+        if override is None:
+            return self.batching
+        return override.version_batching.get(version) or override.batching or self.batching
 
     def deployment_for(self, model: str) -> DeploymentConfig:
         override = self.models.get(model)

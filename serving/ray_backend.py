@@ -96,13 +96,13 @@ class RayServeBackend:
     def cluster_gpus(self) -> float:
         return float(ray.cluster_resources().get("GPU", 0.0))  # type: ignore[no-untyped-call]
 
-    def deploy(self, entries: list[RepositoryEntry], settings: dict[str, ReplicaSettings]) -> None:
+    def deploy(self, entries: list[RepositoryEntry], settings: dict[tuple[str, str], ReplicaSettings]) -> None:
         """Submit every version at once; readiness is awaited per version by ``wait_ready``."""
         gpus = self.cluster_gpus()
         targets = []
         for entry in entries:
             assert entry.manifest is not None
-            s = settings[entry.model]
+            s = settings[(entry.model, entry.version)]
             deployment = serve.deployment(
                 name="onnx",
                 num_replicas=s.replicas,

@@ -72,3 +72,19 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     assert "ray.num_cpus: Input should be greater than or equal to 1" in failed.output
     missing = runner.invoke(app, ["config", "check", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+def test_batching_resolves_version_then_model_then_global(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("""
+batching: {max_batch_rows: 64}
+models:
+  m:
+    batching: {latency_objective_ms: 50}
+    version_batching: {"3": {latency_objective_ms: 10}}
+""")
+    config = load_config(path)
+    assert config.batching_for("m", "3").latency_objective_ms == 10
+    assert config.batching_for("m", "1").latency_objective_ms == 50
+    assert config.batching_for("other", "1").max_batch_rows == 64
+    assert config.batching_for("other", "1").latency_objective_ms is None

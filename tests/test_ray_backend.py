@@ -47,8 +47,8 @@ def test_batches_larger_than_serves_grpc_default_travel_both_ways(tmp_path: Path
     backend = RayServeBackend(address=None, num_cpus=1, object_store_bytes=128 * 1024 * 1024)
     backend.start()
     try:
-        backend.deploy(entries, {"echo": ReplicaSettings(replicas=1, num_cpus=0.5, device="cpu",
-                                                           max_ongoing_requests=2)})
+        backend.deploy(entries, {("echo", "1"): ReplicaSettings(replicas=1, num_cpus=0.5, device="cpu",
+                                                                  max_ongoing_requests=2)})
 
         async def roundtrip() -> tuple[np.ndarray, str]:
             try:
