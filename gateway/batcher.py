@@ -67,6 +67,9 @@ class _Pending:
     rows: int
     future: asyncio.Future[Arrays]
     deadline: float
+    """The caller's own deadline (inf if it set none): batches are capped for it. The objective is
+    not: under overload, batches capped to fit it shrink, the gateway's CPU goes to Ray calls
+    instead of rows, and throughput collapses (measured); the admission limit enforces it instead."""
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -128,7 +131,7 @@ class Batcher:
         deadline = min(own_deadline, now + objective) if objective is not None else own_deadline
         self._admit(rows, now, deadline, own_deadline)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, future, deadline, now))
+        self._queue.append(_Pending(inputs, rows, future, own_deadline, now))
         self._queued_rows += rows
         self.arrivals.add(rows, now)
         self._dispatch()
@@ -245,7 +248,10 @@ class Batcher:
         if missing <= 0:
             return now
         size = min(policy.max_batch_rows, math.ceil(wanted))
-        latest = min(head.enqueued_at + self.latency.mean(size), head.deadline - self.latency.bound(size))
+        deadline = head.deadline
+        if policy.objective_s is not None:
+            deadline = min(deadline, head.enqueued_at + policy.objective_s)
+        latest = min(head.enqueued_at + self.latency.mean(size), deadline - self.latency.bound(size))
         return min(latest, now + missing / self.arrivals.rows_per_second(now))
 
     async def warm_up(self, make_inputs: Callable[[int], Arrays], repeats: int = 3, priming: int = 3) -> None:
@@ -351,10 +357,8 @@ class Batcher:
             self.latency.observe(total_rows, elapsed)
             self._record_batch(total_rows, elapsed)
             _scatter(self.label, batch, outputs, total_rows)
-            if self.admission is not None:
-                late_after = finished - self.admission.objective_s
-                late_rows = sum(p.rows for p in batch if p.enqueued_at < late_after)
-                self.admission.observe(total_rows, late_rows, finished)
+            if self.admission is not None:  # requests are in arrival order: the first is the oldest
+                self.admission.observe(finished - batch[0].enqueued_at, total_rows, finished)
         except InferenceError as exc:
             _fail(batch, exc)
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed

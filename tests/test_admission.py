@@ -8,29 +8,20 @@ from gateway.admission import AdmissionLimit
 from gateway.arrivals import ArrivalRate
 
 
-def test_more_than_one_percent_late_in_a_window_cuts_the_limit_once_per_window() -> None:
-    limit = AdmissionLimit(objective_s=0.02, initial_rows=100, floor_rows=2, window_rows=100)
-    limit.observe(batch_rows=60, late_rows=1, now=1.0)
-    assert limit.rows == pytest.approx(100)  # the window is not full yet: 60 rows say too little
-    limit.observe(batch_rows=60, late_rows=1, now=1.001)  # 2 late of 120: over 1%
+def test_a_late_batch_cuts_the_limit_once_per_objective() -> None:
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=100, floor_rows=2)
+    limit.observe(0.05, batch_rows=10, now=1.0)
     assert limit.rows == pytest.approx(80)
-    limit.observe(batch_rows=200, late_rows=5, now=1.01)  # the cut has not had an objective's time to show
+    limit.observe(0.05, batch_rows=10, now=1.01)  # the cut has not had time to show yet
     assert limit.rows == pytest.approx(80)
-    limit.observe(batch_rows=200, late_rows=5, now=1.03)
+    limit.observe(0.05, batch_rows=10, now=1.021)
     assert limit.rows == pytest.approx(64)
-
-
-def test_a_late_row_or_two_within_the_p99_does_not_cut() -> None:
-    limit = AdmissionLimit(objective_s=0.02, initial_rows=100, floor_rows=2, window_rows=100)
-    for step in range(10):
-        limit.observe(batch_rows=300, late_rows=2, now=step * 0.05)  # 0.7% late, window after window
-    assert limit.rows == pytest.approx(100)
 
 
 def test_the_limit_never_falls_below_its_floor() -> None:
     limit = AdmissionLimit(objective_s=0.01, initial_rows=10, floor_rows=2)
     for step in range(50):
-        limit.observe(batch_rows=100, late_rows=100, now=float(step))
+        limit.observe(1.0, batch_rows=1, now=float(step))
     assert limit.rows == 2
     assert limit.admits(rows_in_system=1, rows=1)
 
@@ -38,7 +29,7 @@ def test_the_limit_never_falls_below_its_floor() -> None:
 def test_batches_within_the_objective_raise_the_limit_by_about_a_row_per_window() -> None:
     limit = AdmissionLimit(objective_s=0.02, initial_rows=50, floor_rows=2)
     for step in range(50):  # 50 batches of 10 rows = ten windows of 50 rows
-        limit.observe(batch_rows=10, late_rows=0, now=step * 0.001)
+        limit.observe(0.005, batch_rows=10, now=step * 0.001)
     assert 58 < limit.rows < 60
 
 
