@@ -15,17 +15,17 @@ low load that size is below one row, so nothing waits. ``max_wait_s`` instead
 fixes the wait, as Triton and Ray Serve do; it exists for comparison
 (loadtests/bench_batching.py).
 
-A request may have a deadline: its own (OIP ``timeout`` parameter or gRPC
-deadline), or the deployment's latency objective if one is configured. The
-online latency model (``LatencyModel``, seeded by a warm-up sweep) predicts
-when a request joining the queue would be answered: the queue drains in
-batches through ``S`` slots, so the prediction is the time for the rows ahead
-of it to drain plus its own batch's tail-bounded execution. A request that
-cannot make its deadline is refused at once (429 with Retry-After) instead of
-queueing and making everyone late, and a batch is capped at the rows that
-still let its oldest request finish in time. A request that set its own
-timeout and runs out of it gets 504; it is dropped before execution if it
-expires while queued.
+A request may have a deadline of its own (OIP ``timeout`` parameter or gRPC
+deadline); a deployment may have a latency objective. The online latency model
+(``LatencyModel``, seeded by a warm-up sweep) predicts when a request joining
+the queue would be answered (the rows ahead drain in batches through ``S``
+slots, then its own batch runs, tail-bounded); a request that cannot make its
+own deadline is refused at once (429 with Retry-After) instead of queueing and
+making everyone late, and a batch is capped at the rows that still let its
+oldest request make its own deadline. The objective is enforced by an
+admission limit on rows in the system (``AdmissionLimit``), which follows what
+requests actually experienced. A request that runs out of its own time gets
+504; it is dropped before execution if it expires while queued.
 
 Everything runs on the event loop: no locks, no threads. Requests keep their
 own row counts; a batch is the concatenation of their rows and the outputs are
@@ -109,7 +109,7 @@ class Batcher:
             slots = policy.max_inflight
             admission = self.admission = AdmissionLimit(policy.objective_s, slots * policy.max_batch_rows, slots)
             if metrics is not None:
-                metrics.admission_limit.set_function(lambda: admission.rows)
+                metrics.track_admission_limit(lambda: admission.rows)
 
     @property
     def queued_rows(self) -> int:

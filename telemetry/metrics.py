@@ -8,6 +8,7 @@ sub-millisecond to seconds for time, 1 to 1024 for rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -52,10 +53,10 @@ class BatchMetrics:
     batch_execution: Histogram
     queue_wait: Histogram
     queued_rows: Gauge
-    admission_limit: Gauge
     model_fixed: Gauge
     model_per_row: Gauge
     rejections: dict[str, Counter]
+    labels: dict[str, str]
 
     @classmethod
     def for_deployment(cls, model: str, version: str) -> BatchMetrics:
@@ -65,11 +66,15 @@ class BatchMetrics:
             batch_execution=BATCH_EXECUTION.labels(**labels),
             queue_wait=QUEUE_WAIT.labels(**labels),
             queued_rows=QUEUED_ROWS.labels(**labels),
-            admission_limit=ADMISSION_LIMIT.labels(**labels),
             model_fixed=MODEL_FIXED.labels(**labels),
             model_per_row=MODEL_PER_ROW.labels(**labels),
             rejections={reason: REJECTIONS.labels(**labels, reason=reason) for reason in REJECTION_REASONS},
+            labels=labels,
         )
+
+    def track_admission_limit(self, read_rows: Callable[[], float]) -> None:
+        """Export the admission limit, read at scrape time; only deployments with an objective have one."""
+        ADMISSION_LIMIT.labels(**self.labels).set_function(read_rows)
 
 
 def record_device(model: str, version: str, device: str) -> None:
