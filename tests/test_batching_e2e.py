@@ -42,9 +42,8 @@ def _scrape(gateway: RunningGateway, version: str = VERSION) -> dict[str, float]
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("model") == MODEL and sample.labels.get("version") == version:
-                key = sample.name + ("" if "reason" not in sample.labels else f"[{sample.labels['reason']}]")
-                values[key] = sample.value
+            if sample.labels == {"model": MODEL, "version": version}:  # per-version series only, no reasons
+                values[sample.name] = sample.value
     return values
 
 
