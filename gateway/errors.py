@@ -56,6 +56,11 @@ class Overloaded(InferenceError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineUnreachable(Overloaded):
+    """Refused at once because the request could not be answered within its own deadline (429, like any
+    shedding; the distinction lets a router treat it as "too slow", not "too busy")."""
+
+
 class Unavailable(InferenceError):
     """The request was fine but the model cannot answer now (not loaded, replica failed)."""
 
@@ -66,3 +71,35 @@ class Unavailable(InferenceError):
 class DeadlineExceeded(InferenceError):
     http_status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthorized(InferenceError):
+    """No credentials, or credentials that match no token (HTTP sends ``WWW-Authenticate: Bearer``)."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Forbidden(InferenceError):
+    """A valid token whose role does not allow the operation."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Conflict(InferenceError):
+    """A write based on a stale revision (optimistic concurrency)."""
+
+    http_status = 409
+    grpc_code = grpc.StatusCode.ABORTED
+
+
+class Unprocessable(InferenceError):
+    """Well-formed input that describes an invalid state (e.g. routing to a version that is not ready)."""
+
+    http_status = 422
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []

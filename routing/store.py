@@ -1,0 +1,175 @@
+"""Routing state that survives restarts and reaches every gateway process: one SQLite file.
+
+Why SQLite in WAL mode: the state is small (one row per logical model), writes
+are rare (an operator's change), reads are frequent (every gateway polls), and
+WAL lets readers run while a writer commits. Several gateway processes on one
+machine share the file; ``PRAGMA data_version`` tells a process in
+microseconds whether anyone else committed since it last looked, so polling
+every quarter second costs nothing and a change reaches every process well
+within a second.
+
+Every change is written in the same transaction as its audit entry
+(``telemetry.audit``), so the log cannot miss a change that took effect nor
+record one that did not. Writes use optimistic concurrency: the writer names
+the revision it read, and a stale revision is refused (``StaleRevision``)
+instead of silently overwriting someone else's change.
+
+The store keeps policies as JSON documents; it does not interpret them (that is
+``routing.policy``), so a schema change never needs a migration here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from telemetry import audit
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS routing (
+    model TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    policy TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+"""
+
+
+class StaleRevision(Exception):
+    """A write based on a revision that is no longer current."""
+
+    def __init__(self, model: str, expected: int, current: int) -> None:
+        super().__init__(f"routing of model '{model}' is at revision {current}, not {expected}; "
+                         "read it again and reapply your change")
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRouting:
+    model: str
+    revision: int
+    policy: dict[str, Any]
+    updated_at: str
+    updated_by: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "revision": self.revision, "routing": self.policy,
+                "updated_at": self.updated_at, "updated_by": self.updated_by}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class StateStore:
+    """The state file of one gateway deployment (routing, tokens, audit log).
+
+    Two connections, each behind its own lock: writes (admin changes, in worker threads) may wait
+    for another process's write lock, and must never make the event loop's reads (``data_version``
+    polls, reloads) wait behind them; in WAL mode readers never wait for writers.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._writer = _connect(path)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        with self.transaction() as conn:
+            conn.execute(SCHEMA)
+            audit.ensure_schema(conn)
+        self._reader = _connect(path)
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the file's write lock from its first statement
+        (``BEGIN IMMEDIATE``), so a read-check-write sequence cannot interleave with another process."""
+        with self._write_lock, audit.write_transaction(self._writer) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            yield self._reader
+
+    def data_version(self) -> int:
+        """Changes whenever any connection but the reader (this process's writer included) has committed."""
+        with self._read_lock:
+            row = self._reader.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def routing(self, model: str) -> StoredRouting | None:
+        with self.reading() as conn:
+            return _routing_row(conn, model)
+
+    def all_routing(self) -> dict[str, StoredRouting]:
+        with self.reading() as conn:
+            rows = conn.execute("SELECT model, revision, policy, updated_at, updated_by FROM routing").fetchall()
+        return {row[0]: _stored(row) for row in rows}
+
+    def seed_routing(self, model: str, policy: dict[str, Any], actor: str) -> StoredRouting:
+        """Write the first routing of a model unless it has one already (then that one is returned)."""
+        with self.transaction() as conn:
+            existing = _routing_row(conn, model)
+            if existing is not None:
+                return existing
+            stored = StoredRouting(model, 1, policy, utc_now(), actor)
+            _write(conn, stored)
+            audit.append(conn, actor=actor, action="routing.seed", target=f"model/{model}",
+                         before=None, after=policy, reason="first start with this model (from the config file)")
+            return stored
+
+    def replace_routing(self, model: str, policy: dict[str, Any], expected_revision: int, actor: str,
+                        reason: str | None) -> StoredRouting:
+        """Replace a model's routing if it is still at ``expected_revision``; audited in the same transaction."""
+        with self.transaction() as conn:
+            current = _routing_row(conn, model)
+            current_revision = current.revision if current is not None else 0
+            if current_revision != expected_revision:
+                raise StaleRevision(model, expected_revision, current_revision)
+            stored = StoredRouting(model, current_revision + 1, policy, utc_now(), actor)
+            _write(conn, stored)
+            audit.append(conn, actor=actor, action="routing.replace", target=f"model/{model}",
+                         before=current.policy if current is not None else None, after=policy, reason=reason)
+            return stored
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never inconsistent
+    return conn
+
+
+def _routing_row(conn: sqlite3.Connection, model: str) -> StoredRouting | None:
+    row = conn.execute("SELECT model, revision, policy, updated_at, updated_by FROM routing WHERE model = ?",
+                       (model,)).fetchone()
+    return _stored(row) if row is not None else None
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRouting:
+    return StoredRouting(model=row[0], revision=int(row[1]), policy=json.loads(row[2]), updated_at=row[3],
+                         updated_by=row[4])
+
+
+def _write(conn: sqlite3.Connection, stored: StoredRouting) -> None:
+    conn.execute(
+        "INSERT INTO routing (model, revision, policy, updated_at, updated_by) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(model) DO UPDATE SET revision = excluded.revision, policy = excluded.policy, "
+        "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        (stored.model, stored.revision, json.dumps(stored.policy, sort_keys=True), stored.updated_at,
+         stored.updated_by),
+    )
