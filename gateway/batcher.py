@@ -46,7 +46,7 @@ import numpy as np
 
 from gateway.admission import AdmissionLimit
 from gateway.arrivals import ArrivalRate
-from gateway.errors import DeadlineExceeded, InferenceError, Overloaded, Unavailable
+from gateway.errors import DeadlineExceeded, DeadlineUnreachable, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
 from telemetry.metrics import BatchMetrics
 
@@ -56,6 +56,9 @@ Arrays = dict[str, np.ndarray]
 BatchExecutor = Callable[[Arrays], Awaitable[Arrays]]
 """Runs one batch on a model deployment: named input arrays in, named output arrays out."""
 
+
+FAILURE_LOG_INTERVAL_S = 10.0
+"""Most often a deployment's failing batches are logged with their traceback."""
 
 MIN_OBSERVATIONS = 8
 """Batches the latency model must have seen before it may refuse requests (the warm-up provides them)."""
@@ -102,6 +105,8 @@ class Batcher:
         self._timer_at = math.inf
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight_finish: dict[asyncio.Task[None], float] = {}
+        self._failure_logged_at = -math.inf
+        self._failures_unlogged = 0
         self.latency = LatencyModel()
         self.arrivals = ArrivalRate(now=time.monotonic())
         self.admission: AdmissionLimit | None = None
@@ -167,7 +172,7 @@ class Batcher:
             finish = now + self.latency.mean(rows)
         if finish > deadline:
             self._count_rejection("deadline")
-            raise Overloaded(
+            raise DeadlineUnreachable(
                 f"{self.label}: cannot answer within {(deadline - now) * 1e3:.1f} ms "
                 f"(predicted {(finish - now) * 1e3:.1f} ms with {self._queued_rows} rows queued)",
                 retry_after_s=max(0.0, finish - deadline),
@@ -254,21 +259,24 @@ class Batcher:
         latest = min(head.enqueued_at + self.latency.mean(size), deadline - self.latency.bound(size))
         return min(latest, now + missing / self.arrivals.rows_per_second(now))
 
-    async def warm_up(self, make_inputs: Callable[[int], Arrays], repeats: int = 3, priming: int = 3) -> None:
+    async def warm_up(self, make_inputs: Callable[[int], Arrays], repeats: int = 3, priming: int = 3,
+                      execute: BatchExecutor | None = None) -> None:
         """Seed the latency model with a sweep of batch sizes before the deployment takes traffic.
 
         The first calls to a new replica are slow for reasons that never recur (session first run,
-        channel set-up); ``priming`` untimed calls keep them out of the model.
+        channel set-up); ``priming`` untimed calls keep them out of the model. ``execute`` replaces
+        the batch executor for these calls (the deployment's warm-up entry point).
         """
+        run = execute or self._execute
         for _ in range(priming):
-            await self._execute(make_inputs(1))
+            await run(make_inputs(1))
         size = 1
         while True:
             rows = min(size, self._policy.max_batch_rows)
             inputs = make_inputs(rows)
             for _ in range(repeats):
                 started = time.monotonic()
-                await self._execute(inputs)
+                await run(inputs)
                 self.latency.observe(rows, time.monotonic() - started)
             if rows >= min(self._policy.max_batch_rows, 256):
                 break
@@ -362,12 +370,23 @@ class Batcher:
         except InferenceError as exc:
             _fail(batch, exc)
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed
-            log.exception("batch of %d request(s) on %s failed", len(batch), self.label)
+            self._log_failure(len(batch), exc)
             _fail(batch, Unavailable(f"{self.label} failed to execute the batch ({type(exc).__name__})"))
         finally:
             self._inflight -= 1
             self._inflight_rows -= total_rows
             self._dispatch()
+
+    def _log_failure(self, requests: int, exc: Exception) -> None:
+        """The traceback at most once per ``FAILURE_LOG_INTERVAL_S``: a version failing every batch at
+        thousands of requests per second must not turn the gateway into a log writer."""
+        self._failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at < FAILURE_LOG_INTERVAL_S:
+            return
+        log.error("batch of %d request(s) on %s failed (%d failed batches since the last report)",
+                  requests, self.label, self._failures_unlogged, exc_info=exc)
+        self._failure_logged_at, self._failures_unlogged = now, 0
 
     def _record_batch(self, rows: int, seconds: float) -> None:
         metrics = self._metrics

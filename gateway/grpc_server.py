@@ -37,7 +37,7 @@ from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest, DeadlineExceeded, InferenceError
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.proto import grpc_service_pb2_grpc as pb_grpc
-from gateway.service import InferenceService, InferResult, parse_timeout_us, tighter
+from gateway.service import InferenceService, InferResult, parse_routing_key, parse_timeout_us, tighter
 from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,9 @@ def encode_infer_response(result: InferResult, request_id: str, raw: bool) -> pb
     response = pb.ModelInferResponse(
         model_name=result.version.model, model_version=result.version.version, id=request_id
     )
+    if result.variant is not None:
+        for name, value in result.parameters().items():
+            response.parameters[name].string_param = value
     use_raw = raw or any(spec.datatype not in TYPED_FIELD for spec in result.specs)
     for spec in result.specs:
         array = result.outputs[spec.name]
@@ -267,6 +270,15 @@ def request_timeout_s(request: pb.ModelInferRequest, context: grpc.aio.ServicerC
     if remaining is not None and remaining <= 0:
         raise DeadlineExceeded("the request's gRPC deadline had passed on arrival")
     return tighter(from_parameter, remaining)
+
+
+def routing_key_parameter(request: pb.ModelInferRequest) -> str | None:
+    """The OIP ``routing_key`` request parameter, if the request sets it (a string parameter)."""
+    parameter = request.parameters.get("routing_key")
+    if parameter is None:
+        return None
+    field = parameter.WhichOneof("parameter_choice")
+    return parse_routing_key(getattr(parameter, field) if field else None)
 
 
 # --------------------------------------------------------------------------- servicer
@@ -357,10 +369,13 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         timeout_s = request_timeout_s(request, context)  # measured on arrival, before any work
         service = self.service
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
-        entry = service.resolve(request.model_name, request.model_version or None)
+        target = service.resolve(request.model_name, request.model_version or None, metadata.get,
+                                 metadata.get("authorization"))
         decoded = decode_infer_request(request)
-        result = await service.infer(entry, decoded.tensors, decoded.requested_outputs, timeout_s)
+        result = await service.infer(target, decoded.tensors, decoded.requested_outputs, timeout_s,
+                                     routing_key_parameter(request))
         return encode_infer_response(result, decoded.id, decoded.raw)
 
 

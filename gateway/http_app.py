@@ -2,8 +2,9 @@
 
 The hot path (``POST .../infer``) is a few dictionary look-ups away from the
 socket: no framework routing, no request objects, one body read, one orjson
-parse, one send. It also serves ``/metrics`` for Prometheus; every other path
-is a 404 with an OIP error body.
+parse, one send. It also serves ``/metrics`` for Prometheus and hands
+``/admin/...`` to the admin API (``gateway.admin_api``); every other path is a
+404 with an OIP error body.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from gateway.http_codec import decode_infer_request, encode_infer_response, error_body, json_body
 from gateway.service import InferenceService
 from telemetry.metrics import exposition
@@ -37,13 +38,21 @@ class ClientDisconnected(Exception):
     """The client went away before its body arrived; nothing to answer."""
 
 
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
 class OipHttpApp:
-    def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
+    def __init__(self, service: InferenceService, max_request_bytes: int, admin: ASGIApp | None = None) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
+        self.admin = admin
+        """The control plane (``/admin/...``), a separate application on the same port."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if self.admin is not None and scope["path"].startswith("/admin/"):
+            await self.admin(scope, receive, send)
             return
         try:
             status, headers, body = await self._handle(scope, receive)
@@ -94,15 +103,23 @@ class OipHttpApp:
         service = self.service
         if rest == ["infer"]:
             _allow(method, "POST")
-            entry = service.resolve(model, version)  # 404/503 before reading a possibly large body
+            headers = scope["headers"]
+            # 401/404/503/429 before reading a possibly large body
+            target = service.resolve(model, version, lambda name: _raw_header(headers, name),
+                                     _raw_header(headers, "authorization"))
             body = await self._read_body(scope, receive)
             request = decode_infer_request(body, _header_length(scope))
-            result = await service.infer(entry, request.tensors, request.requested_outputs, request.timeout_s)
+            result = await service.infer(target, request.tensors, request.requested_outputs, request.timeout_s,
+                                         request.routing_key)
             payload, header_length = encode_infer_response(result, request)
-            if header_length is None:
-                return 200, list(JSON_HEADERS), payload
-            return 200, [(b"content-type", BINARY_CONTENT_TYPE),
-                         (b"inference-header-content-length", str(header_length).encode())], payload
+            response_headers = list(JSON_HEADERS) if header_length is None else [
+                (b"content-type", BINARY_CONTENT_TYPE),
+                (b"inference-header-content-length", str(header_length).encode())]
+            if result.variant is not None:
+                response_headers.append((b"x-mlgate-variant", result.variant.encode()))
+            if result.fallback is not None:
+                response_headers.append((b"x-mlgate-fallback", result.fallback.encode()))
+            return 200, response_headers, payload
         if not rest:
             _allow(method, "GET")
             return _json(200, service.model_metadata(model, version))
@@ -162,6 +179,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _raw_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    """A header's value as sent (case kept: routing keys and header rules compare it exactly)."""
+    wanted = name.encode("latin-1")
+    for key, value in headers:
+        if key == wanted:
+            return str(value.decode("latin-1").strip())
+    return None
+
+
 def _header_length(scope: Scope) -> int | None:
     raw = _header(scope, b"inference-header-content-length")
     if raw is None:
@@ -195,6 +221,8 @@ def _json(status: int, doc: Any) -> Response:
 
 def _error_response(exc: InferenceError) -> Response:
     headers = list(JSON_HEADERS)
+    if isinstance(exc, Unauthorized):
+        headers.append((b"www-authenticate", b"Bearer"))
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     if isinstance(exc, MethodNotAllowed):

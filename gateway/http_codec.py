@@ -20,7 +20,7 @@ import orjson
 
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest
-from gateway.service import InferResult, parse_timeout_us
+from gateway.service import InferResult, parse_routing_key, parse_timeout_us
 from gateway.tensors import WireTensor, array_from_buffer, array_from_json, check_datatype, parse_shape
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -35,6 +35,8 @@ class HttpInferRequest:
     """Names of the outputs to return as raw bytes."""
     timeout_s: float | None = None
     """The request's own time budget (OIP parameter ``timeout``, microseconds on the wire)."""
+    routing_key: str | None = None
+    """OIP parameter ``routing_key``: keeps a caller on one version of a split."""
 
 
 def decode_infer_request(body: bytes, header_length: int | None) -> HttpInferRequest:
@@ -59,9 +61,10 @@ def decode_infer_request(body: bytes, header_length: int | None) -> HttpInferReq
     if not isinstance(binary_default, bool):
         raise BadRequest("request parameter 'binary_data_output' must be true or false")
     timeout_s = parse_timeout_us(parameters.get("timeout"))
+    routing_key = parse_routing_key(parameters.get("routing_key"))
     tensors = _decode_inputs(doc.get("inputs"), tail)
     requested, binary = _decode_outputs(doc.get("outputs"), binary_default)
-    return HttpInferRequest(request_id, tensors, requested, binary, timeout_s)
+    return HttpInferRequest(request_id, tensors, requested, binary, timeout_s, routing_key)
 
 
 def _parse_json(raw: bytes | memoryview) -> Any:
@@ -161,6 +164,8 @@ def encode_infer_response(result: InferResult, request: HttpInferRequest) -> tup
     doc: dict[str, Any] = {"model_name": result.version.model, "model_version": result.version.version}
     if request.id is not None:
         doc["id"] = request.id
+    if result.variant is not None:
+        doc["parameters"] = result.parameters()
     doc["outputs"] = outputs
     header = orjson.dumps(doc, option=_DUMP_OPTIONS)
     if not blobs:

@@ -13,9 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from gateway.auth import AuthState
 from gateway.errors import BadRequest, Unavailable
 from gateway.registry import ModelRegistry, ServedVersion
+from gateway.shadows import ShadowMirror
 from gateway.tensors import WireTensor, bind_inputs
+from gateway.traffic import HeaderLookup, Target, Traffic
+from routing.live import LiveRouting
 from serving.manifest import Manifest, TensorSpec
 
 SERVER_NAME = "mlgate"
@@ -28,13 +32,29 @@ class InferResult:
     outputs: dict[str, np.ndarray]
     specs: list[TensorSpec]
     """The outputs to return, in order: the requested ones, or all the model declares."""
+    variant: str | None = None
+    """champion or challenger: the version's role in the model's routing."""
+    fallback: str | None = None
+    """champion or default when a challenger (or the champion) could not answer; None otherwise."""
+
+    def parameters(self) -> dict[str, str]:
+        """OIP response parameters: who answered (``variant``) and, after a fallback, what answered instead."""
+        parameters = {"variant": self.variant or ""}
+        if self.fallback is not None:
+            parameters["fallback"] = self.fallback
+        return parameters
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, server_version: str) -> None:
+    def __init__(self, registry: ModelRegistry, server_version: str, live: LiveRouting | None = None,
+                 data_plane_auth: AuthState | None = None) -> None:
         self.registry = registry
         self.server_version = server_version
         self.started = False
+        self.shadows = ShadowMirror()
+        self.traffic = Traffic(registry, live, self.shadows)
+        self.data_plane_auth = data_plane_auth
+        """Set when inference needs a bearer token (``auth.require_token_for_inference``)."""
 
     def live(self) -> bool:
         return True
@@ -91,33 +111,48 @@ class InferenceService:
             index.append(item)
         return index
 
-    def resolve(self, model: str, version: str | None) -> ServedVersion:
-        """The version that will answer, checked before the request body is read.
+    def resolve(self, model: str, version: str | None, header: HeaderLookup | None = None,
+                authorization: str | None = None) -> Target:
+        """The version that will answer, chosen before the request body is read.
 
-        Raises NotFound, Unavailable when it cannot answer now, or Overloaded when it is shedding
-        load — all before the (possibly large) body costs anything to read and decode.
+        Raises Unauthorized (when the data plane needs a token), NotFound, Unavailable when it cannot
+        answer now, or Overloaded when it is shedding load — all before the (possibly large) body
+        costs anything to read and decode. ``header`` feeds the split's sticky key and header rules.
         """
-        entry = self.registry.get(model, version)
-        if not entry.ready or entry.batcher is None:
-            why = f": {entry.reason}" if entry.reason else " (still loading)"
-            raise Unavailable(f"{entry.label} is not ready{why}", retry_after_s=1.0)
-        entry.batcher.shed_early()
-        return entry
+        if self.data_plane_auth is not None:
+            self.data_plane_auth.current.authenticate(authorization)
+        return self.traffic.target(model, version, header)
 
     async def infer(
-        self, entry: ServedVersion, tensors: Sequence[WireTensor], requested: Sequence[str] | None,
-        timeout_s: float | None = None,
+        self, target: Target, tensors: Sequence[WireTensor], requested: Sequence[str] | None,
+        timeout_s: float | None = None, routing_key: str | None = None,
     ) -> InferResult:
-        """Validate, batch and run one request; ``timeout_s`` is the caller's own budget, if it set one."""
+        """Validate, route, batch and run one request; ``timeout_s`` is the caller's own budget, if it set one.
+
+        Inputs are validated against the chosen version's contract; every version that may answer
+        in its place has the same contract (checked when routing changes), so a fallback or a
+        shadow reuses the validated arrays as they are.
+        """
+        if routing_key is not None:
+            target = self.traffic.with_key(target, routing_key)
+        entry = target.entry
         manifest = _manifest_or_unavailable(entry)
         specs = select_outputs(entry, manifest, requested)
         inputs, rows = bind_inputs(
             entry.label, manifest.inputs, tensors,
             max_rows=manifest.max_batch_rows, allow_non_finite=manifest.allow_non_finite,
         )
-        assert entry.batcher is not None  # resolve() checked readiness
-        outputs = await entry.batcher.submit(inputs, rows, timeout_s)
-        return InferResult(entry, outputs, specs)
+        answer = await self.traffic.run(target, inputs, rows, timeout_s)
+        return InferResult(answer.entry, answer.outputs, specs, answer.variant, answer.fallback)
+
+
+def parse_routing_key(value: Any) -> str | None:
+    """The OIP request parameter ``routing_key``: a non-empty string of at most 256 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 256:
+        raise BadRequest(f"request parameter 'routing_key' must be a string of 1 to 256 characters, got {value!r}")
+    return value
 
 
 def parse_timeout_us(value: Any) -> float | None:

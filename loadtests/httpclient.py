@@ -237,3 +237,17 @@ def build_request(method: str, host: str, path: str, body: bytes, headers: dict[
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class FutureSink:
+    """Completes one future per connection: for callers that await each response (tests, probes) but want
+    this client's low CPU cost (a general-purpose client would, on a 2-core box, slow the gateway it tests)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[HttpConnection, asyncio.Future[tuple[int, bytes]]] = {}
+
+    def on_response(self, conn: HttpConnection, status: int, body: bytes) -> None:
+        self.pending.pop(conn).set_result((status, body))
+
+    def on_failure(self, conn: HttpConnection, kind: str) -> None:
+        self.pending.pop(conn).set_exception(ConnectionError(kind))

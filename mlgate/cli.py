@@ -1,24 +1,46 @@
-"""The ``mlgate`` command line: serve, show status, build the demo models, check a config file."""
+"""The ``mlgate`` command line: serve, status, operator commands (split, shadow, audit, token), models, config."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
+from mlgate.admin_client import AdminError
 from mlgate.config import ConfigError, MlgateConfig, load_config
+
+if TYPE_CHECKING:
+    from mlgate.admin_client import AdminClient
 
 app = typer.Typer(help="mlgate: Open Inference Protocol gateway on Ray Serve and ONNX Runtime.", no_args_is_help=True)
 models_app = typer.Typer(help="Model repository commands.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+split_app = typer.Typer(help="Traffic split of a model (admin API, role operator to change).", no_args_is_help=True)
+shadow_app = typer.Typer(help="Shadow versions of a model (admin API, role operator).", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log of every change.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens for the admin API.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(split_app, name="split")
+app.add_typer(shadow_app, name="shadow")
+app.add_typer(audit_app, name="audit")
+app.add_typer(token_app, name="token")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file.")]
+UrlOption = Annotated[str, typer.Option(envvar="MLGATE_URL", help="Base URL of the gateway's HTTP port.")]
+TokenOption = Annotated[Optional[str], typer.Option(envvar="MLGATE_TOKEN", help="Bearer token (env MLGATE_TOKEN).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ReasonOption = Annotated[Optional[str], typer.Option(help="Why: kept in the audit log.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _setup_logging(level: str) -> None:
@@ -98,20 +120,245 @@ def config_check(path: Annotated[Path, typer.Argument(help="Configuration file t
 
 @app.command()
 def status(
-    url: Annotated[str, typer.Option(help="Base URL of the gateway's HTTP port.")] = "http://127.0.0.1:8000",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    model: Annotated[Optional[str], typer.Argument(help="Only this model.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    interval: Annotated[float, typer.Option(help="Seconds between the two scrapes rates come from (0: none).")] = 1.0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Per deployment: state, batches, rows per batch, execution and queue time, refusals, latency model."""
+    """Per version: state, role, split, rows/s, fallbacks, shadow agreement; batching and refusals."""
     import urllib.error
 
     from mlgate.status import fetch_status, render_json, render_table
 
     try:
-        statuses = fetch_status(url)
+        statuses = fetch_status(url, model, interval)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         typer.echo(f"error: cannot read status from {url}: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(render_json(statuses) if as_json else render_table(statuses))
+
+
+def _admin(url: str, token: str | None) -> AdminClient:
+    from mlgate.admin_client import AdminClient
+
+    return AdminClient(url, token)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _print_routing(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    routing = doc["routing"]
+    weights = routing.get("weights") or {routing["champion"]: 1}
+    total = sum(weights.values()) or 1
+    typer.echo(f"model {doc['model']}  revision {doc['revision']}  (by {doc['updated_by']} at {doc['updated_at']})")
+    typer.echo(f"{'VERSION':<10}{'ROLE':<12}{'WEIGHT':>8}  SHARE")
+    versions = sorted({*weights, routing["champion"], *routing.get("shadows", {})})
+    for version in versions:
+        role = "champion" if version == routing["champion"] else (
+            "shadow" if version in routing.get("shadows", {}) else "challenger")
+        weight = weights.get(version, 0)
+        share = f"{weight / total:.0%}" if role != "shadow" else f"mirrors {routing['shadows'][version]:g}%"
+        typer.echo(f"{version:<10}{role:<12}{weight:>8}  {share}")
+    typer.echo(f"sticky key: header {routing['sticky']['header']} or request parameter routing_key")
+    for rule in routing.get("header_rules", []):
+        typer.echo(f"header rule: {rule['header']}: {rule['value']} -> version {rule['version']}")
+    fallback = routing["fallback"]
+    typer.echo(f"fallback to champion: {'on' if fallback['enabled'] else 'off'}"
+               + (f", challenger timeout {fallback['challenger_timeout_ms']:g} ms"
+                  if fallback.get("challenger_timeout_ms") else "")
+               + (", static default response set" if fallback.get("default_response") else ""))
+
+
+def _change_routing(url: str, token: str | None, model: str, change: Callable[[dict[str, Any]], None],
+                    reason: str | None, as_json: bool) -> None:
+    """Read the routing, apply ``change`` to it, write it back based on the revision read (409 if stale)."""
+    client = _admin(url, token)
+    try:
+        current = client.get(f"/models/{model}/routing")
+        routing = current["routing"]
+        change(routing)
+        updated = client.put(f"/models/{model}/routing",
+                             {"revision": current["revision"], "routing": routing, "reason": reason})
+    except AdminError as exc:
+        _fail(str(exc))
+    _print_routing(updated, as_json)
+
+
+@split_app.command("show")
+def split_show(model: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+               as_json: JsonOption = False) -> None:
+    """A model's split, sticky key, header rules, shadows and fallback, with its revision."""
+    try:
+        doc = _admin(url, token).get(f"/models/{model}/routing")
+    except AdminError as exc:
+        _fail(str(exc))
+    _print_routing(doc, as_json)
+
+
+@split_app.command("set")
+def split_set(
+    model: str,
+    weights: Annotated[list[str], typer.Argument(help="VERSION=WEIGHT pairs, e.g. 1=90 2=10.")],
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None, reason: ReasonOption = None, as_json: JsonOption = False,
+) -> None:
+    """Replace a model's weights (versions left out get no traffic); the rest of its routing stays."""
+    from mlgate.admin_client import parse_weights
+
+    try:
+        parsed = parse_weights(weights)
+    except AdminError as exc:
+        _fail(str(exc))
+    _change_routing(url, token, model, lambda routing: routing.update(weights=parsed), reason, as_json)
+
+
+@shadow_app.command("set")
+def shadow_set(
+    model: str, version: str,
+    percent: Annotated[float, typer.Argument(help="Share of the champion's traffic mirrored; 0 removes the shadow.")],
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None, reason: ReasonOption = None, as_json: JsonOption = False,
+) -> None:
+    """Mirror PERCENT of the champion's traffic to VERSION (off the callers' path) and compare answers."""
+    def change(routing: dict[str, Any]) -> None:
+        shadows = routing.setdefault("shadows", {})
+        if percent == 0:
+            shadows.pop(version, None)
+        else:
+            shadows[version] = percent
+    _change_routing(url, token, model, change, reason, as_json)
+
+
+StateOption = Annotated[Optional[Path], typer.Option(
+    "--state", help="The state file itself (read locally; no gateway needed).")]
+ConfigForStateOption = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="Read the state file this config names (locally).")]
+
+
+def _state_path(state: Path | None, config: Path | None) -> Path | None:
+    if state is not None:
+        if not state.is_file():
+            _fail(f"no state file at {state}")
+        return state
+    if config is not None:
+        path = _load_or_exit(config).state.path
+        if not path.is_file():
+            _fail(f"no state file at {path} (the gateway creates it on first start)")
+        return path
+    return None
+
+
+@audit_app.command("show")
+def audit_show(
+    target: Annotated[Optional[str], typer.Option(help="Only entries about this, e.g. model/breast-cancer.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many entries.")] = None,
+    state: StateOption = None, config: ConfigForStateOption = None,
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False,
+) -> None:
+    """Print the audit log, oldest first: who changed what, when, why, before and after."""
+    from telemetry import audit
+
+    path = _state_path(state, config)
+    if path is not None:
+        with _sqlite(path) as conn:
+            entries = audit.read_entries(conn, target=target, limit=limit)
+    else:
+        query = "&".join(f"{k}={v}" for k, v in (("target", target), ("limit", limit)) if v is not None)
+        try:
+            docs = _admin(url, token).get("/audit" + (f"?{query}" if query else ""))
+            entries = [audit.AuditEntry.from_json(doc) for doc in docs]
+        except (AdminError, ValueError) as exc:
+            _fail(str(exc))
+    typer.echo(json.dumps([e.to_json() for e in entries], indent=2) if as_json else audit.render(entries))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    expected_head: Annotated[Optional[str], typer.Option(
+        help="The head hash you recorded earlier: also detects removed newest entries.")] = None,
+    state: StateOption = None, config: ConfigForStateOption = None,
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False,
+) -> None:
+    """Check the hash chain; exit 1 and name the first bad entry if any entry was edited, removed or reordered.
+
+    With --state/--config the file is checked here; otherwise the gateway checks its own file.
+    """
+    from telemetry import audit
+
+    path = _state_path(state, config)
+    if path is not None:
+        with _sqlite(path) as conn:
+            result = audit.verify_database(conn, expected_head)
+            doc = {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
+                   "problem": result.problem, "head": audit.head_hash(conn)}
+    else:
+        query = f"?expected_head={expected_head}" if expected_head else ""
+        try:
+            doc = _admin(url, token).get(f"/audit/verify{query}")
+        except AdminError as exc:
+            _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    elif doc["ok"]:
+        typer.echo(f"ok: {doc['checked']} entries, chain intact; head {doc['head']}")
+    else:
+        typer.echo(f"TAMPERED: {doc['problem']}")
+    if not doc["ok"]:
+        raise typer.Exit(1)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Who holds the token (shown in the audit log).")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")],
+    state: StateOption = None, config: ConfigForStateOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the token to this file (mode 0600) instead of "
+                                                "printing it.")] = None,
+    if_missing: Annotated[bool, typer.Option(help="With --out: do nothing if the file exists already.")] = False,
+    reason: ReasonOption = None,
+) -> None:
+    """Create a token directly in the state file (bootstrap: whoever can write the file is an admin)."""
+    import getpass
+
+    from gateway.auth import Role, create_stored_token
+    from gateway.errors import InferenceError
+    from routing.store import StateStore
+
+    if out is not None and if_missing and out.exists():
+        typer.echo(f"token file {out} exists; left as it is")
+        return
+    if state is None and config is None:
+        _fail("say which state file: --state FILE or --config FILE")
+    path = state if state is not None else _load_or_exit(config).state.path  # type: ignore[arg-type]
+    store = StateStore(path)
+    try:
+        token, record = create_stored_token(store, name, Role.parse(role), f"local:{getpass.getuser()}", reason)
+    except InferenceError as exc:
+        _fail(exc.message)
+    finally:
+        store.close()
+    if out is None:
+        typer.echo(token)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    os.chmod(out, 0o600)
+    typer.echo(f"{record.role.label} token '{name}' written to {out} (mode 0600)")
+
+
+@contextlib.contextmanager
+def _sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

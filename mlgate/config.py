@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from routing.policy import RoutingPolicy
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,9 +89,21 @@ class DeploymentConfig(_Strict):
     )
 
 
+class FaultConfig(_Strict):
+    """Faults injected into one version's replicas, for tests and game days (never set in production)."""
+
+    delay_ms: float = Field(0.0, ge=0, description="Extra time every batch takes on the replica.")
+    error_rate: float = Field(0.0, ge=0, le=1, description="Fraction of batches the replica fails.")
+
+
 class ModelConfig(_Strict):
     champion: str | None = Field(
-        None, description="Version that answers unversioned requests (default: highest ready version)."
+        None, description="Version that answers unversioned requests (default: highest ready version). "
+        "Only seeds the routing on the model's first start; after that the state store holds it."
+    )
+    routing: RoutingPolicy | None = Field(
+        None, description="Initial routing (split, sticky key, header rules, shadows, fallback), written to the "
+        "state store on the model's first start; later changes go through the admin API."
     )
     versions: list[str] | None = Field(
         None, description="Versions to serve (default: every version in the repository)."
@@ -100,6 +114,43 @@ class ModelConfig(_Strict):
         description="Batching overrides for single versions, by version (e.g. a tighter objective for a challenger).",
     )
     deployment: DeploymentConfig | None = None
+    version_faults: dict[str, FaultConfig] = Field(
+        default_factory=dict, description="Faults to inject into single versions, by version (testing only)."
+    )
+
+    @model_validator(mode="after")
+    def _one_champion(self) -> ModelConfig:
+        if self.champion and self.routing and self.routing.champion != self.champion:
+            raise ValueError(f"champion {self.champion!r} differs from routing.champion {self.routing.champion!r}")
+        return self
+
+
+class StateConfig(_Strict):
+    path: Path = Field(
+        Path(".mlgate/state.db"),
+        description="SQLite file holding routing, tokens and the audit log (relative to the config file's folder). "
+        "Gateways sharing it share their routing.",
+    )
+    poll_interval_s: float = Field(
+        0.25, gt=0, le=1.0, description="How often a gateway checks the state file for changes by other processes."
+    )
+
+
+class TokenConfig(_Strict):
+    name: str = Field(min_length=1, description="Who holds the token (appears in the audit log).")
+    role: Literal["viewer", "operator", "admin"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the token; never the token.")
+
+
+class AuthConfig(_Strict):
+    tokens: list[TokenConfig] = Field(
+        default_factory=list,
+        description="Tokens defined in the config, in addition to those created through the admin API or "
+        "'mlgate token create'.",
+    )
+    require_token_for_inference: bool = Field(
+        False, description="Whether OIP data-plane requests need a bearer token too (any role)."
+    )
 
 
 class MlgateConfig(_Strict):
@@ -111,6 +162,8 @@ class MlgateConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict, description="Per-model overrides, by model name.")
+    state: StateConfig = StateConfig()
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _champion_is_served(self) -> MlgateConfig:
@@ -126,6 +179,10 @@ class MlgateConfig(_Strict):
             return self.batching
         return override.version_batching.get(version) or override.batching or self.batching
 
+    def faults_for(self, model: str, version: str) -> FaultConfig | None:
+        override = self.models.get(model)
+        return override.version_faults.get(version) if override else None
+
     def deployment_for(self, model: str) -> DeploymentConfig:
         override = self.models.get(model)
         return override.deployment if override and override.deployment else self.deployment
@@ -136,7 +193,7 @@ class ConfigError(Exception):
 
 
 def load_config(path: Path) -> MlgateConfig:
-    """Read and validate a config file. Relative repository paths resolve against the file's folder."""
+    """Read and validate a config file. Relative repository and state paths resolve against the file's folder."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
@@ -155,4 +212,7 @@ def load_config(path: Path) -> MlgateConfig:
         raise ConfigError("\n".join(lines)) from exc
     if not config.repository.is_absolute():
         config = config.model_copy(update={"repository": (path.parent / config.repository).resolve()})
+    if not config.state.path.is_absolute():
+        state = config.state.model_copy(update={"path": (path.parent / config.state.path).resolve()})
+        config = config.model_copy(update={"state": state})
     return config

@@ -18,11 +18,14 @@ import logging
 import math
 import signal
 import socket
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
 
+from gateway.admin_api import build_admin_app
+from gateway.auth import AuthState, Role, TokenRecord
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
@@ -31,9 +34,13 @@ from gateway.service import InferenceService
 from gateway.tensors import placeholder_inputs
 from mlgate import __version__
 from mlgate.config import MlgateConfig
+from routing.champion import pick_default_version
+from routing.live import ActiveRouting, LiveRouting
+from routing.policy import RoutingPolicy
+from routing.store import StateStore
 from serving.ray_backend import DeployedVersion, RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
-from telemetry.metrics import BatchMetrics, record_device
+from telemetry.metrics import BatchMetrics, record_device, record_routing
 
 log = logging.getLogger("mlgate")
 
@@ -99,12 +106,60 @@ def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
 
 def replica_settings(config: MlgateConfig, model: str, version: str) -> ReplicaSettings:
     deployment = config.deployment_for(model)
+    faults = config.faults_for(model, version)
     return ReplicaSettings(
         replicas=deployment.replicas,
         num_cpus=deployment.num_cpus,
         device=deployment.device,
         max_ongoing_requests=config.batching_for(model, version).max_inflight_batches + 1,
+        inject_delay_s=faults.delay_ms / 1000.0 if faults else 0.0,
+        inject_error_rate=faults.error_rate if faults else 0.0,
     )
+
+
+def initial_policy(config: MlgateConfig, registry: ModelRegistry, model: str) -> RoutingPolicy:
+    """A model's routing on its first start: the config's ``routing``, else all traffic to its champion
+    (configured, else the newest version that can be served)."""
+    override = config.models.get(model)
+    if override is not None and override.routing is not None:
+        return override.routing
+    champion = override.champion if override is not None else None
+    if champion is None:
+        servable = ((e.version, e.manifest is not None and e.state is not VersionState.UNAVAILABLE)
+                    for e in registry.versions_of(model))
+        champion = pick_default_version(None, servable)
+    assert champion is not None  # a model in the registry has at least one version
+    return RoutingPolicy.initial(champion)
+
+
+def open_routing(config: MlgateConfig, registry: ModelRegistry, store: StateStore) -> LiveRouting:
+    """Seed every model's routing the first time it is served, then load what the store holds.
+
+    The store wins over the config from then on (changes go through the admin API and are
+    audited); the log says so when the two differ, so nobody edits the config and wonders.
+    """
+    def applied(active: ActiveRouting) -> None:
+        registry.champions[active.stored.model] = active.policy.champion
+        weights = active.policy.effective_weights
+        total = sum(weights.values())
+        policy = active.policy
+        record_routing(active.stored.model, active.revision, policy.champion,
+                       {v: w / total for v, w in weights.items()}, {v: p / 100 for v, p in policy.shadows.items()},
+                       list(registry.versions.get(active.stored.model, {})))
+
+    live = LiveRouting(store, on_change=applied)
+    for model in registry.models():
+        wanted = initial_policy(config, registry, model)
+        stored = store.seed_routing(model, wanted.model_dump(mode="json"), actor="config")
+        if stored.revision > 1 and stored.policy != wanted.model_dump(mode="json"):
+            log.info("model '%s': routing revision %d from %s applies (changed through the admin API); the "
+                     "config's routing/champion only seeds a model's first start", model, stored.revision, store.path)
+    live.reload()
+    return live
+
+
+def configured_tokens(config: MlgateConfig) -> list[TokenRecord]:
+    return [TokenRecord(t.name, Role.parse(t.role), t.sha256, created_by="config") for t in config.auth.tokens]
 
 
 @dataclass
@@ -114,6 +169,23 @@ class Gateway:
     registry: ModelRegistry
     service: InferenceService
     entries: list[RepositoryEntry]
+    store: StateStore
+    live: LiveRouting
+    auth: AuthState
+
+    async def follow_state(self) -> None:
+        """Apply routing and token changes other processes commit to the state file, within a poll interval."""
+        seen = self.store.data_version()
+        while True:
+            await asyncio.sleep(self.config.state.poll_interval_s)
+            try:
+                version = self.store.data_version()
+                if version != seen:
+                    seen = version
+                    self.live.reload()
+                    self.auth.reload()
+            except Exception:  # a locked or briefly unreadable file: keep serving the last good state
+                log.exception("cannot read the state file %s; keeping the current routing", self.store.path)
 
     async def load_models(self) -> None:
         """Deploy every servable version, then warm each up in turn and let it take traffic.
@@ -149,7 +221,7 @@ class Gateway:
         batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served),
                           BatchMetrics.for_deployment(entry.model, entry.version))
         try:
-            await batcher.warm_up(lambda rows: placeholder_inputs(manifest.inputs, rows))
+            await batcher.warm_up(lambda rows: placeholder_inputs(manifest.inputs, rows), execute=deployed.warm_up)
         except Exception as exc:
             served.mark_unavailable(f"warm-up batch failed: {exc}")
             log.error("%s is unavailable: warm-up batch failed: %s", served.label, exc)
@@ -162,7 +234,7 @@ class Gateway:
 
     async def drain(self) -> None:
         batchers = [e.batcher for e in self.registry.all_versions() if e.batcher is not None]
-        await asyncio.gather(*(b.drain() for b in batchers))
+        await asyncio.gather(*(b.drain() for b in batchers), self.service.shadows.drain())
 
 
 async def serve_http(http: uvicorn.Server, where: str) -> None:
@@ -184,9 +256,16 @@ class _QuietUvicorn(uvicorn.Server):
 def create_gateway(config: MlgateConfig) -> Gateway:
     entries = select_entries(config, scan_repository(config.repository))
     registry = build_registry(config, entries)
-    service = InferenceService(registry, __version__)
+    try:
+        store = StateStore(config.state.path)
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"cannot open the state file {config.state.path}: {exc}") from None
+    live = open_routing(config, registry, store)
+    auth_state = AuthState(store, configured_tokens(config))
+    service = InferenceService(registry, __version__, live,
+                               auth_state if config.auth.require_token_for_inference else None)
     backend = RayServeBackend(config.ray.address, config.ray.num_cpus, config.ray.object_store_bytes)
-    return Gateway(config, backend, registry, service, entries)
+    return Gateway(config, backend, registry, service, entries, store, live, auth_state)
 
 
 async def serve_forever(gateway: Gateway) -> None:
@@ -196,8 +275,9 @@ async def serve_forever(gateway: Gateway) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows)
     http = _QuietUvicorn(uvicorn.Config(
-        OipHttpApp(gateway.service, config.max_request_bytes),
+        OipHttpApp(gateway.service, config.max_request_bytes, admin),
         host=config.host, port=config.http_port, http="httptools", lifespan="off",
         access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
@@ -219,9 +299,11 @@ async def serve_forever(gateway: Gateway) -> None:
     log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port)
 
     load_task = asyncio.create_task(gateway.load_models())
+    follow_task = asyncio.create_task(gateway.follow_state())
     await stop.wait()
     log.info("shutting down: draining in-flight requests (grace %.1f s)", config.shutdown_grace_s)
     load_task.cancel()
+    follow_task.cancel()
     http.should_exit = True
     await asyncio.gather(
         grpc_server.stop(config.shutdown_grace_s),
@@ -245,6 +327,7 @@ def run(config: MlgateConfig) -> None:
         uvloop.run(serve_forever(gateway))
     finally:
         gateway.backend.stop_ray()
+        gateway.store.close()
         log.info("stopped")
 
 

@@ -1,14 +1,16 @@
-"""``mlgate status``: what each deployment's batcher is doing, read from a running gateway.
+"""``mlgate status``: each version's role, traffic, batching and comparison, read from a running gateway.
 
 It reads the same two public endpoints an operator's tools read, the OIP
-repository index (which versions exist and their state) and ``/metrics`` (the
-batching counters), so it needs no access beyond the data plane and shows
-exactly what Prometheus would scrape. Means are over the gateway's lifetime.
+repository index (which versions exist and their state) and ``/metrics``
+(routing, batching, fallback and shadow counters), so it needs no token and
+shows exactly what Prometheus would scrape. Means are over the gateway's
+lifetime; rates come from two scrapes ``interval_s`` apart.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
@@ -29,6 +31,36 @@ class DeploymentStatus:
     rejections: dict[str, int] = field(default_factory=dict)
     model_fixed_ms: float = 0.0
     model_per_row_us: float = 0.0
+    champion: bool = False
+    share: float = 0.0
+    shadow_ratio: float = 0.0
+    fallbacks: int = 0
+    shadow_rows: int = 0
+    shadow_agreeing_rows: int = 0
+    shadow_abs_diff: float = 0.0
+    shadow_seconds: float = 0.0
+    shadow_champion_seconds: float = 0.0
+    rows_per_s: float | None = None
+
+    @property
+    def role(self) -> str:
+        if self.champion:
+            return "champion"
+        if self.shadow_ratio > 0:
+            return "shadow"
+        return "challenger" if self.share > 0 else "-"
+
+    @property
+    def agreement(self) -> float | None:
+        return self.shadow_agreeing_rows / self.shadow_rows if self.shadow_rows else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        return self.shadow_abs_diff / self.shadow_rows if self.shadow_rows else None
+
+    @property
+    def latency_ratio(self) -> float | None:
+        return self.shadow_seconds / self.shadow_champion_seconds if self.shadow_champion_seconds > 0 else None
 
     @property
     def mean_rows(self) -> float:
@@ -50,17 +82,34 @@ def _get(url: str, data: bytes | None = None, timeout_s: float = 5.0) -> bytes:
         return body
 
 
-def fetch_status(base_url: str) -> list[DeploymentStatus]:
-    """Every version in the gateway's repository index, with its batching figures from ``/metrics``."""
+def fetch_status(base_url: str, model: str | None = None, interval_s: float = 0.0) -> list[DeploymentStatus]:
+    """Every version in the gateway's repository index (or of ``model``), with its figures from ``/metrics``."""
     base_url = base_url.rstrip("/")
     index = json.loads(_get(f"{base_url}/v2/repository/index", data=b"{}"))
+    if model is not None:
+        index = [e for e in index if e["name"] == model]
+        if not index:
+            raise ValueError(f"the gateway serves no model '{model}'")
+    by_key = {(e["name"], e["version"]): DeploymentStatus(e["name"], e["version"], e["state"]) for e in index}
+    earlier = None
+    if interval_s > 0:
+        earlier = {key: status.rows for key, status in _scrape(base_url, index).items()}
+        time.sleep(interval_s)
+    for key, status in _scrape(base_url, index).items():
+        by_key[key] = status
+        if earlier is not None:
+            status.rows_per_s = (status.rows - earlier.get(key, 0)) / interval_s
+    return sorted(by_key.values(), key=lambda s: (s.model, s.version))
+
+
+def _scrape(base_url: str, index: list[dict[str, str]]) -> dict[tuple[str, str], DeploymentStatus]:
     by_key = {(e["name"], e["version"]): DeploymentStatus(e["name"], e["version"], e["state"]) for e in index}
     for family in text_string_to_metric_families(_get(f"{base_url}/metrics").decode()):
         for sample in family.samples:
             status = by_key.get((sample.labels.get("model", ""), sample.labels.get("version", "")))
             if status is not None:
                 _fold(status, sample.name, sample.labels, sample.value)
-    return sorted(by_key.values(), key=lambda s: (s.model, s.version))
+    return by_key
 
 
 def _fold(status: DeploymentStatus, name: str, labels: dict[str, str], value: float) -> None:
@@ -82,22 +131,63 @@ def _fold(status: DeploymentStatus, name: str, labels: dict[str, str], value: fl
         status.model_fixed_ms = value * 1e3
     elif name == "mlgate_latency_model_per_row_seconds":
         status.model_per_row_us = value * 1e6
+    else:
+        _fold_routing(status, name, value)
+
+
+_ROUTING_FIELDS = {
+    "mlgate_routing_weight_ratio": "share",
+    "mlgate_routing_shadow_ratio": "shadow_ratio",
+    "mlgate_shadow_compared_rows_total": "shadow_rows",
+    "mlgate_shadow_agreeing_rows_total": "shadow_agreeing_rows",
+    "mlgate_shadow_abs_diff_total": "shadow_abs_diff",
+    "mlgate_shadow_seconds_total": "shadow_seconds",
+    "mlgate_shadow_champion_seconds_total": "shadow_champion_seconds",
+}
+
+
+def _fold_routing(status: DeploymentStatus, name: str, value: float) -> None:
+    if name == "mlgate_routing_champion":
+        status.champion = value == 1.0
+    elif name == "mlgate_fallbacks_total":
+        status.fallbacks += int(value)
+    elif name in _ROUTING_FIELDS:
+        field_name = _ROUTING_FIELDS[name]
+        setattr(status, field_name, type(getattr(status, field_name))(value))
 
 
 def render_table(statuses: list[DeploymentStatus]) -> str:
-    header = ("MODEL", "VERSION", "STATE", "BATCHES", "ROWS/BATCH", "EXEC ms", "QUEUE ms", "QUEUED",
-              "LIMIT", "REFUSED (reason=n)", "MODEL a ms + b µs/row")
-    rows = [header]
+    traffic: list[tuple[str, ...]] = [(
+        "MODEL", "VERSION", "STATE", "ROLE", "SPLIT", "ROWS/s", "FALLBACKS", "SHADOW", "AGREE", "MEAN |dP|",
+        "LATENCY x")]
+    batching: list[tuple[str, ...]] = [(
+        "MODEL", "VERSION", "BATCHES", "ROWS/BATCH", "EXEC ms", "QUEUE ms", "QUEUED", "LIMIT", "REFUSED (reason=n)",
+        "MODEL a ms + b µs/row")]
     for s in statuses:
+        shadow = s.role == "shadow" or s.shadow_rows > 0
+        traffic.append((s.model, s.version, s.state, s.role, f"{s.share:.0%}",
+                        "-" if s.rows_per_s is None else f"{s.rows_per_s:.1f}", str(s.fallbacks),
+                        f"{s.shadow_ratio:.0%}" if shadow else "-", _maybe(s.agreement, "{:.1%}"),
+                        _maybe(s.mean_abs_diff, "{:.3f}"), _maybe(s.latency_ratio, "{:.2f}")))
         refused = ", ".join(f"{k}={v}" for k, v in sorted(s.rejections.items()) if v) or "-"
         limit = f"{s.admission_limit_rows:.0f}" if s.admission_limit_rows is not None else "-"
-        rows.append((s.model, s.version, s.state, str(s.batches), f"{s.mean_rows:.1f}",
-                     f"{s.mean_execution_ms:.2f}", f"{s.mean_queue_wait_ms:.2f}", str(s.queued_rows), limit,
-                     refused, f"{s.model_fixed_ms:.2f} + {s.model_per_row_us:.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        batching.append((s.model, s.version, str(s.batches), f"{s.mean_rows:.1f}",
+                         f"{s.mean_execution_ms:.2f}", f"{s.mean_queue_wait_ms:.2f}", str(s.queued_rows), limit,
+                         refused, f"{s.model_fixed_ms:.2f} + {s.model_per_row_us:.1f}"))
+    return f"{_table(traffic)}\n\n{_table(batching)}"
+
+
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def render_json(statuses: list[DeploymentStatus]) -> str:
-    return json.dumps([{**asdict(s), "mean_rows": s.mean_rows, "mean_execution_ms": s.mean_execution_ms,
-                        "mean_queue_wait_ms": s.mean_queue_wait_ms} for s in statuses], indent=2)
+    return json.dumps([{**asdict(s), "role": s.role, "mean_rows": s.mean_rows,
+                        "mean_execution_ms": s.mean_execution_ms, "mean_queue_wait_ms": s.mean_queue_wait_ms,
+                        "shadow_agreement": s.agreement, "shadow_mean_abs_diff": s.mean_abs_diff,
+                        "shadow_latency_ratio": s.latency_ratio} for s in statuses], indent=2)

@@ -15,8 +15,10 @@ every machine, not only on one with a GPU.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +32,8 @@ from serving.repository import verify_model_file
 class OnnxModel:
     """One replica: an ONNX Runtime session sized to the CPUs Ray gave it."""
 
-    def __init__(self, model_path: str, sha256: str, device: Device, num_cpus: float) -> None:
+    def __init__(self, model_path: str, sha256: str, device: Device, num_cpus: float,
+                 inject_delay_s: float = 0.0, inject_error_rate: float = 0.0) -> None:
         from pathlib import Path
 
         import ray
@@ -48,10 +51,20 @@ class OnnxModel:
         self._device = device_of(self._session.get_providers())
         self._pid = os.getpid()
         self._bind = io_binding_runner(self._session, self._output_names, self._device)
+        self._inject_delay_s = inject_delay_s
+        self._inject_error_rate = inject_error_rate
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: dict[str, np.ndarray], warm_up: bool = False) -> dict[str, np.ndarray]:
         """Run one batch. Async on purpose: Serve runs sync methods through a thread pool, a hop that
-        costs more than a small model's whole execution; ORT releases the GIL while it computes."""
+        costs more than a small model's whole execution; ORT releases the GIL while it computes.
+
+        Injected faults (``FaultConfig``) make a version slow or failing on demand. Warm-up calls
+        get the delay (the latency model must learn it) but not the errors: the version has to
+        become ready before it can fail real traffic."""
+        if self._inject_delay_s > 0:
+            await asyncio.sleep(self._inject_delay_s)
+        if not warm_up and self._inject_error_rate > 0 and random.random() < self._inject_error_rate:
+            raise RuntimeError("injected failure (version_faults.error_rate in the config)")
         if self._bind is not None:
             return self._bind(inputs)
         outputs = self._session.run(self._output_names, inputs)

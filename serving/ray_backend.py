@@ -58,11 +58,15 @@ class ReplicaSettings:
     num_cpus: float
     device: Device
     max_ongoing_requests: int
+    inject_delay_s: float = 0.0
+    inject_error_rate: float = 0.0
 
 
 @dataclass(frozen=True)
 class DeployedVersion:
     execute: Callable[[Arrays], Awaitable[Arrays]]
+    warm_up: Callable[[Arrays], Awaitable[Arrays]]
+    """Like ``execute``, for warm-up calls (exempt from injected errors)."""
     device: str
 
 
@@ -114,7 +118,8 @@ class RayServeBackend:
                 },
                 logging_config={"enable_access_log": False},
             )(OnnxModel)
-            app = deployment.bind(str(entry.model_file), entry.manifest.sha256, s.device, s.num_cpus)
+            app = deployment.bind(str(entry.model_file), entry.manifest.sha256, s.device, s.num_cpus,
+                                  s.inject_delay_s, s.inject_error_rate)
             targets.append(serve.RunTarget(app, name=app_name(entry.model, entry.version), route_prefix=None))
         if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
@@ -142,7 +147,11 @@ class RayServeBackend:
             result: Arrays = await infer.remote(inputs)
             return result
 
-        return DeployedVersion(execute=execute, device=str(description["device"]))
+        async def warm_up(inputs: Arrays) -> Arrays:
+            result: Arrays = await infer.remote(inputs, True)
+            return result
+
+        return DeployedVersion(execute=execute, warm_up=warm_up, device=str(description["device"]))
 
     async def stop_serve(self) -> None:
         """Shut Serve down from the event loop its handles' routers run on (the sync API would touch a closed loop).

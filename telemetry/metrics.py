@@ -85,3 +85,81 @@ def record_device(model: str, version: str, device: str) -> None:
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- routing, fallback, shadows
+
+FALLBACK_REASONS = ("error", "deadline", "overloaded", "not_ready")
+FALLBACKS = Counter("mlgate_fallbacks_total",
+                    "Requests routed to a challenger that were answered by the champion (to=champion) or by the "
+                    "static default response (to=default) instead; reason: error, deadline, overloaded, not_ready.",
+                    ("model", "version", "reason", "to"), registry=REGISTRY)
+ROUTING_WEIGHT = Gauge("mlgate_routing_weight_ratio",
+                       "Share of a model's unpinned traffic each version gets by the current split (0-1).",
+                       _labels, registry=REGISTRY)
+ROUTING_CHAMPION = Gauge("mlgate_routing_champion", "1 for each model's champion version, 0 for its other versions.",
+                         _labels, registry=REGISTRY)
+ROUTING_SHADOW = Gauge("mlgate_routing_shadow_ratio", "Share of the champion's traffic mirrored to each shadow (0-1).",
+                       _labels, registry=REGISTRY)
+ROUTING_REVISION = Gauge("mlgate_routing_revision", "Revision of each model's routing this gateway applies.",
+                         ("model",), registry=REGISTRY)
+SHADOW_REQUESTS = Counter("mlgate_shadow_requests_total",
+                          "Requests mirrored to a shadow version, by outcome: compared (answered and compared with "
+                          "the champion), failed (the shadow errored), dropped (too many shadow requests in flight).",
+                          (*_labels, "outcome"), registry=REGISTRY)
+SHADOW_ROWS = Counter("mlgate_shadow_compared_rows_total", "Rows a shadow answered and that were compared.",
+                      _labels, registry=REGISTRY)
+SHADOW_AGREEING_ROWS = Counter("mlgate_shadow_agreeing_rows_total",
+                               "Compared rows whose integer outputs (labels) equal the champion's.",
+                               _labels, registry=REGISTRY)
+SHADOW_ABS_DIFF = Counter("mlgate_shadow_abs_diff",
+                          "Sum over compared rows of the mean absolute difference between the shadow's and the "
+                          "champion's float outputs (probabilities); divide by compared rows for the mean.",
+                          _labels, registry=REGISTRY)
+SHADOW_SECONDS = Counter("mlgate_shadow_seconds", "Summed answer time of compared shadow requests.",
+                         _labels, registry=REGISTRY)
+SHADOW_CHAMPION_SECONDS = Counter("mlgate_shadow_champion_seconds",
+                                  "Summed answer time of the champion on the same requests; the latency ratio is "
+                                  "mlgate_shadow_seconds_total / this.", _labels, registry=REGISTRY)
+
+
+@dataclass(frozen=True)
+class ShadowMetrics:
+    """One shadow version's comparison counters, labels bound once."""
+
+    compared: Counter
+    failed: Counter
+    dropped: Counter
+    rows: Counter
+    agreeing_rows: Counter
+    abs_diff: Counter
+    seconds: Counter
+    champion_seconds: Counter
+
+    @classmethod
+    def for_version(cls, model: str, version: str) -> ShadowMetrics:
+        labels = {"model": model, "version": version}
+        return cls(
+            compared=SHADOW_REQUESTS.labels(**labels, outcome="compared"),
+            failed=SHADOW_REQUESTS.labels(**labels, outcome="failed"),
+            dropped=SHADOW_REQUESTS.labels(**labels, outcome="dropped"),
+            rows=SHADOW_ROWS.labels(**labels),
+            agreeing_rows=SHADOW_AGREEING_ROWS.labels(**labels),
+            abs_diff=SHADOW_ABS_DIFF.labels(**labels),
+            seconds=SHADOW_SECONDS.labels(**labels),
+            champion_seconds=SHADOW_CHAMPION_SECONDS.labels(**labels),
+        )
+
+
+def record_fallback(model: str, version: str, reason: str, to: str) -> None:
+    FALLBACKS.labels(model=model, version=version, reason=reason, to=to).inc()
+
+
+def record_routing(model: str, revision: int, champion: str, shares: dict[str, float], shadows: dict[str, float],
+                   versions: list[str]) -> None:
+    """Export a model's routing after every change; versions outside the split or the shadows read 0."""
+    ROUTING_REVISION.labels(model=model).set(revision)
+    for version in versions:
+        ROUTING_WEIGHT.labels(model=model, version=version).set(shares.get(version, 0.0))
+        ROUTING_CHAMPION.labels(model=model, version=version).set(1.0 if version == champion else 0.0)
+        ROUTING_SHADOW.labels(model=model, version=version).set(shadows.get(version, 0.0))

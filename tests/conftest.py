@@ -54,15 +54,21 @@ def demo_repository() -> Path:
     return root
 
 
+def copy_version(model_dir: Path, source: str, target: str) -> Path:
+    """A copy of one version under another version number (its manifest says the new number)."""
+    copy = model_dir / target
+    shutil.copytree(model_dir / source, copy)
+    manifest = (copy / "manifest.json").read_text().replace(f'"version": "{source}"', f'"version": "{target}"')
+    (copy / "manifest.json").write_text(manifest)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def served_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo repository plus ``breast-cancer/9``: a copy of version 1 whose model file was tampered with."""
     root = tmp_path_factory.mktemp("served-repo") / "models"
     shutil.copytree(demo_repository, root)
-    tampered = root / "breast-cancer" / TAMPERED_VERSION
-    shutil.copytree(root / "breast-cancer" / "1", tampered)
-    manifest = (tampered / "manifest.json").read_text().replace('"version": "1"', f'"version": "{TAMPERED_VERSION}"')
-    (tampered / "manifest.json").write_text(manifest)
+    tampered = copy_version(root / "breast-cancer", "1", TAMPERED_VERSION)
     model = bytearray((tampered / "model.onnx").read_bytes())
     model[len(model) // 2] ^= 0xFF
     (tampered / "model.onnx").write_bytes(bytes(model))

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.httpclient import HttpConnection, build_request
+from loadtests.httpclient import FutureSink, HttpConnection, build_request
 from tests.conftest import RunningGateway
 
 MODEL, VERSION = "breast-cancer", "2"
@@ -78,26 +78,12 @@ def test_a_lone_request_pays_no_batching_wait(gateway: RunningGateway, dataset: 
         f"+ gateway fixed cost {statistics.median(metadata_s) * 1e3:.2f} ms + 2 ms")
 
 
-class _Sink:
-    """Completes one future per connection; the load generator's client, because a general-purpose
-    one (httpx) spends so much CPU per response on this box that it, not the gateway, misses deadlines."""
-
-    def __init__(self) -> None:
-        self.pending: dict[HttpConnection, asyncio.Future[tuple[int, bytes]]] = {}
-
-    def on_response(self, conn: HttpConnection, status: int, body: bytes) -> None:
-        self.pending.pop(conn).set_result((status, body))
-
-    def on_failure(self, conn: HttpConnection, kind: str) -> None:
-        self.pending.pop(conn).set_exception(ConnectionError(kind))
-
-
 async def _bursts(host: str, port: int, dataset: np.ndarray) -> list[tuple[int, int, int, float, int, bytes]]:
     """Quiet gaps, then bursts: small ones the gateway can absorb, and one far beyond what it can
     answer in time (300 requests of 64 rows, 10 ms each), so that refusals must happen."""
     rng = random.Random(11)
     loop = asyncio.get_running_loop()
-    sink = _Sink()
+    sink = FutureSink()
     connections = [(await loop.create_connection(lambda: HttpConnection(sink), host, port))[1] for _ in range(300)]
     results = []
     try:
@@ -167,6 +153,8 @@ def test_status_command_shows_what_the_metrics_say(gateway: RunningGateway, as_j
         assert row["batches"] == metrics["mlgate_batch_rows_count"] > 0
         assert row["rows"] == metrics["mlgate_batch_rows_sum"]
     else:
-        line = next(ln for ln in output.splitlines() if ln.split()[:3] == [MODEL, VERSION, "READY"])
-        assert int(line.split()[3]) == metrics["mlgate_batch_rows_count"]
-        assert "UNAVAILABLE" in output  # the tampered version is listed with its state
+        traffic, batching = output.split("\n\n")
+        assert next(ln for ln in traffic.splitlines() if ln.split()[:2] == [MODEL, "1"]).split()[3] == "champion"
+        line = next(ln for ln in batching.splitlines() if ln.split()[:2] == [MODEL, VERSION])
+        assert int(line.split()[2]) == metrics["mlgate_batch_rows_count"]
+        assert "UNAVAILABLE" in traffic  # the tampered version is listed with its state

@@ -1,0 +1,212 @@
+"""The operators' control plane: ``/admin/v1/...``, beside the OIP data plane on the HTTP port.
+
+FastAPI here (and not on the data plane) because this is where a typed,
+self-documenting schema is worth more than microseconds: the OpenAPI document
+is served at ``/admin/v1/openapi.json`` and browsable at ``/admin/v1/docs``.
+
+Every endpoint needs a bearer token (``gateway.auth``): ``viewer`` reads,
+``operator`` changes routing, ``admin`` manages tokens. Writes use optimistic
+concurrency: a routing change names the revision it was based on (body field
+``revision`` or ``If-Match``) and a stale one gets 409. Every change is
+validated against what this gateway serves (422 with one message per problem),
+persisted with its audit entry in one transaction, and applied at once here;
+other gateway processes pick it up from the state file within a poll interval.
+Errors have the OIP shape ``{"error": "..."}`` (plus ``problems`` on 422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import AuthState, Principal, Role, create_stored_token, revoke_stored_token
+from gateway.errors import Conflict, InferenceError, NotFound, Unprocessable
+from gateway.registry import ModelRegistry
+from gateway.shadows import ShadowMirror
+from gateway.traffic import policy_problems
+from routing.live import LiveRouting
+from routing.policy import RoutingPolicy, variant_of
+from routing.store import StaleRevision, StateStore, StoredRouting
+from telemetry import audit
+
+PREFIX = "/admin/v1"
+
+
+class RoutingUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: int | None = Field(
+        None, ge=0, description="Revision this change is based on (from GET); a stale one gets 409. "
+        "May be given as the If-Match header instead.")
+    routing: RoutingPolicy
+    reason: str | None = Field(None, max_length=1000, description="Why: kept in the audit log.")
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Who will hold the token; unique.")
+    role: str = Field(description="viewer, operator or admin.")
+    reason: str | None = Field(None, max_length=1000)
+
+
+_bearer = HTTPBearer(auto_error=False, description="Token from 'mlgate token create' or POST /admin/v1/tokens.")
+
+
+def _role(needed: Role) -> Any:
+    """A dependency admitting tokens of ``needed`` role or above (401 without a valid token, 403 below it)."""
+    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+              request: Request) -> Principal:
+        auth_state: AuthState = request.app.state.auth
+        return auth_state.current.require(request.headers.get("authorization"), needed)
+    return Depends(check)
+
+
+# Module level, not inside build_admin_app: FastAPI resolves these annotations by name.
+Viewer = Annotated[Principal, _role(Role.VIEWER)]
+Operator = Annotated[Principal, _role(Role.OPERATOR)]
+Admin = Annotated[Principal, _role(Role.ADMIN)]
+
+
+def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistry, auth_state: AuthState,
+                    shadows: ShadowMirror) -> FastAPI:
+    app = FastAPI(title="mlgate admin API", version="1", openapi_url=f"{PREFIX}/openapi.json",
+                  docs_url=f"{PREFIX}/docs", redoc_url=None)
+    app.state.auth = auth_state
+
+    @app.exception_handler(InferenceError)
+    async def _inference_error(request: Request, exc: InferenceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        body: dict[str, Any] = {"error": exc.message}
+        if isinstance(exc, Unprocessable) and exc.problems:
+            body["problems"] = exc.problems
+        return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg'].removeprefix('Value error, ')}"
+                    for err in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems), "problems": problems}, status_code=422)
+
+    def model_doc(model: str) -> dict[str, Any]:
+        entries = registry.versions_of(model)
+        active = live.get(model)
+        shares: dict[str, float] = {}
+        if active is not None:
+            weights = active.policy.effective_weights
+            total = sum(weights.values())
+            shares = {v: w / total for v, w in weights.items()}
+        return {
+            "model": model,
+            "revision": active.revision if active else None,
+            "champion": active.policy.champion if active else registry.champions.get(model),
+            "versions": [{
+                "version": e.version, "state": e.state.value, "reason": e.reason, "device": e.device,
+                "role": variant_of(active.policy, e.version) if active else None,
+                "share": shares.get(e.version, 0.0),
+                "shadow_percent": active.policy.shadows.get(e.version) if active else None,
+            } for e in entries],
+            "shadows": {v: t.to_json() for v, t in shadows.tally(model).items()},
+        }
+
+    @app.get(f"{PREFIX}/whoami", summary="The caller's token name and role")
+    async def whoami(principal: Viewer) -> dict[str, str]:
+        return {"name": principal.name, "role": principal.role.label}
+
+    @app.get(f"{PREFIX}/models", summary="Every model with its versions, their state and routing role")
+    async def list_models(principal: Viewer) -> list[dict[str, Any]]:
+        return [model_doc(m) for m in registry.models()]
+
+    @app.get(f"{PREFIX}/models/{{model}}", summary="One model: versions, state, split and shadow comparison")
+    async def get_model(model: str, principal: Viewer) -> dict[str, Any]:
+        return model_doc(model)
+
+    @app.get(f"{PREFIX}/models/{{model}}/routing", summary="A model's routing and its revision")
+    async def get_routing(model: str, principal: Viewer) -> JSONResponse:
+        stored = _stored_or_404(model)
+        return JSONResponse(stored.to_json(), headers={"ETag": f'"{stored.revision}"'})
+
+    @app.put(f"{PREFIX}/models/{{model}}/routing", summary="Replace a model's routing (optimistic concurrency)",
+             responses={409: {"description": "stale revision"}, 422: {"description": "invalid routing"}})
+    async def put_routing(model: str, update: RoutingUpdate, principal: Operator,
+                          if_match: Annotated[str | None, Header()] = None) -> JSONResponse:
+        registry.versions_of(model)  # 404 for an unknown model
+        expected = _expected_revision(update.revision, if_match)
+        problems = policy_problems(update.routing, model, registry)
+        if problems:
+            raise Unprocessable(f"routing of model '{model}' is invalid: " + "; ".join(problems), problems)
+        document = update.routing.model_dump(mode="json")
+        try:
+            stored = await asyncio.to_thread(store.replace_routing, model, document, expected, principal.name,
+                                             update.reason)
+        except StaleRevision as exc:
+            raise Conflict(str(exc)) from None
+        live.install(stored)
+        return JSONResponse(stored.to_json(), headers={"ETag": f'"{stored.revision}"'})
+
+    @app.get(f"{PREFIX}/audit", summary="Audit log entries, oldest first")
+    async def audit_entries(principal: Viewer, target: str | None = None,
+                            since: Annotated[int, Query(ge=0)] = 0,
+                            limit: Annotated[int | None, Query(ge=1, le=10000)] = None) -> list[dict[str, Any]]:
+        def read() -> list[audit.AuditEntry]:
+            with store.reading() as conn:
+                return audit.read_entries(conn, target=target, since_seq=since, limit=limit)
+        return [e.to_json() for e in await asyncio.to_thread(read)]
+
+    @app.get(f"{PREFIX}/audit/verify", summary="Check the audit log's hash chain")
+    async def audit_verify(principal: Viewer, expected_head: str | None = None) -> dict[str, Any]:
+        def check() -> tuple[audit.Verification, str]:
+            with store.reading() as conn:
+                return audit.verify_database(conn, expected_head), audit.head_hash(conn)
+        result, head = await asyncio.to_thread(check)
+        return {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
+                "problem": result.problem, "head": head}
+
+    @app.get(f"{PREFIX}/tokens", summary="Tokens (names and roles; never the tokens)")
+    async def list_tokens(principal: Admin) -> list[dict[str, str]]:
+        return [{**r.to_json(), "source": "config" if r in auth_state.configured else "store"}
+                for r in auth_state.records]
+
+    @app.post(f"{PREFIX}/tokens", status_code=201, summary="Create a token; the response is the only place it "
+              "appears")
+    async def create_token(request: TokenRequest, principal: Admin) -> dict[str, str]:
+        new_role = Role.parse(request.role)
+        token, record = await asyncio.to_thread(create_stored_token, store, request.name, new_role,
+                                                principal.name, request.reason)
+        auth_state.reload()
+        return {**record.to_json(), "token": token}
+
+    @app.delete(f"{PREFIX}/tokens/{{name}}", summary="Revoke a token")
+    async def revoke_token(name: str, principal: Admin, reason: str | None = None) -> dict[str, str]:
+        record = await asyncio.to_thread(revoke_stored_token, store, name, principal.name, reason)
+        auth_state.reload()
+        return record.to_json()
+
+    def _stored_or_404(model: str) -> StoredRouting:
+        registry.versions_of(model)
+        active = live.get(model)
+        if active is None:
+            raise NotFound(f"model '{model}' has no routing yet")
+        return active.stored
+
+    return app
+
+
+def _expected_revision(body_revision: int | None, if_match: str | None) -> int:
+    header_revision = None
+    if if_match is not None:
+        text = if_match.strip().removeprefix("W/").strip('"')
+        if not text.isdigit():
+            raise Unprocessable(f"If-Match must be a routing revision (an integer), got {if_match!r}")
+        header_revision = int(text)
+    if body_revision is None and header_revision is None:
+        raise Unprocessable("say which revision the change is based on: body field 'revision' or If-Match")
+    if body_revision is not None and header_revision is not None and body_revision != header_revision:
+        raise Unprocessable(f"revision {body_revision} in the body differs from If-Match {header_revision}")
+    return body_revision if body_revision is not None else header_revision  # type: ignore[return-value]

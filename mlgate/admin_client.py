@@ -1,0 +1,75 @@
+"""A small client of the admin API for the ``mlgate`` operator commands.
+
+Standard library only (urllib), so the CLI starts fast. Every failure becomes
+one ``AdminError`` line: the API's own error message when it sent one, else
+what went wrong on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class AdminError(Exception):
+    """One line for the operator: what failed and why."""
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str | None, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def put(self, path: str, body: Any) -> Any:
+        return self._call("PUT", path, body)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        if not self.token:
+            raise AdminError("no token: pass --token or set MLGATE_TOKEN")
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(f"{self.url}/admin/v1{path}", data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise AdminError(f"{method} {path}: {exc.code} {_error_text(exc.read())}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AdminError(f"cannot reach the gateway at {self.url}: {reason}") from None
+        except ValueError:
+            raise AdminError(f"{method} {path}: the gateway's answer is not JSON") from None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")[:300]
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])
+    return json.dumps(doc)[:300]
+
+
+def parse_weights(pairs: list[str]) -> dict[str, int]:
+    """``["1=90", "2=10"]`` -> ``{"1": 90, "2": 10}``; AdminError naming the bad pair."""
+    weights: dict[str, int] = {}
+    for pair in pairs:
+        version, sep, weight = pair.partition("=")
+        if not sep or not version or not weight.strip().isdigit():
+            raise AdminError(f"'{pair}' is not VERSION=WEIGHT with a non-negative integer weight (e.g. 2=10)")
+        if version in weights:
+            raise AdminError(f"version '{version}' is given twice")
+        weights[version] = int(weight)
+    if not weights:
+        raise AdminError("give at least one VERSION=WEIGHT")
+    return weights

@@ -1,0 +1,365 @@
+"""Traffic split, sticky keys, header rules, shadows and fallback, end to end.
+
+A real gateway (local Ray, Ray Serve, ONNX Runtime) serves ``breast-cancer``
+versions 1 (champion), 2, 3 (the deliberately bad one), 4 (a copy of 1 made
+slow: every batch takes 60 ms more) and 5 (a copy of 1 that fails every
+request), the last two through the config's ``version_faults``. Routing is
+changed through the admin API between tests, as an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from scipy.stats import chisquare
+
+from gateway.auth import digest, new_token
+from loadtests.httpclient import FutureSink, HttpConnection, build_request
+from routing.store import StateStore
+from tests.conftest import RunningGateway, copy_version, free_port, start_gateway, stop_gateway
+
+MODEL = "breast-cancer"
+INFER = f"/v2/models/{MODEL}/infer"
+SLOW, FAILING = "4", "5"
+SLOW_DELAY_MS = 60
+
+
+class Tokens:
+    admin, operator, viewer = new_token(), new_token(), new_token()
+
+
+def routing_config(repository: Path, state: Path, http_port: int, grpc_port: int, extra: str = "") -> str:
+    return f"""
+server: {{host: 127.0.0.1, http_port: {http_port}, grpc_port: {grpc_port}}}
+ray: {{num_cpus: 2}}
+deployment: {{num_cpus: 0.25}}  # five versions' replicas fit into Ray's two CPUs
+repository: {repository}
+state: {{path: {state}}}
+auth:
+  tokens:
+    - {{name: ada, role: admin, sha256: {digest(Tokens.admin)}}}
+    - {{name: otto, role: operator, sha256: {digest(Tokens.operator)}}}
+    - {{name: vera, role: viewer, sha256: {digest(Tokens.viewer)}}}
+{extra}
+models:
+  {MODEL}:
+    routing: {{champion: "1", weights: {{"1": 70, "2": 20, "3": 10}}}}
+    version_faults:
+      "{SLOW}": {{delay_ms: {SLOW_DELAY_MS}}}
+      "{FAILING}": {{error_rate: 1.0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def routing_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("routing-repo") / "models"
+    import shutil
+
+    shutil.copytree(demo_repository / MODEL, root / MODEL)
+    copy_version(root / MODEL, "1", SLOW)
+    copy_version(root / MODEL, "1", FAILING)
+    return root
+
+
+@pytest.fixture(scope="module")
+def routed(routing_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    workdir = tmp_path_factory.mktemp("routing-gateway")
+    http_port, grpc_port = free_port(), free_port()
+    config = routing_config(routing_repository, workdir / "state.db", http_port, grpc_port)
+    running = start_gateway(config, workdir, http_port, grpc_port, routing_repository)
+    yield running
+    stop_gateway(running)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def admin(gateway: RunningGateway, token: str = Tokens.admin) -> httpx.Client:
+    return httpx.Client(base_url=f"http://{gateway.http_url}/admin/v1", timeout=10,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def set_routing(gateway: RunningGateway, reason: str = "test", **routing: Any) -> dict[str, Any]:
+    """Replace the routing (champion 1 unless given) through the admin API, based on the current revision."""
+    with admin(gateway, Tokens.operator) as client:
+        revision = client.get(f"/models/{MODEL}/routing").json()["revision"]
+        response = client.put(f"/models/{MODEL}/routing", json={
+            "revision": revision, "routing": {"champion": "1", **routing}, "reason": reason})
+    assert response.status_code == 200, response.text
+    doc: dict[str, Any] = response.json()
+    return doc
+
+
+def body(rows: np.ndarray, routing_key: str | None = None) -> bytes:
+    doc: dict[str, Any] = {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape),
+                                       "data": rows.ravel().tolist()}]}
+    if routing_key is not None:
+        doc["parameters"] = {"routing_key": routing_key}
+    return json.dumps(doc).encode()
+
+
+def fire(gateway: RunningGateway, requests: list[tuple[bytes, dict[str, str]]],
+         connections: int = 16) -> list[tuple[int, dict[str, Any]]]:
+    """Send every (body, headers) request over ``connections`` keep-alive connections; (status, JSON) in order.
+
+    The load generator's lean client: 20,000 requests through httpx would cost more CPU than the gateway.
+    """
+    host, port = gateway.http_url.split(":")
+
+    async def run() -> list[tuple[int, dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        sink = FutureSink()
+        results: list[tuple[int, dict[str, Any]] | None] = [None] * len(requests)
+        queue = iter(enumerate(requests))
+
+        async def worker() -> None:
+            conn = (await loop.create_connection(lambda: HttpConnection(sink), host, int(port)))[1]
+            try:
+                for index, (payload, headers) in queue:
+                    sink.pending[conn] = future = loop.create_future()
+                    conn.send(build_request("POST", gateway.http_url, INFER, payload,
+                                            {"Content-Type": "application/json", **headers}))
+                    status, answer = await future
+                    results[index] = (status, json.loads(answer))
+            finally:
+                conn.close()
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return [r for r in results if r is not None]
+
+    return asyncio.run(run())
+
+
+def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://{gateway.http_url}/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_for_metric(gateway: RunningGateway, name: str, at_least: float, timeout_s: float = 30,
+                    **labels: str) -> float:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = metric(gateway, name, **labels)
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def versions_of(results: list[tuple[int, dict[str, Any]]]) -> Counter[str]:
+    assert all(status == 200 for status, _ in results), Counter(status for status, _ in results)
+    return Counter(doc["model_version"] for _, doc in results)
+
+
+# --------------------------------------------------------------------------- split and stickiness
+
+
+def test_split_over_20000_requests_matches_the_weights(routed: RunningGateway, dataset: np.ndarray) -> None:
+    """Pearson's chi-square goodness of fit of the versions that answered 20,000 unkeyed requests
+    against the configured 70/20/10 split; a correct router fails it with probability 0.001."""
+    set_routing(routed, weights={"1": 70, "2": 20, "3": 10})
+    payload = body(dataset[:1])
+    results = fire(routed, [(payload, {})] * 20_000)
+    counts = versions_of(results)
+    observed = [counts["1"], counts["2"], counts["3"]]
+    assert sum(observed) == 20_000
+    p_value = chisquare(observed, [14_000, 4_000, 2_000]).pvalue
+    assert p_value > 0.001, f"observed {observed} for 70/20/10 (chi-square p={p_value:.2g})"
+    variants = {doc["model_version"]: doc["parameters"]["variant"] for _, doc in results}
+    assert variants == {"1": "champion", "2": "challenger", "3": "challenger"}
+
+
+def test_sticky_keys_stay_and_only_the_expected_fraction_moves(routed: RunningGateway,
+                                                              dataset: np.ndarray) -> None:
+    set_routing(routed, weights={"1": 70, "2": 20, "3": 10})
+    keys = [f"user-{i}" for i in range(2_000)]
+    row = dataset[:1]
+    by_header = fire(routed, [(body(row), {"x-routing-key": key}) for key in keys])
+    again = fire(routed, [(body(row, routing_key=key), {}) for key in keys])  # the same key as a parameter
+    first = [doc["model_version"] for _, doc in by_header]
+    assert first == [doc["model_version"] for _, doc in again], "a key changed version with the weights unchanged"
+
+    set_routing(routed, weights={"1": 70, "2": 20, "3": 30}, reason="grow the canary")
+    moved = fire(routed, [(body(row), {"x-routing-key": key}) for key in keys])
+    after = [doc["model_version"] for _, doc in moved]
+    changed = [(old, new) for old, new in zip(first, after, strict=True) if old != new]
+    assert all(new == "3" for _, new in changed), f"keys moved between versions whose weights stayed: {changed[:5]}"
+    expected = 30 / 120 - 10 / 100  # version 3's share grows from 10% to 25%
+    tolerance = 4 * (expected * (1 - expected) / len(keys)) ** 0.5
+    assert abs(len(changed) / len(keys) - expected) < tolerance, (len(changed), expected)
+
+
+def test_header_rule_and_pinned_version_bypass_the_split(routed: RunningGateway, dataset: np.ndarray) -> None:
+    set_routing(routed, weights={"1": 100}, header_rules=[{"header": "x-tester", "value": "yes", "version": "3"}])
+    row = dataset[:1]
+    testers = fire(routed, [(body(row), {"x-tester": "yes"})] * 50)
+    others = fire(routed, [(body(row), {"x-tester": "no"})] * 50)
+    assert versions_of(testers) == {"3": 50}
+    assert versions_of(others) == {"1": 50}
+    with httpx.Client(base_url=f"http://{routed.http_url}", timeout=10) as client:
+        pinned = client.post(f"/v2/models/{MODEL}/versions/2/infer", content=body(row))
+        assert pinned.status_code == 200
+        assert pinned.json()["model_version"] == "2"
+        assert pinned.headers["x-mlgate-variant"] == "challenger"
+        failing = client.post(f"/v2/models/{MODEL}/versions/{FAILING}/infer", content=body(row))
+        assert failing.status_code == 503, "a pinned request asked for that version: it gets its error"
+
+
+def test_grpc_carries_the_variant_and_the_routing_key(routed: RunningGateway, dataset: np.ndarray) -> None:
+    set_routing(routed, weights={"1": 50, "2": 50})
+    client = grpcclient.InferenceServerClient(routed.grpc_url)
+    tensor = grpcclient.InferInput("features", [1, 30], "FP32")
+    tensor.set_data_from_numpy(dataset[:1])
+    answers = set()
+    for _ in range(5):
+        result = client.infer(MODEL, [tensor], parameters={"routing_key": "grpc-user-7"})
+        response = result.get_response()
+        answers.add((response.model_version, response.parameters["variant"].string_param))
+    assert len(answers) == 1, f"one routing key, several versions: {answers}"
+    version, variant = answers.pop()
+    assert variant == ("champion" if version == "1" else "challenger")
+    by_header = client.infer(MODEL, [tensor], headers={"x-routing-key": "grpc-user-7"}).get_response()
+    assert by_header.model_version == version
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def test_a_failing_challenger_never_reaches_the_caller(routed: RunningGateway, dataset: np.ndarray) -> None:
+    set_routing(routed, weights={FAILING: 100})
+    before = metric(routed, "mlgate_fallbacks_total", version=FAILING, reason="error", to="champion")
+    results = fire(routed, [(body(dataset[i:i + 1]), {}) for i in range(300)])
+    assert versions_of(results) == {"1": 300}
+    assert {(doc["parameters"]["variant"], doc["parameters"]["fallback"]) for _, doc in results} == {
+        ("champion", "champion")}
+    after = metric(routed, "mlgate_fallbacks_total", version=FAILING, reason="error", to="champion")
+    assert after - before == 300
+
+
+def test_a_slow_challenger_falls_back_within_the_deadline(routed: RunningGateway, dataset: np.ndarray) -> None:
+    set_routing(routed, weights={SLOW: 100}, fallback={"challenger_timeout_ms": 15})
+    with httpx.Client(base_url=f"http://{routed.http_url}", timeout=10) as client:
+        for _ in range(10):
+            started = time.perf_counter()
+            response = client.post(INFER, content=body(dataset[:1]))
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200
+            assert response.headers["x-mlgate-fallback"] == "champion"
+            assert response.json()["model_version"] == "1"
+            assert elapsed < SLOW_DELAY_MS / 1000, "the caller waited for the slow challenger"
+    assert metric(routed, "mlgate_fallbacks_total", version=SLOW, reason="deadline", to="champion") >= 10
+
+
+def test_the_default_response_answers_when_even_the_champion_fails(routed: RunningGateway,
+                                                                  dataset: np.ndarray) -> None:
+    set_routing(routed, champion=FAILING, weights={FAILING: 100},
+                fallback={"default_response": {"label": [0], "probabilities": [[0.5, 0.5]]}})
+    results = fire(routed, [(body(dataset[:3]), {})] * 20)
+    for status, doc in results:
+        assert status == 200
+        assert doc["parameters"] == {"variant": "champion", "fallback": "default"}
+        outputs = {o["name"]: o["data"] for o in doc["outputs"]}
+        assert outputs == {"label": [0, 0, 0], "probabilities": [0.5] * 6}
+
+
+# --------------------------------------------------------------------------- shadows
+
+
+def _median_latency(gateway: RunningGateway, payload: bytes, count: int) -> float:
+    with httpx.Client(base_url=f"http://{gateway.http_url}", timeout=10) as client:
+        client.post(INFER, content=payload).raise_for_status()
+        timings = []
+        for _ in range(count):
+            started = time.perf_counter()
+            client.post(INFER, content=payload).raise_for_status()
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def test_a_slow_shadow_does_not_slow_the_caller(routed: RunningGateway, dataset: np.ndarray) -> None:
+    """Behaviour, not a benchmark: each shadow call takes 60 ms more than the champion's, so a
+    shadow on the caller's path would add at least that to the median; the bound allows 5 ms."""
+    payload = body(dataset[:1])
+    set_routing(routed, weights={"1": 100})
+    without = _median_latency(routed, payload, 150)
+    compared_before = metric(routed, "mlgate_shadow_requests_total", version=SLOW, outcome="compared")
+    set_routing(routed, weights={"1": 100}, shadows={SLOW: 100})
+    with_shadow = _median_latency(routed, payload, 150)
+    assert with_shadow < without + 0.005, f"median {with_shadow * 1e3:.2f} ms with the slow shadow vs " \
+                                          f"{without * 1e3:.2f} ms without"
+    compared = wait_for_metric(routed, "mlgate_shadow_requests_total", compared_before + 151,
+                               version=SLOW, outcome="compared")
+    assert compared - compared_before == 151, "the shadow did not answer every mirrored request"
+    seconds = metric(routed, "mlgate_shadow_seconds_total", version=SLOW)
+    champion_seconds = metric(routed, "mlgate_shadow_champion_seconds_total", version=SLOW)
+    assert seconds / champion_seconds > 2, "the latency ratio does not show the shadow's 60 ms"
+
+
+def test_a_failing_shadow_causes_no_caller_errors(routed: RunningGateway, dataset: np.ndarray) -> None:
+    set_routing(routed, weights={"1": 100}, shadows={FAILING: 100})
+    failed_before = metric(routed, "mlgate_shadow_requests_total", version=FAILING, outcome="failed")
+    results = fire(routed, [(body(dataset[i:i + 1]), {}) for i in range(200)])
+    assert versions_of(results) == {"1": 200}
+    assert all("fallback" not in doc["parameters"] for _, doc in results)
+    failed = wait_for_metric(routed, "mlgate_shadow_requests_total", failed_before + 200,
+                             version=FAILING, outcome="failed")
+    assert failed - failed_before == 200
+
+
+def test_shadow_agreement_matches_the_known_disagreement(routed: RunningGateway, dataset: np.ndarray,
+                                                         reference_outputs: dict[str, dict[str, np.ndarray]]
+                                                         ) -> None:
+    """Version 3 was trained on partly flipped labels; ONNX Runtime run here on the same rows says
+    exactly which rows it disagrees on, and the gateway's counters must say the same."""
+    set_routing(routed, weights={"1": 100}, shadows={"3": 100})
+    labels = {"version": "3"}
+    rows_before = metric(routed, "mlgate_shadow_compared_rows_total", **labels)
+    agreeing_before = metric(routed, "mlgate_shadow_agreeing_rows_total", **labels)
+    diff_before = metric(routed, "mlgate_shadow_abs_diff_total", **labels)
+    results = fire(routed, [(body(dataset[i:i + 1]), {}) for i in range(len(dataset))], connections=8)
+    assert versions_of(results) == {"1": len(dataset)}
+    rows = wait_for_metric(routed, "mlgate_shadow_compared_rows_total", rows_before + len(dataset), **labels)
+    assert rows - rows_before == len(dataset)
+    champion, shadow = reference_outputs["1"], reference_outputs["3"]
+    expected_agreeing = int(np.count_nonzero(champion["label"] == shadow["label"]))
+    assert 0 < expected_agreeing < len(dataset)  # the test means something only if they disagree somewhere
+    agreeing = metric(routed, "mlgate_shadow_agreeing_rows_total", **labels) - agreeing_before
+    assert agreeing == expected_agreeing
+    expected_diff = float(np.abs(champion["probabilities"] - shadow["probabilities"]).mean(axis=1).sum())
+    diff = metric(routed, "mlgate_shadow_abs_diff_total", **labels) - diff_before
+    assert diff == pytest.approx(expected_diff, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- propagation and restart
+
+
+def test_a_change_by_another_process_applies_within_a_second(routed: RunningGateway,
+                                                             dataset: np.ndarray) -> None:
+    doc = set_routing(routed, weights={"1": 100})
+    state = StateStore(Path(routed.log_path.parent / "state.db"))
+    try:
+        written = time.monotonic()
+        state.replace_routing(MODEL, {"champion": "1", "weights": {"2": 100}}, doc["revision"], "other-gateway",
+                              "written by another process")
+        with httpx.Client(base_url=f"http://{routed.http_url}", timeout=10) as client:
+            while client.post(INFER, content=body(dataset[:1])).json()["model_version"] != "2":
+                assert time.monotonic() - written < 1.0, "the change did not arrive within a second"
+                time.sleep(0.02)
+    finally:
+        state.close()
