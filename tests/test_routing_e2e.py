@@ -9,163 +9,31 @@ changed through the admin API between tests, as an operator would.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import statistics
 import time
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import chisquare
 
-from gateway.auth import digest, new_token
-from loadtests.httpclient import FutureSink, HttpConnection, build_request
 from routing.store import StateStore
-from tests.conftest import RunningGateway, copy_version, free_port, start_gateway, stop_gateway
-
-MODEL = "breast-cancer"
-INFER = f"/v2/models/{MODEL}/infer"
-SLOW, FAILING = "4", "5"
-SLOW_DELAY_MS = 60
-
-
-class Tokens:
-    admin, operator, viewer = new_token(), new_token(), new_token()
-
-
-def routing_config(repository: Path, state: Path, http_port: int, grpc_port: int, extra: str = "") -> str:
-    return f"""
-server: {{host: 127.0.0.1, http_port: {http_port}, grpc_port: {grpc_port}}}
-ray: {{num_cpus: 2}}
-deployment: {{num_cpus: 0.25}}  # five versions' replicas fit into Ray's two CPUs
-repository: {repository}
-state: {{path: {state}}}
-auth:
-  tokens:
-    - {{name: ada, role: admin, sha256: {digest(Tokens.admin)}}}
-    - {{name: otto, role: operator, sha256: {digest(Tokens.operator)}}}
-    - {{name: vera, role: viewer, sha256: {digest(Tokens.viewer)}}}
-{extra}
-models:
-  {MODEL}:
-    routing: {{champion: "1", weights: {{"1": 70, "2": 20, "3": 10}}}}
-    version_faults:
-      "{SLOW}": {{delay_ms: {SLOW_DELAY_MS}}}
-      "{FAILING}": {{error_rate: 1.0}}
-"""
-
-
-@pytest.fixture(scope="module")
-def routing_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("routing-repo") / "models"
-    import shutil
-
-    shutil.copytree(demo_repository / MODEL, root / MODEL)
-    copy_version(root / MODEL, "1", SLOW)
-    copy_version(root / MODEL, "1", FAILING)
-    return root
-
-
-@pytest.fixture(scope="module")
-def routed(routing_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    workdir = tmp_path_factory.mktemp("routing-gateway")
-    http_port, grpc_port = free_port(), free_port()
-    config = routing_config(routing_repository, workdir / "state.db", http_port, grpc_port)
-    running = start_gateway(config, workdir, http_port, grpc_port, routing_repository)
-    yield running
-    stop_gateway(running)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def admin(gateway: RunningGateway, token: str = Tokens.admin) -> httpx.Client:
-    return httpx.Client(base_url=f"http://{gateway.http_url}/admin/v1", timeout=10,
-                        headers={"Authorization": f"Bearer {token}"})
-
-
-def set_routing(gateway: RunningGateway, reason: str = "test", **routing: Any) -> dict[str, Any]:
-    """Replace the routing (champion 1 unless given) through the admin API, based on the current revision."""
-    with admin(gateway, Tokens.operator) as client:
-        revision = client.get(f"/models/{MODEL}/routing").json()["revision"]
-        response = client.put(f"/models/{MODEL}/routing", json={
-            "revision": revision, "routing": {"champion": "1", **routing}, "reason": reason})
-    assert response.status_code == 200, response.text
-    doc: dict[str, Any] = response.json()
-    return doc
-
-
-def body(rows: np.ndarray, routing_key: str | None = None) -> bytes:
-    doc: dict[str, Any] = {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape),
-                                       "data": rows.ravel().tolist()}]}
-    if routing_key is not None:
-        doc["parameters"] = {"routing_key": routing_key}
-    return json.dumps(doc).encode()
-
-
-def fire(gateway: RunningGateway, requests: list[tuple[bytes, dict[str, str]]],
-         connections: int = 16) -> list[tuple[int, dict[str, Any]]]:
-    """Send every (body, headers) request over ``connections`` keep-alive connections; (status, JSON) in order.
-
-    The load generator's lean client: 20,000 requests through httpx would cost more CPU than the gateway.
-    """
-    host, port = gateway.http_url.split(":")
-
-    async def run() -> list[tuple[int, dict[str, Any]]]:
-        loop = asyncio.get_running_loop()
-        sink = FutureSink()
-        results: list[tuple[int, dict[str, Any]] | None] = [None] * len(requests)
-        queue = iter(enumerate(requests))
-
-        async def worker() -> None:
-            conn = (await loop.create_connection(lambda: HttpConnection(sink), host, int(port)))[1]
-            try:
-                for index, (payload, headers) in queue:
-                    sink.pending[conn] = future = loop.create_future()
-                    conn.send(build_request("POST", gateway.http_url, INFER, payload,
-                                            {"Content-Type": "application/json", **headers}))
-                    status, answer = await future
-                    results[index] = (status, json.loads(answer))
-            finally:
-                conn.close()
-
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        return [r for r in results if r is not None]
-
-    return asyncio.run(run())
-
-
-def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://{gateway.http_url}/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def wait_for_metric(gateway: RunningGateway, name: str, at_least: float, timeout_s: float = 30,
-                    **labels: str) -> float:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = metric(gateway, name, **labels)
-        if value >= at_least or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
-
-
-def versions_of(results: list[tuple[int, dict[str, Any]]]) -> Counter[str]:
-    assert all(status == 200 for status, _ in results), Counter(status for status, _ in results)
-    return Counter(doc["model_version"] for _, doc in results)
-
+from tests.conftest import RunningGateway
+from tests.routing_support import (
+    FAILING,
+    INFER,
+    MODEL,
+    SLOW,
+    SLOW_DELAY_MS,
+    body,
+    fire,
+    metric,
+    set_routing,
+    versions_of,
+    wait_for_metric,
+)
 
 # --------------------------------------------------------------------------- split and stickiness
 
@@ -328,21 +196,21 @@ def test_shadow_agreement_matches_the_known_disagreement(routed: RunningGateway,
     """Version 3 was trained on partly flipped labels; ONNX Runtime run here on the same rows says
     exactly which rows it disagrees on, and the gateway's counters must say the same."""
     set_routing(routed, weights={"1": 100}, shadows={"3": 100})
-    labels = {"version": "3"}
-    rows_before = metric(routed, "mlgate_shadow_compared_rows_total", **labels)
-    agreeing_before = metric(routed, "mlgate_shadow_agreeing_rows_total", **labels)
-    diff_before = metric(routed, "mlgate_shadow_abs_diff_total", **labels)
+
+    rows_before = metric(routed, "mlgate_shadow_compared_rows_total", version="3")
+    agreeing_before = metric(routed, "mlgate_shadow_agreeing_rows_total", version="3")
+    diff_before = metric(routed, "mlgate_shadow_abs_diff_total", version="3")
     results = fire(routed, [(body(dataset[i:i + 1]), {}) for i in range(len(dataset))], connections=8)
     assert versions_of(results) == {"1": len(dataset)}
-    rows = wait_for_metric(routed, "mlgate_shadow_compared_rows_total", rows_before + len(dataset), **labels)
+    rows = wait_for_metric(routed, "mlgate_shadow_compared_rows_total", rows_before + len(dataset), version="3")
     assert rows - rows_before == len(dataset)
     champion, shadow = reference_outputs["1"], reference_outputs["3"]
     expected_agreeing = int(np.count_nonzero(champion["label"] == shadow["label"]))
     assert 0 < expected_agreeing < len(dataset)  # the test means something only if they disagree somewhere
-    agreeing = metric(routed, "mlgate_shadow_agreeing_rows_total", **labels) - agreeing_before
+    agreeing = metric(routed, "mlgate_shadow_agreeing_rows_total", version="3") - agreeing_before
     assert agreeing == expected_agreeing
     expected_diff = float(np.abs(champion["probabilities"] - shadow["probabilities"]).mean(axis=1).sum())
-    diff = metric(routed, "mlgate_shadow_abs_diff_total", **labels) - diff_before
+    diff = metric(routed, "mlgate_shadow_abs_diff_total", version="3") - diff_before
     assert diff == pytest.approx(expected_diff, rel=1e-4)
 
 
