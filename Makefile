@@ -28,7 +28,10 @@ install: $(STAMP)
 models: install
 	$(BIN)/mlgate models build-demo $(MODELS)
 
+DEMO_TOKEN := .mlgate/demo-admin-token
+
 demo: models
+	$(BIN)/mlgate token create --config $(CONFIG) --name demo-admin --role admin --out $(DEMO_TOKEN) --if-missing
 	$(BIN)/mlgate serve --config $(CONFIG)
 
 lint: install

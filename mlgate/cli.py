@@ -19,7 +19,9 @@ from mlgate.admin_client import AdminError
 from mlgate.config import ConfigError, MlgateConfig, load_config
 
 if TYPE_CHECKING:
+    from gateway.auth import TokenRecord
     from mlgate.admin_client import AdminClient
+    from routing.store import StateStore
 
 app = typer.Typer(help="mlgate: Open Inference Protocol gateway on Ray Serve and ONNX Runtime.", no_args_is_help=True)
 models_app = typer.Typer(help="Model repository commands.", no_args_is_help=True)
@@ -318,25 +320,29 @@ def token_create(
     state: StateOption = None, config: ConfigForStateOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the token to this file (mode 0600) instead of "
                                                 "printing it.")] = None,
-    if_missing: Annotated[bool, typer.Option(help="With --out: do nothing if the file exists already.")] = False,
+    if_missing: Annotated[bool, typer.Option(help="With --out: keep the file if it holds a token the state file "
+                                             "knows; otherwise replace the token of that name.")] = False,
     reason: ReasonOption = None,
 ) -> None:
     """Create a token directly in the state file (bootstrap: whoever can write the file is an admin)."""
     import getpass
 
-    from gateway.auth import Role, create_stored_token
+    from gateway.auth import Role, create_stored_token, revoke_stored_token
     from gateway.errors import InferenceError
     from routing.store import StateStore
 
-    if out is not None and if_missing and out.exists():
-        typer.echo(f"token file {out} exists; left as it is")
-        return
     if state is None and config is None:
         _fail("say which state file: --state FILE or --config FILE")
     path = state if state is not None else _load_or_exit(config).state.path  # type: ignore[arg-type]
     store = StateStore(path)
     try:
-        token, record = create_stored_token(store, name, Role.parse(role), f"local:{getpass.getuser()}", reason)
+        if out is not None and if_missing and out.exists() and _known_token(store, out):
+            typer.echo(f"{role} token '{name}' is in {out} (unchanged)")
+            return
+        actor = f"local:{getpass.getuser()}"
+        if if_missing and name in {r.name for r in _stored(store)}:  # its file is gone or stale: replace it
+            revoke_stored_token(store, name, actor, "token file missing or stale; replaced")
+        token, record = create_stored_token(store, name, Role.parse(role), actor, reason)
     except InferenceError as exc:
         _fail(exc.message)
     finally:
@@ -350,6 +356,25 @@ def token_create(
         handle.write(token + "\n")
     os.chmod(out, 0o600)
     typer.echo(f"{record.role.label} token '{name}' written to {out} (mode 0600)")
+
+
+def _stored(store: StateStore) -> list[TokenRecord]:
+    from gateway.auth import ensure_schema, stored_tokens
+
+    with store.transaction() as conn:
+        ensure_schema(conn)
+        return stored_tokens(conn)
+
+
+def _known_token(store: StateStore, path: Path) -> bool:
+    from gateway.auth import Authenticator, Role
+    from gateway.errors import InferenceError
+
+    try:
+        Authenticator(_stored(store)).require(f"Bearer {path.read_text().strip()}", Role.VIEWER)
+    except (InferenceError, OSError):
+        return False
+    return True
 
 
 @contextlib.contextmanager

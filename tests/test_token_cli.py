@@ -1,0 +1,48 @@
+"""``mlgate token create`` as ``make demo`` uses it: the token goes to a 0600 file, never to the output,
+and a rerun keeps a valid token but replaces one the state file no longer knows."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.auth import AuthState, Role
+from gateway.errors import Unauthorized
+from routing.store import StateStore
+
+
+def _create(state: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlgate.cli", "token", "create", "--state", str(state),
+                           "--name", "demo-admin", "--role", "admin", "--out", str(out), "--if-missing"],
+                          capture_output=True, text=True, timeout=60, check=True)
+
+
+def _authenticates(state: Path, token: str) -> bool:
+    store = StateStore(state)
+    try:
+        return AuthState(store, []).current.require(f"Bearer {token}", Role.ADMIN).name == "demo-admin"
+    except Unauthorized:
+        return False
+    finally:
+        store.close()
+
+
+def test_demo_token_file_is_private_stable_and_repaired(tmp_path: Path) -> None:
+    state, out = tmp_path / "state" / "state.db", tmp_path / ".mlgate" / "demo-admin-token"
+    first = _create(state, out)
+    token = out.read_text().strip()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert token not in first.stdout + first.stderr and str(out) in first.stdout
+    assert _authenticates(state, token)
+
+    _create(state, out)
+    assert out.read_text().strip() == token, "a rerun must keep a token that still works"
+
+    for leftover in state.parent.iterdir():  # the state is lost (a fresh checkout keeps no .mlgate/state.db)
+        leftover.unlink()
+    _create(state, out)
+    replaced = out.read_text().strip()
+    assert replaced != token and _authenticates(state, replaced)
+    assert not _authenticates(state, token)
