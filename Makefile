@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install models demo test lint typecheck unit load bench bench-batching proto clean
+.PHONY: help install models demo test lint typecheck unit load bench bench-batching bench-routing proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
@@ -16,6 +16,7 @@ help:
 	@echo "make load   - one minute of load against a running 'make demo', with a report"
 	@echo "make bench  - mlgate vs plain Ray Serve vs FastAPI, side by side (loadtests/README.md)"
 	@echo "make bench-batching - adaptive batching vs fixed settings and @serve.batch (~25 min)"
+	@echo "make bench-routing  - routing, sticky keys and shadow bookkeeping: single route vs 3-version split (~5 min)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,10 @@ load: install
 
 bench: models
 	$(BIN)/python -m loadtests.bench_oip --models $(MODELS) --out loadtests/results/bench_oip.md
+
+bench-routing: models
+	$(BIN)/python -m loadtests.bench_routing --models $(MODELS) --duration 15 --repeats 4 --rate 400 \
+		--out loadtests/results/bench_routing.md
 
 bench-batching: models
 	$(BIN)/python -m loadtests.bench_batching --models $(MODELS) --out loadtests/results/bench_batching.md

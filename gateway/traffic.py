@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.batcher import Arrays
+from gateway.batcher import Arrays, Batcher
 from gateway.datatypes import numpy_dtype
 from gateway.errors import (
     BadRequest,
@@ -81,12 +81,10 @@ class Traffic:
     def target(self, model: str, version: str | None, header: HeaderLookup | None) -> Target:
         active = self.live.get(model) if self.live is not None else None
         if version is not None:
-            entry = _ready(self.registry.get(model, version))
-            entry.batcher.shed_early()  # type: ignore[union-attr]
+            entry = _accepting(self.registry.get(model, version))
             return Target(model, entry, variant_of(active.policy, version) if active else "champion", None)
         if active is None:
-            entry = _ready(self.registry.get(model, None))
-            entry.batcher.shed_early()  # type: ignore[union-attr]
+            entry = _accepting(self.registry.get(model, None))
             return Target(model, entry, "champion", None)
         key = header(active.policy.sticky.header) if header is not None else None
         return self._choose(model, active, key or None, header)
@@ -101,8 +99,7 @@ class Traffic:
         route = active.router.choose(key, header)
         policy = active.policy
         if route.variant == "champion" or not policy.fallback.enabled:
-            entry = _ready(self._version(model, route.version))
-            entry.batcher.shed_early()  # type: ignore[union-attr]
+            entry = _accepting(self._version(model, route.version))
             return Target(model, entry, route.variant, active, header, None, key)
         challenger = self._version(model, route.version)
         reason = None
@@ -115,8 +112,7 @@ class Traffic:
                 reason = "overloaded"
         if reason is None:
             return Target(model, challenger, route.variant, active, header, None, key)
-        champion = _ready(self._version(model, policy.champion))
-        champion.batcher.shed_early()  # type: ignore[union-attr]
+        _accepting(self._version(model, policy.champion))
         return Target(model, challenger, route.variant, active, header, reason, key)
 
     def _version(self, model: str, version: str) -> ServedVersion:
@@ -185,7 +181,7 @@ class Traffic:
         assert target.active is not None
         default = target.active.policy.fallback.default_response
         try:
-            outputs = await _submit(_ready(champion), inputs, rows, timeout_s)
+            outputs = await _submit(champion, inputs, rows, timeout_s)
         except BadRequest:
             raise
         except InferenceError:
@@ -203,17 +199,22 @@ class Traffic:
                 self.shadows.mirror(shadow, inputs, rows, outputs, seconds)
 
 
-def _ready(entry: ServedVersion) -> ServedVersion:
+def _batcher(entry: ServedVersion) -> Batcher:
+    """The version's batcher; Unavailable (503 + Retry-After) while it is not ready."""
     if not entry.ready or entry.batcher is None:
         why = f": {entry.reason}" if entry.reason else " (still loading)"
         raise Unavailable(f"{entry.label} is not ready{why}", retry_after_s=1.0)
+    return entry.batcher
+
+
+def _accepting(entry: ServedVersion) -> ServedVersion:
+    """``entry`` if it is ready and not shedding load (else Unavailable or Overloaded, before any body is read)."""
+    _batcher(entry).shed_early()
     return entry
 
 
 async def _submit(entry: ServedVersion, inputs: Arrays, rows: int, timeout_s: float | None) -> Arrays:
-    batcher = _ready(entry).batcher
-    assert batcher is not None
-    return await batcher.submit(inputs, rows, timeout_s)
+    return await _batcher(entry).submit(inputs, rows, timeout_s)
 
 
 def default_outputs(manifest: Manifest, default: dict[str, list[object]], rows: int) -> Arrays:
