@@ -170,28 +170,3 @@ def reference_outputs(served_repository: Path, dataset: np.ndarray) -> dict[str,
         names = [o.name for o in session.get_outputs()]
         out[version] = dict(zip(names, session.run(names, {"features": dataset}), strict=True))
     return out
-
-
-@pytest.fixture(scope="session")
-def routing_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo champion model plus a slow (4) and a failing (5) copy of version 1 (tests/routing_support.py)."""
-    from tests.routing_support import FAILING, MODEL, SLOW
-
-    root = tmp_path_factory.mktemp("routing-repo") / "models"
-    shutil.copytree(demo_repository / MODEL, root / MODEL)
-    copy_version(root / MODEL, "1", SLOW)
-    copy_version(root / MODEL, "1", FAILING)
-    return root
-
-
-@pytest.fixture(scope="session")
-def routed(routing_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """One gateway serving the routing repository, shared by the routing and admin tests."""
-    from tests.routing_support import routing_config
-
-    workdir = tmp_path_factory.mktemp("routing-gateway")
-    http_port, grpc_port = free_port(), free_port()
-    config = routing_config(routing_repository, workdir / "state.db", http_port, grpc_port)
-    running = start_gateway(config, workdir, http_port, grpc_port, routing_repository)
-    yield running
-    stop_gateway(running)

@@ -18,7 +18,9 @@ def test_demo_config_is_valid_and_resolves_the_repository_next_to_it() -> None:
     assert config.server.http_port == 8000 and config.server.grpc_port == 8001
     assert config.server.host == "127.0.0.1"
     assert config.repository == (ROOT / "models").resolve()
-    assert config.models["breast-cancer"].champion == "1"
+    routing = config.models["breast-cancer"].routing
+    assert routing is not None and routing.champion == "1"
+    assert config.state.path == (ROOT / ".mlgate" / "state.db").resolve()  # beside the demo token, ignored by git
 
 
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from scipy.stats import chisquare
 
 from routing.store import StateStore
 from tests.conftest import RunningGateway
-from tests.routing_support import (
+from tests.routing.support import (
     FAILING,
     INFER,
     MODEL,

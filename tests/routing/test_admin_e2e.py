@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RunningGateway, free_port, start_gateway, stop_gateway
-from tests.routing_support import INFER, MODEL, Tokens, admin, body, routing_config, set_routing
+from tests.routing.support import INFER, MODEL, Tokens, admin, body, routing_config, set_routing
 
 
 def _put(client: httpx.Client, routing: dict[str, Any], revision: int | None = None, **extra: Any) -> httpx.Response:
