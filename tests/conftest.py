@@ -122,14 +122,38 @@ def start_gateway(config_text: str, workdir: Path, http_port: int, grpc_port: in
 
 
 def stop_gateway(gateway: RunningGateway) -> int | None:
-    """SIGTERM the gateway (it drains and shuts Ray down itself), SIGKILL what is left; its exit code."""
+    """SIGTERM the gateway (it drains and shuts Ray down itself), SIGKILL what is left; its exit code.
+
+    Returns only when every process of the gateway's session is gone: Ray's workers live in process
+    groups of their own and may outlive the gateway by many seconds, and a test that starts next
+    (a latency model warming up, a deadline under a burst) must not share the two cores with them.
+    """
     with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(gateway.process.pid, signal.SIGTERM)
         gateway.process.wait(timeout=60)
     code = gateway.process.poll()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(gateway.process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _session_processes(gateway.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if code is None:
+        gateway.process.kill()
+    for pid in _session_processes(gateway.process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     return code
+
+
+def _session_processes(session: int) -> list[int]:
+    """Live processes of a session (the gateway starts one: ``start_new_session``), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == session and fields[0] != "Z":  # after "pid (comm)": state ppid pgrp session
+            found.append(int(stat.parent.name))
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from scipy.stats import chisquare
 
 from routing.store import StateStore
 from tests.conftest import RunningGateway
@@ -41,6 +40,8 @@ from tests.routing.support import (
 def test_split_over_20000_requests_matches_the_weights(routed: RunningGateway, dataset: np.ndarray) -> None:
     """Pearson's chi-square goodness of fit of the versions that answered 20,000 unkeyed requests
     against the configured 70/20/10 split; a correct router fails it with probability 0.001."""
+    from scipy.stats import chisquare  # only this test needs it; a heavy import at collection time
+
     set_routing(routed, weights={"1": 70, "2": 20, "3": 10})
     payload = body(dataset[:1])
     results = fire(routed, [(payload, {})] * 20_000)
@@ -92,18 +93,21 @@ def test_header_rule_and_pinned_version_bypass_the_split(routed: RunningGateway,
 def test_grpc_carries_the_variant_and_the_routing_key(routed: RunningGateway, dataset: np.ndarray) -> None:
     set_routing(routed, weights={"1": 50, "2": 50})
     client = grpcclient.InferenceServerClient(routed.grpc_url)
-    tensor = grpcclient.InferInput("features", [1, 30], "FP32")
-    tensor.set_data_from_numpy(dataset[:1])
-    answers = set()
-    for _ in range(5):
-        result = client.infer(MODEL, [tensor], parameters={"routing_key": "grpc-user-7"})
-        response = result.get_response()
-        answers.add((response.model_version, response.parameters["variant"].string_param))
-    assert len(answers) == 1, f"one routing key, several versions: {answers}"
-    version, variant = answers.pop()
-    assert variant == ("champion" if version == "1" else "challenger")
-    by_header = client.infer(MODEL, [tensor], headers={"x-routing-key": "grpc-user-7"}).get_response()
-    assert by_header.model_version == version
+    try:
+        tensor = grpcclient.InferInput("features", [1, 30], "FP32")
+        tensor.set_data_from_numpy(dataset[:1])
+        answers = set()
+        for _ in range(5):
+            result = client.infer(MODEL, [tensor], parameters={"routing_key": "grpc-user-7"})
+            response = result.get_response()
+            answers.add((response.model_version, response.parameters["variant"].string_param))
+        assert len(answers) == 1, f"one routing key, several versions: {answers}"
+        version, variant = answers.pop()
+        assert variant == ("champion" if version == "1" else "challenger")
+        by_header = client.infer(MODEL, [tensor], headers={"x-routing-key": "grpc-user-7"}).get_response()
+        assert by_header.model_version == version
+    finally:
+        client.close()  # its channel would otherwise keep reconnecting after the gateway is gone
 
 
 # --------------------------------------------------------------------------- fallback
