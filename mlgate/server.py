@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -201,6 +202,10 @@ class Gateway:
             if version is not None:
                 await self._warm_up_and_open(entry, version)
         self.service.started = True
+        # Everything built so far (Ray, Serve, FastAPI, pydantic schemas, models) lives as long as the
+        # process: keep it out of the collector's full passes, which would otherwise pause the loop.
+        gc.collect()
+        gc.freeze()
         states = {e.label: e.state.value for e in self.registry.all_versions()}
         log.info("models loaded: %s; server ready: %s", states, self.service.ready())
 

@@ -10,6 +10,7 @@ on 429 is checked in test_http_errors.py; this client reads status and body.)
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import statistics
@@ -117,7 +118,12 @@ def test_bursts_get_their_own_rows_in_time_or_a_clear_refusal(
     gateway: RunningGateway, dataset: np.ndarray, reference_outputs: dict[str, dict[str, np.ndarray]]
 ) -> None:
     host, port = gateway.http_url.split(":")
-    results = asyncio.run(_bursts(host, int(port), dataset))
+    gc.collect()
+    gc.freeze()  # a full collection over this process's heap (sklearn, ONNX, Ray...) would stall the client
+    try:
+        results = asyncio.run(_bursts(host, int(port), dataset))
+    finally:
+        gc.unfreeze()
     expected = reference_outputs[VERSION]
     statuses: dict[int, int] = {}
     for start, rows, timeout_us, latency_s, status, body in results:
