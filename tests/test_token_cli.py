@@ -34,6 +34,7 @@ def test_demo_token_file_is_private_stable_and_repaired(tmp_path: Path) -> None:
     first = _create(state, out)
     token = out.read_text().strip()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600  # SQLite gives its -wal and -shm files the same mode
     assert token not in first.stdout + first.stderr and str(out) in first.stdout
     assert _authenticates(state, token)
 
