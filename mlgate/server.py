@@ -150,12 +150,22 @@ def open_routing(config: MlgateConfig, registry: ModelRegistry, store: StateStor
 
     live = LiveRouting(store, on_change=applied)
     for model in registry.models():
+        served = {entry.version: True for entry in registry.versions_of(model)}
         wanted = initial_policy(config, registry, model)
+        if problems := wanted.problems(served):
+            raise StartupError(f"models.{model}.routing: " + "; ".join(problems))
         stored = store.seed_routing(model, wanted.model_dump(mode="json"), actor="config")
         if stored.revision > 1 and stored.policy != wanted.model_dump(mode="json"):
             log.info("model '%s': routing revision %d from %s applies (changed through the admin API); the "
                      "config's routing/champion only seeds a model's first start", model, stored.revision, store.path)
     live.reload()
+    for model in registry.models():
+        active = live.get(model)
+        if active is not None and (problems := active.policy.problems({e.version: True
+                                                                        for e in registry.versions_of(model)})):
+            log.error("model '%s': stored routing revision %d names versions this gateway does not serve (%s); "
+                      "requests routed to them get 503 until an operator changes the routing",
+                      model, active.revision, "; ".join(problems))
     return live
 
 

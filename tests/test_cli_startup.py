@@ -38,6 +38,16 @@ def test_port_in_use_is_one_clear_line_and_no_ray(tmp_path: Path, demo_repositor
     assert elapsed < 15
 
 
+def test_routing_that_names_a_missing_version_stops_start_up(tmp_path: Path, demo_repository: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"server: {{http_port: {free_port()}, grpc_port: {free_port()}}}\nrepository: {demo_repository}\n"
+                      "models: {breast-cancer: {routing: {champion: '1', weights: {'1': 90, '7': 10}}}}\n")
+    code, stderr, elapsed = _serve(config)
+    assert code == 1
+    assert "error: models.breast-cancer.routing: weights.7: version '7' does not exist; versions: 1, 2, 3" in stderr
+    assert "starting Ray" not in stderr and elapsed < 15
+
+
 def test_missing_repository_says_how_to_build_it(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("repository: nowhere\n")
