@@ -17,6 +17,7 @@ Errors have the OIP shape ``{"error": "..."}`` (plus ``problems`` on 422).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -36,6 +37,7 @@ from routing.store import StaleRevision, StateStore, StoredRouting
 from telemetry import audit
 
 PREFIX = "/admin/v1"
+log = logging.getLogger(__name__)
 
 
 class RoutingUpdate(BaseModel):
@@ -88,6 +90,11 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
             body["problems"] = exc.problems
         return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("admin API: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg'].removeprefix('Value error, ')}"
@@ -97,11 +104,7 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
     def model_doc(model: str) -> dict[str, Any]:
         entries = registry.versions_of(model)
         active = live.get(model)
-        shares: dict[str, float] = {}
-        if active is not None:
-            weights = active.policy.effective_weights
-            total = sum(weights.values())
-            shares = {v: w / total for v, w in weights.items()}
+        shares = active.policy.shares() if active is not None else {}
         return {
             "model": model,
             "revision": active.revision if active else None,
@@ -155,14 +158,14 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
                             since: Annotated[int, Query(ge=0)] = 0,
                             limit: Annotated[int | None, Query(ge=1, le=10000)] = None) -> list[dict[str, Any]]:
         def read() -> list[audit.AuditEntry]:
-            with store.reading() as conn:
+            with store.separate_reader() as conn:
                 return audit.read_entries(conn, target=target, since_seq=since, limit=limit)
         return [e.to_json() for e in await asyncio.to_thread(read)]
 
     @app.get(f"{PREFIX}/audit/verify", summary="Check the audit log's hash chain")
     async def audit_verify(principal: Viewer, expected_head: str | None = None) -> dict[str, Any]:
         def check() -> tuple[audit.Verification, str]:
-            with store.reading() as conn:
+            with store.separate_reader() as conn:
                 return audit.verify_database(conn, expected_head), audit.head_hash(conn)
         result, head = await asyncio.to_thread(check)
         return {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
@@ -177,6 +180,8 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
               "appears")
     async def create_token(request: TokenRequest, principal: Admin) -> dict[str, str]:
         new_role = Role.parse(request.role)
+        if any(record.name == request.name for record in auth_state.configured):
+            raise Conflict(f"a token named '{request.name}' is defined in the config file; pick another name")
         token, record = await asyncio.to_thread(create_stored_token, store, request.name, new_role,
                                                 principal.name, request.reason)
         auth_state.reload()
@@ -202,7 +207,7 @@ def _expected_revision(body_revision: int | None, if_match: str | None) -> int:
     header_revision = None
     if if_match is not None:
         text = if_match.strip().removeprefix("W/").strip('"')
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise Unprocessable(f"If-Match must be a routing revision (an integer), got {if_match!r}")
         header_revision = int(text)
     if body_revision is None and header_revision is None:

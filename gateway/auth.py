@@ -96,9 +96,7 @@ class Authenticator:
 
     def __init__(self, records: Iterable[TokenRecord]) -> None:
         self._records = tuple(records)
-
-    def __len__(self) -> int:
-        return len(self._records)
+        self._digests = tuple(record.sha256.encode() for record in self._records)
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -109,8 +107,8 @@ class Authenticator:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         presented = digest(token).encode()
         found: TokenRecord | None = None
-        for record in self._records:  # every record is compared, whatever matches: no early exit
-            if hmac.compare_digest(presented, record.sha256.encode()):
+        for record, stored in zip(self._records, self._digests, strict=True):  # all compared: no early exit
+            if hmac.compare_digest(presented, stored):
                 found = record
         if found is None:
             raise Unauthorized("invalid or revoked token")

@@ -105,8 +105,8 @@ class OipHttpApp:
             _allow(method, "POST")
             headers = scope["headers"]
             # 401/404/503/429 before reading a possibly large body
-            target = service.resolve(model, version, lambda name: _raw_header(headers, name),
-                                     _raw_header(headers, "authorization"))
+            authorization = _raw_header(headers, "authorization") if service.data_plane_auth is not None else None
+            target = service.resolve(model, version, lambda name: _raw_header(headers, name), authorization)
             body = await self._read_body(scope, receive)
             request = decode_infer_request(body, _header_length(scope))
             result = await service.infer(target, request.tensors, request.requested_outputs, request.timeout_s,

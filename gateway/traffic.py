@@ -28,7 +28,6 @@ import numpy as np
 from gateway.batcher import Arrays, Batcher
 from gateway.datatypes import numpy_dtype
 from gateway.errors import (
-    BadRequest,
     DeadlineExceeded,
     DeadlineUnreachable,
     InferenceError,
@@ -90,8 +89,8 @@ class Traffic:
         return self._choose(model, active, key or None, header)
 
     def with_key(self, target: Target, key: str) -> Target:
-        """Route again with the body's ``routing_key`` (the header's key, if any, was used first)."""
-        if target.active is None or key == target.key:
+        """Route again with the body's ``routing_key``, unless the sticky header already gave a key."""
+        if target.active is None or target.key is not None:  # the sticky header, when present, wins
             return target
         return self._choose(target.model, target.active, key, target.header)
 
@@ -139,8 +138,6 @@ class Traffic:
                     budget = self._challenger_budget(target, active.policy, rows, timeout_s)
                     outputs = await _submit(target.entry, inputs, rows, budget)
                     return Answer(target.entry, outputs, target.variant)
-                except BadRequest:
-                    raise
                 except (DeadlineExceeded, DeadlineUnreachable):
                     reason = "deadline"
                 except Overloaded:
@@ -167,7 +164,7 @@ class Traffic:
         """The challenger's share of the deadline: what is left once the champion's tail time is set aside."""
         budget = math.inf
         if timeout_s is not None:
-            champion = self.registry.get(target.model, policy.champion)
+            champion = self._version(target.model, policy.champion)
             reserve = champion.batcher.latency.bound(rows) if champion.batcher is not None else 0.0
             budget = timeout_s - reserve
             if budget <= 0:
@@ -182,8 +179,6 @@ class Traffic:
         default = target.active.policy.fallback.default_response
         try:
             outputs = await _submit(champion, inputs, rows, timeout_s)
-        except BadRequest:
-            raise
         except InferenceError:
             if default is None or champion.manifest is None:
                 raise
@@ -226,7 +221,8 @@ def default_outputs(manifest: Manifest, default: dict[str, list[object]], rows: 
     return outputs
 
 
-def policy_problems(policy: RoutingPolicy, model: str, registry: ModelRegistry) -> list[str]:
+def policy_problems(policy: RoutingPolicy, model: str, registry: ModelRegistry,
+                    require_ready: bool = True) -> list[str]:
     """Everything that makes ``policy`` unusable for ``model`` here, as precise messages (empty = fine).
 
     Beyond existence and readiness: every version that may answer must have the champion's tensor
@@ -234,7 +230,7 @@ def policy_problems(policy: RoutingPolicy, model: str, registry: ModelRegistry) 
     default response must give every output one row of the right shape and type.
     """
     entries = registry.versions.get(model, {})
-    problems = policy.problems({version: entry.ready for version, entry in entries.items()})
+    problems = policy.problems({version: entry.ready or not require_ready for version, entry in entries.items()})
     if problems:
         return problems
     champion = entries[policy.champion].manifest
@@ -243,13 +239,18 @@ def policy_problems(policy: RoutingPolicy, model: str, registry: ModelRegistry) 
     answering = {*policy.effective_weights, *(r.version for r in policy.header_rules), *policy.shadows}
     for version in sorted(answering - {policy.champion}):
         manifest = entries[version].manifest
-        if manifest is None or manifest.inputs != champion.inputs or manifest.outputs != champion.outputs:
-            problems.append(f"version '{version}' does not have the champion's inputs and outputs "
-                            f"(names, datatypes and shapes must match to share its traffic)")
+        if manifest is None or _contract(manifest) != _contract(champion):
+            problems.append(f"version '{version}' does not have the champion's contract (input and output names, "
+                            "datatypes, shapes, max_batch_rows and allow_non_finite must match to share its traffic)")
     default = policy.fallback.default_response
     if default is not None:
         problems.extend(_default_response_problems(default, champion))
     return problems
+
+
+def _contract(manifest: Manifest) -> tuple[object, ...]:
+    """What a request is validated against: equal contracts make any of the versions a valid answerer."""
+    return manifest.inputs, manifest.outputs, manifest.max_batch_rows, manifest.allow_non_finite
 
 
 def _default_response_problems(default: dict[str, list[object]], manifest: Manifest) -> list[str]:

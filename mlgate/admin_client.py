@@ -65,7 +65,7 @@ def parse_weights(pairs: list[str]) -> dict[str, int]:
     weights: dict[str, int] = {}
     for pair in pairs:
         version, sep, weight = pair.partition("=")
-        if not sep or not version or not weight.strip().isdigit():
+        if not sep or not version or not (weight.strip().isascii() and weight.strip().isdigit()):
             raise AdminError(f"'{pair}' is not VERSION=WEIGHT with a non-negative integer weight (e.g. 2=10)")
         if version in weights:
             raise AdminError(f"version '{version}' is given twice")

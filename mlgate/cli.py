@@ -155,26 +155,25 @@ def _print_routing(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
-    routing = doc["routing"]
-    weights = routing.get("weights") or {routing["champion"]: 1}
-    total = sum(weights.values()) or 1
+    from routing.champion import version_sort_key
+    from routing.policy import RoutingPolicy, variant_of
+
+    policy = RoutingPolicy.model_validate(doc["routing"])
+    weights, shares = policy.effective_weights, policy.shares()
     typer.echo(f"model {doc['model']}  revision {doc['revision']}  (by {doc['updated_by']} at {doc['updated_at']})")
     typer.echo(f"{'VERSION':<10}{'ROLE':<12}{'WEIGHT':>8}  SHARE")
-    versions = sorted({*weights, routing["champion"], *routing.get("shadows", {})})
-    for version in versions:
-        role = "champion" if version == routing["champion"] else (
-            "shadow" if version in routing.get("shadows", {}) else "challenger")
-        weight = weights.get(version, 0)
-        share = f"{weight / total:.0%}" if role != "shadow" else f"mirrors {routing['shadows'][version]:g}%"
-        typer.echo(f"{version:<10}{role:<12}{weight:>8}  {share}")
-    typer.echo(f"sticky key: header {routing['sticky']['header']} or request parameter routing_key")
-    for rule in routing.get("header_rules", []):
-        typer.echo(f"header rule: {rule['header']}: {rule['value']} -> version {rule['version']}")
-    fallback = routing["fallback"]
-    typer.echo(f"fallback to champion: {'on' if fallback['enabled'] else 'off'}"
-               + (f", challenger timeout {fallback['challenger_timeout_ms']:g} ms"
-                  if fallback.get("challenger_timeout_ms") else "")
-               + (", static default response set" if fallback.get("default_response") else ""))
+    for version in sorted({*weights, policy.champion, *policy.shadows}, key=version_sort_key):
+        role = variant_of(policy, version)
+        share = f"mirrors {policy.shadows[version]:g}%" if role == "shadow" else f"{shares.get(version, 0.0):.0%}"
+        typer.echo(f"{version:<10}{role:<12}{weights.get(version, 0):>8}  {share}")
+    typer.echo(f"sticky key: header {policy.sticky.header} or request parameter routing_key")
+    for rule in policy.header_rules:
+        typer.echo(f"header rule: {rule.header}: {rule.value} -> version {rule.version}")
+    fallback = policy.fallback
+    timeout = fallback.challenger_timeout_ms
+    typer.echo(f"fallback to champion: {'on' if fallback.enabled else 'off'}"
+               + (f", challenger timeout {timeout:g} ms" if timeout else "")
+               + (", static default response set" if fallback.default_response else ""))
 
 
 def _change_routing(url: str, token: str | None, model: str, change: Callable[[dict[str, Any]], None],
@@ -333,10 +332,12 @@ def token_create(
 
     if state is None and config is None:
         _fail("say which state file: --state FILE or --config FILE")
+    if if_missing and out is None:
+        _fail("--if-missing needs --out: it keeps the token in that file if the state file knows it")
     path = state if state is not None else _load_or_exit(config).state.path  # type: ignore[arg-type]
     store = StateStore(path)
     try:
-        if out is not None and if_missing and out.exists() and _known_token(store, out):
+        if out is not None and if_missing and out.exists() and _known_token(store, out, name):
             typer.echo(f"{role} token '{name}' is in {out} (unchanged)")
             return
         actor = f"local:{getpass.getuser()}"
@@ -366,20 +367,22 @@ def _stored(store: StateStore) -> list[TokenRecord]:
         return stored_tokens(conn)
 
 
-def _known_token(store: StateStore, path: Path) -> bool:
+def _known_token(store: StateStore, path: Path, name: str) -> bool:
+    """Whether the file holds the live token called ``name``."""
     from gateway.auth import Authenticator, Role
     from gateway.errors import InferenceError
 
     try:
-        Authenticator(_stored(store)).require(f"Bearer {path.read_text().strip()}", Role.VIEWER)
+        principal = Authenticator(_stored(store)).require(f"Bearer {path.read_text().strip()}", Role.VIEWER)
     except (InferenceError, OSError):
         return False
-    return True
+    return principal.name == name
 
 
 @contextlib.contextmanager
 def _sqlite(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)  # as_uri escapes '#' and '?'
+
     try:
         yield conn
     finally:

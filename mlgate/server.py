@@ -33,6 +33,7 @@ from gateway.http_app import OipHttpApp
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService
 from gateway.tensors import placeholder_inputs
+from gateway.traffic import policy_problems
 from mlgate import __version__
 from mlgate.config import MlgateConfig
 from routing.champion import pick_default_version
@@ -141,18 +142,15 @@ def open_routing(config: MlgateConfig, registry: ModelRegistry, store: StateStor
     """
     def applied(active: ActiveRouting) -> None:
         registry.champions[active.stored.model] = active.policy.champion
-        weights = active.policy.effective_weights
-        total = sum(weights.values())
         policy = active.policy
         record_routing(active.stored.model, active.revision, policy.champion,
-                       {v: w / total for v, w in weights.items()}, {v: p / 100 for v, p in policy.shadows.items()},
+                       policy.shares(), {v: p / 100 for v, p in policy.shadows.items()},
                        list(registry.versions.get(active.stored.model, {})))
 
     live = LiveRouting(store, on_change=applied)
     for model in registry.models():
-        served = {entry.version: True for entry in registry.versions_of(model)}
         wanted = initial_policy(config, registry, model)
-        if problems := wanted.problems(served):
+        if problems := policy_problems(wanted, model, registry, require_ready=False):
             raise StartupError(f"models.{model}.routing: " + "; ".join(problems))
         stored = store.seed_routing(model, wanted.model_dump(mode="json"), actor="config")
         if stored.revision > 1 and stored.policy != wanted.model_dump(mode="json"):
@@ -161,8 +159,7 @@ def open_routing(config: MlgateConfig, registry: ModelRegistry, store: StateStor
     live.reload()
     for model in registry.models():
         active = live.get(model)
-        if active is not None and (problems := active.policy.problems({e.version: True
-                                                                        for e in registry.versions_of(model)})):
+        if active is not None and (problems := policy_problems(active.policy, model, registry, require_ready=False)):
             log.error("model '%s': stored routing revision %d names versions this gateway does not serve (%s); "
                       "requests routed to them get 503 until an operator changes the routing",
                       model, active.revision, "; ".join(problems))
@@ -186,15 +183,15 @@ class Gateway:
 
     async def follow_state(self) -> None:
         """Apply routing and token changes other processes commit to the state file, within a poll interval."""
-        seen = self.store.data_version()
+        seen: int | None = None  # reload once at first: commits made while this process started count too
         while True:
             await asyncio.sleep(self.config.state.poll_interval_s)
             try:
                 version = self.store.data_version()
                 if version != seen:
-                    seen = version
                     self.live.reload()
                     self.auth.reload()
+                    seen = version  # only once both reloads succeeded: a failed one is retried next poll
             except Exception:  # a locked or briefly unreadable file: keep serving the last good state
                 log.exception("cannot read the state file %s; keeping the current routing", self.store.path)
 

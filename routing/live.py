@@ -42,9 +42,6 @@ class LiveRouting:
     def get(self, model: str) -> ActiveRouting | None:
         return self._active.get(model)
 
-    def models(self) -> list[str]:
-        return sorted(self._active)
-
     def reload(self) -> list[str]:
         """Install every revision newer than the active one; the models whose routing changed."""
         changed = []

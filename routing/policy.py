@@ -184,6 +184,12 @@ class RoutingPolicy(_Strict):
         """The split actually applied: empty ``weights`` means everything to the champion."""
         return dict(self.weights) if self.weights else {self.champion: 1}
 
+    def shares(self) -> dict[str, float]:
+        """Each split version's share of unpinned traffic (0-1)."""
+        weights = self.effective_weights
+        total = sum(weights.values())
+        return {version: weight / total for version, weight in weights.items()}
+
     def problems(self, versions: Mapping[str, bool]) -> list[str]:
         """What is wrong with this policy given the served ``versions`` (version -> ready); empty = fine.
 

@@ -109,15 +109,21 @@ class StateStore:
         with self._read_lock:
             yield self._reader
 
+    @contextlib.contextmanager
+    def separate_reader(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own, for long reads in a worker thread (verifying the whole audit chain)
+        that must not hold the lock the event loop's polls take."""
+        conn = _connect(self.path)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     def data_version(self) -> int:
         """Changes whenever any connection but the reader (this process's writer included) has committed."""
         with self._read_lock:
             row = self._reader.execute("PRAGMA data_version").fetchone()
         return int(row[0])
-
-    def routing(self, model: str) -> StoredRouting | None:
-        with self.reading() as conn:
-            return _routing_row(conn, model)
 
     def all_routing(self) -> dict[str, StoredRouting]:
         with self.reading() as conn:

@@ -89,7 +89,6 @@ def exposition() -> tuple[bytes, str]:
 
 # --------------------------------------------------------------------------- routing, fallback, shadows
 
-FALLBACK_REASONS = ("error", "deadline", "overloaded", "not_ready")
 FALLBACKS = Counter("mlgate_fallbacks_total",
                     "Requests routed to a challenger that were answered by the champion (to=champion) or by the "
                     "static default response (to=default) instead; reason: error, deadline, overloaded, not_ready.",

@@ -76,6 +76,10 @@ def test_a_stale_revision_gets_409(routed: RunningGateway) -> None:
         fresh = client.put(f"/models/{MODEL}/routing", headers={"If-Match": f'"{revision + 1}"'},
                            json={"routing": {"champion": "1"}})
         assert fresh.status_code == 200 and fresh.json()["revision"] == revision + 2
+        superscript_three = '"\u00b3"'.encode("latin-1")  # isdigit() says yes; int() says no
+        odd = client.put(f"/models/{MODEL}/routing", headers={"If-Match": superscript_three},
+                         json={"routing": {"champion": "1"}})
+        assert odd.status_code == 422 and "If-Match must be a routing revision" in odd.json()["error"]
 
 
 @pytest.mark.parametrize("routing, message", [
@@ -122,6 +126,7 @@ def test_tokens_are_created_shown_once_and_revoked(routed: RunningGateway) -> No
         assert {"name": "bob", "role": "operator"}.items() <= next(t for t in listed if t["name"] == "bob").items()
         assert token not in str(listed)
         assert client.post("/tokens", json={"name": "bob", "role": "viewer"}).status_code == 409
+        assert client.post("/tokens", json={"name": "ada", "role": "viewer"}).status_code == 409  # in the config
         assert client.post("/tokens", json={"name": "eve", "role": "root"}).status_code == 400
         with admin(routed, token) as bob:
             assert bob.get("/whoami").json() == {"name": "bob", "role": "operator"}

@@ -63,6 +63,8 @@ def test_sticky_keys_stay_and_only_the_expected_fraction_moves(routed: RunningGa
     again = fire(routed, [(body(row, routing_key=key), {}) for key in keys])  # the same key as a parameter
     first = [doc["model_version"] for _, doc in by_header]
     assert first == [doc["model_version"] for _, doc in again], "a key changed version with the weights unchanged"
+    both = fire(routed, [(body(row, routing_key="someone-else"), {"x-routing-key": key}) for key in keys[:300]])
+    assert [doc["model_version"] for _, doc in both] == first[:300], "the sticky header must win over routing_key"
 
     set_routing(routed, weights={"1": 70, "2": 20, "3": 30}, reason="grow the canary")
     moved = fire(routed, [(body(row), {"x-routing-key": key}) for key in keys])
