@@ -77,13 +77,22 @@ class ShadowTally:
     seconds: float = 0.0
     champion_seconds: float = 0.0
 
+    @property
+    def agreement(self) -> float | None:
+        return self.agreeing_rows / self.rows if self.rows else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        return self.abs_diff_sum / self.rows if self.rows else None
+
+    @property
+    def latency_ratio(self) -> float | None:
+        return self.seconds / self.champion_seconds if self.champion_seconds > 0 else None
+
     def to_json(self) -> dict[str, float | int | None]:
-        return {
-            "compared": self.compared, "failed": self.failed, "dropped": self.dropped, "rows": self.rows,
-            "agreement": self.agreeing_rows / self.rows if self.rows else None,
-            "mean_abs_diff": self.abs_diff_sum / self.rows if self.rows else None,
-            "latency_ratio": self.seconds / self.champion_seconds if self.champion_seconds > 0 else None,
-        }
+        return {"compared": self.compared, "failed": self.failed, "dropped": self.dropped, "rows": self.rows,
+                "agreement": self.agreement, "mean_abs_diff": self.mean_abs_diff,
+                "latency_ratio": self.latency_ratio}
 
 
 @dataclass

@@ -19,7 +19,6 @@ from mlgate.admin_client import AdminError
 from mlgate.config import ConfigError, MlgateConfig, load_config
 
 if TYPE_CHECKING:
-    from gateway.auth import TokenRecord
     from mlgate.admin_client import AdminClient
     from routing.store import StateStore
 
@@ -326,7 +325,7 @@ def token_create(
     """Create a token directly in the state file (bootstrap: whoever can write the file is an admin)."""
     import getpass
 
-    from gateway.auth import Role, create_stored_token, revoke_stored_token
+    from gateway.auth import AuthState, Role, create_stored_token, revoke_stored_token
     from gateway.errors import InferenceError
     from routing.store import StateStore
 
@@ -341,7 +340,7 @@ def token_create(
             typer.echo(f"{role} token '{name}' is in {out} (unchanged)")
             return
         actor = f"local:{getpass.getuser()}"
-        if if_missing and name in {r.name for r in _stored(store)}:  # its file is gone or stale: replace it
+        if if_missing and name in {r.name for r in AuthState(store, []).records}:  # file gone or stale: replace
             revoke_stored_token(store, name, actor, "token file missing or stale; replaced")
         token, record = create_stored_token(store, name, Role.parse(role), actor, reason)
     except InferenceError as exc:
@@ -359,21 +358,13 @@ def token_create(
     typer.echo(f"{record.role.label} token '{name}' written to {out} (mode 0600)")
 
 
-def _stored(store: StateStore) -> list[TokenRecord]:
-    from gateway.auth import ensure_schema, stored_tokens
-
-    with store.transaction() as conn:
-        ensure_schema(conn)
-        return stored_tokens(conn)
-
-
 def _known_token(store: StateStore, path: Path, name: str) -> bool:
     """Whether the file holds the live token called ``name``."""
-    from gateway.auth import Authenticator, Role
+    from gateway.auth import AuthState, Role
     from gateway.errors import InferenceError
 
     try:
-        principal = Authenticator(_stored(store)).require(f"Bearer {path.read_text().strip()}", Role.VIEWER)
+        principal = AuthState(store, []).current.require(f"Bearer {path.read_text().strip()}", Role.VIEWER)
     except (InferenceError, OSError):
         return False
     return principal.name == name

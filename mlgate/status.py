@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.shadows import ShadowTally
+
 
 @dataclass
 class DeploymentStatus:
@@ -35,11 +37,8 @@ class DeploymentStatus:
     share: float = 0.0
     shadow_ratio: float = 0.0
     fallbacks: int = 0
-    shadow_rows: int = 0
-    shadow_agreeing_rows: int = 0
-    shadow_abs_diff: float = 0.0
-    shadow_seconds: float = 0.0
-    shadow_champion_seconds: float = 0.0
+    shadow: ShadowTally = field(default_factory=ShadowTally)
+    """Its answers compared with the champion's (the same tally the admin API shows, here from counters)."""
     rows_per_s: float | None = None
 
     @property
@@ -49,18 +48,6 @@ class DeploymentStatus:
         if self.shadow_ratio > 0:
             return "shadow"
         return "challenger" if self.share > 0 else "-"
-
-    @property
-    def agreement(self) -> float | None:
-        return self.shadow_agreeing_rows / self.shadow_rows if self.shadow_rows else None
-
-    @property
-    def mean_abs_diff(self) -> float | None:
-        return self.shadow_abs_diff / self.shadow_rows if self.shadow_rows else None
-
-    @property
-    def latency_ratio(self) -> float | None:
-        return self.shadow_seconds / self.shadow_champion_seconds if self.shadow_champion_seconds > 0 else None
 
     @property
     def mean_rows(self) -> float:
@@ -135,25 +122,26 @@ def _fold(status: DeploymentStatus, name: str, labels: dict[str, str], value: fl
         _fold_routing(status, name, value)
 
 
-_ROUTING_FIELDS = {
-    "mlgate_routing_weight_ratio": "share",
-    "mlgate_routing_shadow_ratio": "shadow_ratio",
-    "mlgate_shadow_compared_rows_total": "shadow_rows",
-    "mlgate_shadow_agreeing_rows_total": "shadow_agreeing_rows",
-    "mlgate_shadow_abs_diff_total": "shadow_abs_diff",
-    "mlgate_shadow_seconds_total": "shadow_seconds",
-    "mlgate_shadow_champion_seconds_total": "shadow_champion_seconds",
+_SHADOW_COUNTERS = {
+    "mlgate_shadow_compared_rows_total": "rows",
+    "mlgate_shadow_agreeing_rows_total": "agreeing_rows",
+    "mlgate_shadow_abs_diff_total": "abs_diff_sum",
+    "mlgate_shadow_seconds_total": "seconds",
+    "mlgate_shadow_champion_seconds_total": "champion_seconds",
 }
 
 
 def _fold_routing(status: DeploymentStatus, name: str, value: float) -> None:
     if name == "mlgate_routing_champion":
         status.champion = value == 1.0
+    elif name == "mlgate_routing_weight_ratio":
+        status.share = value
+    elif name == "mlgate_routing_shadow_ratio":
+        status.shadow_ratio = value
     elif name == "mlgate_fallbacks_total":
         status.fallbacks += int(value)
-    elif name in _ROUTING_FIELDS:
-        field_name = _ROUTING_FIELDS[name]
-        setattr(status, field_name, type(getattr(status, field_name))(value))
+    elif name in _SHADOW_COUNTERS:
+        setattr(status.shadow, _SHADOW_COUNTERS[name], value)
 
 
 def render_table(statuses: list[DeploymentStatus]) -> str:
@@ -164,11 +152,12 @@ def render_table(statuses: list[DeploymentStatus]) -> str:
         "MODEL", "VERSION", "BATCHES", "ROWS/BATCH", "EXEC ms", "QUEUE ms", "QUEUED", "LIMIT", "REFUSED (reason=n)",
         "MODEL a ms + b µs/row")]
     for s in statuses:
-        shadow = s.role == "shadow" or s.shadow_rows > 0
+        tally = s.shadow
+        shadow = s.role == "shadow" or tally.rows > 0
         traffic.append((s.model, s.version, s.state, s.role, f"{s.share:.0%}",
                         "-" if s.rows_per_s is None else f"{s.rows_per_s:.1f}", str(s.fallbacks),
-                        f"{s.shadow_ratio:.0%}" if shadow else "-", _maybe(s.agreement, "{:.1%}"),
-                        _maybe(s.mean_abs_diff, "{:.3f}"), _maybe(s.latency_ratio, "{:.2f}")))
+                        f"{s.shadow_ratio:.0%}" if shadow else "-", _maybe(tally.agreement, "{:.1%}"),
+                        _maybe(tally.mean_abs_diff, "{:.3f}"), _maybe(tally.latency_ratio, "{:.2f}")))
         refused = ", ".join(f"{k}={v}" for k, v in sorted(s.rejections.items()) if v) or "-"
         limit = f"{s.admission_limit_rows:.0f}" if s.admission_limit_rows is not None else "-"
         batching.append((s.model, s.version, str(s.batches), f"{s.mean_rows:.1f}",
@@ -189,5 +178,4 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 def render_json(statuses: list[DeploymentStatus]) -> str:
     return json.dumps([{**asdict(s), "role": s.role, "mean_rows": s.mean_rows,
                         "mean_execution_ms": s.mean_execution_ms, "mean_queue_wait_ms": s.mean_queue_wait_ms,
-                        "shadow_agreement": s.agreement, "shadow_mean_abs_diff": s.mean_abs_diff,
-                        "shadow_latency_ratio": s.latency_ratio} for s in statuses], indent=2)
+                        "shadow": s.shadow.to_json()} for s in statuses], indent=2)

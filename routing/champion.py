@@ -1,8 +1,9 @@
-"""Which version answers a request that names no version.
+"""A model's champion when nobody named one, and the order of version names.
 
-The routing issue replaces this with weighted splits; the rule here is the one
-every later policy falls back to: the configured champion, else the newest
-ready version. A configured champion that is not ready is still returned, so
+Unversioned requests follow the model's routing (``routing.router``); this rule
+picks the champion that routing is seeded with when the config names none (the
+newest servable version), and answers metadata and readiness calls for the
+model as a whole. A configured champion that is not ready is still returned, so
 the caller gets "not ready" rather than an answer from a version nobody chose.
 """
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from routing.champion import version_sort_key
 
@@ -37,6 +37,9 @@ def _header_name(value: str) -> str:
     return name
 
 
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,15 +47,9 @@ class _Strict(BaseModel):
 class HeaderRule(_Strict):
     """Requests carrying ``header: value`` go to ``version`` (e.g. internal testers to a challenger)."""
 
-    header: str = Field(description="HTTP header (or gRPC metadata key) name; matched case-insensitively.")
+    header: HeaderName = Field(description="HTTP header (or gRPC metadata key) name; matched case-insensitively.")
     value: str = Field(description="Header value that selects this rule; exact, case-sensitive match.")
     version: str = Field(min_length=1, description="Version that answers requests matching this rule.")
-
-    @field_validator("header")
-    @classmethod
-    def _valid_header(cls, value: str) -> str:
-        return _header_name(value)
-
 
 class StickyPolicy(_Strict):
     """Where the routing key comes from, so one user keeps seeing one version.
@@ -61,7 +58,7 @@ class StickyPolicy(_Strict):
     ``routing_key``. Requests without a key are split at random by weight.
     """
 
-    header: str = Field(
+    header: HeaderName = Field(
         "x-routing-key",
         description=(
             "Header carrying the routing key; the OIP request parameter 'routing_key' is used when it is absent. "
@@ -69,12 +66,6 @@ class StickyPolicy(_Strict):
             "without a key are split at random."
         ),
     )
-
-    @field_validator("header")
-    @classmethod
-    def _valid_header(cls, value: str) -> str:
-        return _header_name(value)
-
 
 class FallbackPolicy(_Strict):
     """What happens when a challenger fails: the client should not pay for an experiment."""
