@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install models demo test lint typecheck unit load bench bench-batching bench-routing proto clean
+.PHONY: help install models demo test lint typecheck unit load bench bench-batching bench-routing bench-kernels proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - mlgate vs plain Ray Serve vs FastAPI, side by side (loadtests/README.md)"
 	@echo "make bench-batching - adaptive batching vs fixed settings and @serve.batch (~25 min)"
 	@echo "make bench-routing  - routing, sticky keys and shadow bookkeeping: single route vs 3-version split (~5 min)"
+	@echo "make bench-kernels  - drift kernels: histogram updates, window ring, PSI/KL/JS/KS/W1 (~1 min, no models needed)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,9 @@ bench-routing: models
 
 bench-batching: models
 	$(BIN)/python -m loadtests.bench_batching --models $(MODELS) --out loadtests/results/bench_batching.md
+
+bench-kernels: install
+	$(BIN)/python -m loadtests.bench_kernels --out loadtests/results/bench_kernels.md
 
 proto: install
 	bash gateway/proto/generate.sh
