@@ -122,8 +122,8 @@ class RoutingPolicy(_Strict):
     shadows: dict[str, float] = Field(
         default_factory=dict,
         description=(
-            "Version -> percent (0 < p <= 100) of the champion's traffic mirrored to it; "
-            "its answers are recorded, never returned."
+            "Version -> percent (0 < p <= 100) of the champion's traffic mirrored to it; its answers to "
+            "mirrored requests are compared, never returned. A challenger may be mirrored too."
         ),
     )
     fallback: FallbackPolicy = Field(
@@ -153,16 +153,15 @@ class RoutingPolicy(_Strict):
         return shadows
 
     @model_validator(mode="after")
-    def _shadows_stay_shadows(self) -> RoutingPolicy:
-        """A shadow's answers are never returned, so it may not also answer real traffic."""
-        for version in self.shadows:
-            if version == self.champion:
-                raise ValueError(f"shadows.{version}: version {version!r} is the champion")
-            if self.weights.get(version, 0) > 0:
-                raise ValueError(f"shadows.{version}: version {version!r} also has weight {self.weights[version]}")
-        for i, rule in enumerate(self.header_rules):
-            if rule.version in self.shadows:
-                raise ValueError(f"header_rules[{i}].version: version {rule.version!r} is a shadow")
+    def _champion_is_no_shadow(self) -> RoutingPolicy:
+        """The champion's traffic is what shadows mirror, so it cannot mirror to itself.
+
+        A challenger with live weight may also be a shadow: it then answers its own share and is
+        compared with the champion on a share of the champion's requests (a rollout keeps measuring
+        label agreement on the same inputs while it moves traffic).
+        """
+        if self.champion in self.shadows:
+            raise ValueError(f"shadows.{self.champion}: version {self.champion!r} is the champion")
         return self
 
     @classmethod
@@ -211,6 +210,6 @@ def variant_of(policy: RoutingPolicy, version: str) -> Variant:
     """The ``variant`` metric label of ``version`` under ``policy`` (a bounded set, unlike version names)."""
     if version == policy.champion:
         return "champion"
-    if version in policy.shadows:
+    if version in policy.shadows and not policy.weights.get(version, 0):
         return "shadow"
     return "challenger"
