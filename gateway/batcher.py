@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -55,6 +56,16 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 BatchExecutor = Callable[[Arrays], Awaitable[Arrays]]
 """Runs one batch on a model deployment: named input arrays in, named output arrays out."""
+
+
+class BatchObserver(Protocol):
+    """Told about every executed batch, after its callers have their answers (the drift monitor)."""
+
+    def batch(self, inputs: Arrays, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
+        """``latencies_s``: each request's time from queueing to its answer."""
+
+    def failed(self, requests: int) -> None:
+        """Requests that got no answer: their batch failed, or their deadline passed in the queue."""
 
 
 FAILURE_LOG_INTERVAL_S = 10.0
@@ -90,9 +101,10 @@ class Batcher:
     """Queue and dispatcher for one model deployment."""
 
     def __init__(self, label: str, execute: BatchExecutor, policy: BatchPolicy,
-                 metrics: BatchMetrics | None = None) -> None:
+                 metrics: BatchMetrics | None = None, observer: BatchObserver | None = None) -> None:
         self.label = label
         self._metrics = metrics
+        self.observer = observer
         if metrics is not None:
             metrics.queued_rows.set_function(lambda: self._queued_rows)  # read at scrape time, free here
         self._execute = execute
@@ -146,6 +158,8 @@ class Batcher:
             return await asyncio.wait_for(future, timeout=max(0.0, now + timeout_s - time.monotonic()))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             self._count_rejection("expired")
+            if self.observer is not None:
+                self.observer.failed(1)
             raise DeadlineExceeded(
                 f"{self.label}: the request's deadline of {timeout_s * 1e3:.1f} ms passed before it was answered"
             ) from None
@@ -357,9 +371,11 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[_Pending], total_rows: int) -> None:
+        observer = self.observer
         try:
             started = time.monotonic()
-            outputs = await self._execute(_concatenate(batch))
+            inputs = _concatenate(batch)
+            outputs = await self._execute(inputs)
             finished = time.monotonic()
             elapsed = finished - started
             self.latency.observe(total_rows, elapsed)
@@ -369,13 +385,28 @@ class Batcher:
                 self.admission.observe(finished - batch[0].enqueued_at, total_rows, finished)
         except InferenceError as exc:
             _fail(batch, exc)
+            if observer is not None:
+                observer.failed(len(batch))
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed
             self._log_failure(len(batch), exc)
             _fail(batch, Unavailable(f"{self.label} failed to execute the batch ({type(exc).__name__})"))
+            if observer is not None:
+                observer.failed(len(batch))
+        else:
+            if observer is not None:  # the callers have their answers; monitoring must never fail them
+                self._observe(observer, batch, inputs, outputs, total_rows, finished)
         finally:
             self._inflight -= 1
             self._inflight_rows -= total_rows
             self._dispatch()
+
+    def _observe(self, observer: BatchObserver, batch: list[_Pending], inputs: Arrays, outputs: Arrays,
+                 rows: int, finished: float) -> None:
+        try:
+            enqueued = np.fromiter((p.enqueued_at for p in batch), dtype=np.float64, count=len(batch))
+            observer.batch(inputs, outputs, rows, finished - enqueued)
+        except Exception:
+            log.exception("the batch observer of %s failed", self.label)
 
     def _log_failure(self, requests: int, exc: Exception) -> None:
         """The traceback at most once per ``FAILURE_LOG_INTERVAL_S``: a version failing every batch at

@@ -47,11 +47,11 @@ class InferResult:
 
 class InferenceService:
     def __init__(self, registry: ModelRegistry, server_version: str, live: LiveRouting | None = None,
-                 data_plane_auth: AuthState | None = None) -> None:
+                 data_plane_auth: AuthState | None = None, shadows: ShadowMirror | None = None) -> None:
         self.registry = registry
         self.server_version = server_version
         self.started = False
-        self.shadows = ShadowMirror()
+        self.shadows = shadows if shadows is not None else ShadowMirror()
         self.traffic = Traffic(registry, live, self.shadows)
         self.data_plane_auth = data_plane_auth
         """Set when inference needs a bearer token (``auth.require_token_for_inference``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,9 +103,14 @@ class _Shadow:
     in_flight: int = 0
 
 
+ComparisonObserver = Callable[[ServedVersion, Comparison], None]
+"""Told about every comparison (the drift monitor keeps windowed agreement for the rollout controller)."""
+
+
 class ShadowMirror:
-    def __init__(self, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+    def __init__(self, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, observer: ComparisonObserver | None = None) -> None:
         self.max_in_flight = max_in_flight
+        self.observer = observer
         self._shadows: dict[tuple[str, str], _Shadow] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -153,6 +159,8 @@ class ShadowMirror:
         metrics.abs_diff.inc(result.abs_diff_sum)
         metrics.seconds.inc(seconds)
         metrics.champion_seconds.inc(champion_seconds)
+        if self.observer is not None:
+            self.observer(shadow, result)
 
     def _state(self, shadow: ServedVersion) -> _Shadow:
         key = (shadow.model, shadow.version)

@@ -162,3 +162,57 @@ def record_routing(model: str, revision: int, champion: str, shares: dict[str, f
         ROUTING_WEIGHT.labels(model=model, version=version).set(shares.get(version, 0.0))
         ROUTING_CHAMPION.labels(model=model, version=version).set(1.0 if version == champion else 0.0)
         ROUTING_SHADOW.labels(model=model, version=version).set(shadows.get(version, 0.0))
+
+
+# --------------------------------------------------------------------------- drift and rollouts
+
+_drift = "Over the last drift window, merged across gateway processes (every process exports the same value: " \
+         "aggregate with max, not sum)."
+DRIFT_FEATURE_PSI = Gauge("mlgate_drift_feature_psi",
+                          f"PSI of one input feature's live distribution against the version's training reference. "
+                          f"{_drift}", (*_labels, "feature"), registry=REGISTRY)
+DRIFT_MAX_PSI = Gauge("mlgate_drift_max_psi", f"Largest per-feature PSI of a version. {_drift}", _labels,
+                      registry=REGISTRY)
+DRIFT_FEATURES_OVER = Gauge("mlgate_drift_features_over_threshold",
+                            f"Features whose PSI exceeds the level (warn: 0.1, act: 0.25). {_drift}",
+                            (*_labels, "level"), registry=REGISTRY)
+DRIFT_PREDICTION = Gauge("mlgate_drift_prediction_divergence",
+                         "Largest per-class Jensen-Shannon divergence (base 2, 0-1) between a version's predicted "
+                         f"class probabilities and the champion's. {_drift}", _labels, registry=REGISTRY)
+DRIFT_AGREEMENT = Gauge("mlgate_drift_agreement_ratio",
+                        f"Share of compared rows whose labels equal the champion's (mirrored requests). {_drift}",
+                        _labels, registry=REGISTRY)
+DRIFT_ROWS = Gauge("mlgate_drift_window_rows", f"Input rows a version saw in the drift window. {_drift}", _labels,
+                   registry=REGISTRY)
+
+
+def record_drift(model: str, version: str, rows: int, feature_psi: dict[str, float], max_psi: float | None,
+                 over_warn: int, over_act: int, prediction_divergence: float | None, agreement: float | None) -> None:
+    labels = {"model": model, "version": version}
+    DRIFT_ROWS.labels(**labels).set(rows)
+    for feature, value in feature_psi.items():
+        DRIFT_FEATURE_PSI.labels(**labels, feature=feature).set(value)
+    DRIFT_MAX_PSI.labels(**labels).set(max_psi if max_psi is not None else float("nan"))
+    DRIFT_FEATURES_OVER.labels(**labels, level="warn").set(over_warn)
+    DRIFT_FEATURES_OVER.labels(**labels, level="act").set(over_act)
+    DRIFT_PREDICTION.labels(**labels).set(prediction_divergence if prediction_divergence is not None else float("nan"))
+    DRIFT_AGREEMENT.labels(**labels).set(agreement if agreement is not None else float("nan"))
+
+
+ROLLOUT_STATES = ("shadow", "canary", "promoted", "rolled_back", "paused", "inconclusive")
+ROLLOUT_STATE = Gauge("mlgate_rollout_state", "1 for the state each model's latest rollout is in, 0 for the others.",
+                      ("model", "challenger", "state"), registry=REGISTRY)
+ROLLOUT_PERCENT = Gauge("mlgate_rollout_challenger_percent", "Live traffic percent the rollout gives its challenger.",
+                        ("model", "challenger"), registry=REGISTRY)
+ROLLOUT_STEP = Gauge("mlgate_rollout_step", "Index of the rollout's canary step (-1: shadow phase).",
+                     ("model", "challenger"), registry=REGISTRY)
+ROLLOUT_TRANSITIONS = Counter("mlgate_rollout_transitions_total",
+                              "Rollout state changes this gateway's controller made, by new state.",
+                              ("model", "to"), registry=REGISTRY)
+
+
+def record_rollout(model: str, challenger: str, state: str, step: int, percent: int) -> None:
+    for name in ROLLOUT_STATES:
+        ROLLOUT_STATE.labels(model=model, challenger=challenger, state=name).set(1.0 if name == state else 0.0)
+    ROLLOUT_PERCENT.labels(model=model, challenger=challenger).set(percent)
+    ROLLOUT_STEP.labels(model=model, challenger=challenger).set(step)

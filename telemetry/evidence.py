@@ -1,0 +1,271 @@
+"""Windowed, mergeable evidence about every model version: inputs, predictions, outcomes, latencies.
+
+Each gateway process counts what its versions did into one-second slots
+(``kernels.windows.WindowRing``): per-feature input histograms on the bins of
+the version's reference profile, class-probability and label histograms of its
+outputs, requests, errors, a latency histogram, and the rows compared with the
+champion. Everything is a count, so evidence from several processes, and from
+consecutive slots, merges by plain addition: the rollout controller and
+``mlgate drift`` sum the slots of a window across every process
+(``telemetry.evidence_store``) and compute divergences on the sum.
+
+The counts of one version live in one flat int64 vector laid out by
+``CountsLayout`` (derived from the manifest alone, so every process serving a
+version agrees on it), which makes a slot one array to update, copy, publish
+and add.
+
+Cost on the request path: one ``WindowRing.current`` lookup and a handful of
+compiled kernel calls per *batch*, after the batch's callers have their
+answers; no Python loop over rows or features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels.histograms import label_counts, pack_edges, probability_edges, reference_counts, update_counts
+from kernels.windows import WindowRing
+from serving.manifest import Manifest
+
+SLOT_S = 1.0
+"""Width of one evidence slot: the resolution of every window the controller and ``mlgate drift`` read."""
+
+LOCAL_SLOTS = 8
+"""Slots a process keeps before publishing them: published every second, so a few are plenty."""
+
+LATENCY_EDGES = np.geomspace(1e-4, 30.0, 57)
+"""Request latency bin edges, 100 µs to 30 s, 25 % apart: p99 estimates are good to one bin."""
+
+MAX_PROBABILITY_CLASSES = 64
+"""Outputs with more columns than this are not histogrammed (bounded memory and metric labels)."""
+
+REQUESTS, ERRORS, ROWS, COMPARED_ROWS, AGREEING_ROWS = range(5)
+_SCALARS = 5
+
+
+@dataclass(frozen=True)
+class CountsLayout:
+    """Where each count of one version lives in its flat vector; equal for every process serving the version.
+
+    The vector is: 5 scalars (requests, errors, rows, compared rows, agreeing rows), the latency
+    histogram, the input-feature histograms (``features`` x ``feature_columns``, the packed layout of
+    ``kernels.histograms``), the class-probability histograms (``classes`` x ``probability_columns``)
+    and the label counts (``labels`` + 1, the last one for labels out of range).
+    """
+
+    features: tuple[str, ...] = ()
+    feature_columns: int = 0
+    input_name: str | None = None
+    probability_output: str | None = None
+    classes: int = 0
+    probability_columns: int = 0
+    label_output: str | None = None
+    labels: int = 0
+
+    @property
+    def latency_columns(self) -> int:
+        return len(LATENCY_EDGES) + 2
+
+    @property
+    def _latency_at(self) -> int:
+        return _SCALARS
+
+    @property
+    def _features_at(self) -> int:
+        return self._latency_at + self.latency_columns
+
+    @property
+    def _probabilities_at(self) -> int:
+        return self._features_at + len(self.features) * self.feature_columns
+
+    @property
+    def _labels_at(self) -> int:
+        return self._probabilities_at + self.classes * self.probability_columns
+
+    @property
+    def size(self) -> int:
+        return self._labels_at + (self.labels + 1 if self.labels else 0)
+
+    @property
+    def signature(self) -> str:
+        """A short string two processes compare before adding their vectors."""
+        return (f"v1/lat{self.latency_columns}/f{len(self.features)}x{self.feature_columns}"
+                f"/p{self.classes}x{self.probability_columns}/l{self.labels}")
+
+    def latency(self, vector: np.ndarray) -> np.ndarray:
+        return vector[self._latency_at:self._features_at]
+
+    def feature_counts(self, vector: np.ndarray) -> np.ndarray:
+        return vector[self._features_at:self._probabilities_at].reshape(len(self.features), self.feature_columns)
+
+    def probability_counts(self, vector: np.ndarray) -> np.ndarray:
+        return vector[self._probabilities_at:self._labels_at].reshape(self.classes, self.probability_columns)
+
+    def label_counts(self, vector: np.ndarray) -> np.ndarray:
+        return vector[self._labels_at:self.size]
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Packed bin edges (``kernels.histograms.pack_edges``): (rows x K) edges and each row's edge count."""
+
+    edges: np.ndarray
+    n_edges: np.ndarray
+
+    @classmethod
+    def pack(cls, edge_lists: Sequence[Sequence[float] | np.ndarray]) -> Bins:
+        return cls(*pack_edges(edge_lists))
+
+
+@dataclass(frozen=True)
+class VersionShape:
+    """What a version's monitor needs from its manifest: the layout plus the bin edges to count with."""
+
+    layout: CountsLayout
+    feature_bins: Bins | None
+    probability_bins: Bins | None
+    reference: np.ndarray | None
+    """The training inputs' counts in the feature layout: what live inputs are compared with."""
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> VersionShape:
+        features: tuple[str, ...] = ()
+        feature_bins = None
+        input_name = None
+        profile = manifest.reference_profile
+        spec = manifest.input(profile.input) if profile is not None else None
+        reference = None
+        if profile is not None and spec is not None and len(spec.shape) == 2 and spec.datatype.startswith("FP"):
+            feature_bins = Bins.pack([f.bin_edges for f in profile.features])
+            features = tuple(f.name for f in profile.features)
+            input_name = profile.input
+            reference = reference_counts([f.counts for f in profile.features], [f.nan_count for f in profile.features],
+                                         feature_bins.edges)
+        probability_output, classes = _probability_output(manifest)
+        probability_bins = Bins(*probability_edges(classes)) if probability_output is not None else None
+        label_output = next((s.name for s in manifest.outputs
+                             if s.datatype.startswith(("INT", "UINT")) and len(s.shape) == 1), None)
+        labels = 0
+        if label_output is not None:
+            names = manifest.training_data.label_names if manifest.training_data is not None else []
+            labels = len(names) or classes
+            if not labels:
+                label_output = None
+        layout = CountsLayout(
+            features=features,
+            feature_columns=feature_bins.edges.shape[1] + 2 if feature_bins is not None else 0,
+            input_name=input_name,
+            probability_output=probability_output,
+            classes=classes,
+            probability_columns=probability_bins.edges.shape[1] + 2 if probability_bins is not None else 0,
+            label_output=label_output,
+            labels=labels,
+        )
+        return cls(layout, feature_bins, probability_bins, reference)
+
+
+def _probability_output(manifest: Manifest) -> tuple[str | None, int]:
+    """The first float output shaped (rows, classes): class probabilities or scores, histogrammed on [0, 1]."""
+    for spec in manifest.outputs:
+        if spec.datatype.startswith("FP") and len(spec.shape) == 2 and 1 <= spec.shape[1] <= MAX_PROBABILITY_CLASSES:
+            return spec.name, spec.shape[1]
+    return None, 0
+
+
+def _floats(array: np.ndarray | None) -> np.ndarray | None:
+    """float32/float64 as they are; float16 widened (the kernels compile for 32 and 64 bits); others None."""
+    if array is None or array.dtype.kind != "f":
+        return None
+    return array if array.dtype.itemsize >= 4 else array.astype(np.float32)
+
+
+def _slot(now: float) -> int:
+    return int(now // SLOT_S)
+
+
+@dataclass
+class VersionMonitor:
+    """Counts one version's evidence into one-second slots; the gateway's batcher and shadows feed it."""
+
+    model: str
+    version: str
+    shape: VersionShape
+    ring: WindowRing = field(init=False)
+    published_slot: int = field(init=False)
+    _latency_bins: Bins = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ring = WindowRing(n_slots=LOCAL_SLOTS, slot_s=SLOT_S, shape=(self.shape.layout.size,))
+        self.published_slot = _slot(time.time()) - 1
+        self._latency_bins = Bins.pack([LATENCY_EDGES])
+
+    @property
+    def layout(self) -> CountsLayout:
+        return self.shape.layout
+
+    def batch(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int,
+              latencies_s: np.ndarray) -> None:
+        """One executed batch: its input rows, its outputs, and each of its requests' time in the gateway."""
+        vector = self.ring.current(time.time())
+        layout, shape = self.layout, self.shape
+        vector[REQUESTS] += latencies_s.shape[0]
+        vector[ROWS] += rows
+        latency = self._latency_bins
+        update_counts(layout.latency(vector).reshape(1, -1), latency.edges, latency.n_edges,
+                      latencies_s.reshape(-1, 1))
+        if layout.input_name is not None and (features := shape.feature_bins) is not None:
+            x = _floats(inputs.get(layout.input_name))
+            if x is not None and x.ndim == 2 and x.shape[1] == len(layout.features):
+                update_counts(layout.feature_counts(vector), features.edges, features.n_edges, x)
+        if layout.probability_output is not None and (classes := shape.probability_bins) is not None:
+            p = _floats(outputs.get(layout.probability_output))
+            if p is not None and p.ndim == 2 and p.shape[1] == layout.classes:
+                update_counts(layout.probability_counts(vector), classes.edges, classes.n_edges, p)
+        if layout.label_output is not None:
+            labels = outputs.get(layout.label_output)
+            if labels is not None and labels.ndim == 1 and labels.dtype.kind in "iu":
+                label_counts(layout.label_counts(vector), labels)
+
+    def failed(self, requests: int) -> None:
+        vector = self.ring.current(time.time())
+        vector[REQUESTS] += requests
+        vector[ERRORS] += requests
+
+    def compared(self, rows: int, agreeing_rows: int) -> None:
+        """Rows this version answered for requests the champion answered too (shadow mirroring)."""
+        vector = self.ring.current(time.time())
+        vector[COMPARED_ROWS] += rows
+        vector[AGREEING_ROWS] += agreeing_rows
+
+    def completed_slots(self, now: float) -> list[tuple[int, np.ndarray]]:
+        """Slots that ended since the last call and saw any traffic, as (slot id, copy of its counts)."""
+        current = _slot(now)
+        first = max(self.published_slot + 1, current - LOCAL_SLOTS + 1)
+        done = []
+        for slot in range(first, current):
+            counts = self.ring.total((slot + 0.5) * SLOT_S, span_s=SLOT_S)  # that one slot, as a new array
+            if counts.any():
+                done.append((slot, counts))
+        self.published_slot = current - 1
+        return done
+
+
+class DriftMonitor:
+    """Every version's monitor in this process; the thin object the gateway calls."""
+
+    def __init__(self) -> None:
+        self._versions: dict[tuple[str, str], VersionMonitor] = {}
+
+    def add(self, model: str, version: str, manifest: Manifest) -> VersionMonitor:
+        monitor = self._versions[(model, version)] = VersionMonitor(model, version, VersionShape.of(manifest))
+        return monitor
+
+    def get(self, model: str, version: str) -> VersionMonitor | None:
+        return self._versions.get((model, version))
+
+    def all(self) -> Sequence[VersionMonitor]:
+        return list(self._versions.values())

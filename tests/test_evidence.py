@@ -1,0 +1,176 @@
+"""Evidence counting, publishing, merging across processes and the drift report built from it.
+
+The monitor runs on the demo champion's real manifest (reference profile of
+the training data); the numbers it reports are checked against numpy on the
+same rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.manifest import Manifest, read_manifest
+from telemetry.drift import PSI_ACT, PSI_WARN, DriftView, latency_p99, report
+from telemetry.evidence import (
+    AGREEING_ROWS,
+    COMPARED_ROWS,
+    ERRORS,
+    LATENCY_EDGES,
+    REQUESTS,
+    ROWS,
+    SLOT_S,
+    DriftMonitor,
+    VersionMonitor,
+    VersionShape,
+)
+from telemetry.evidence_store import EvidenceStore, evidence_path
+
+
+@pytest.fixture(scope="module")
+def manifest(demo_repository: Path) -> Manifest:
+    return read_manifest(demo_repository / "breast-cancer" / "1" / "manifest.json")
+
+
+def _training_like(manifest: Manifest, rows: int, seed: int) -> np.ndarray:
+    """Rows drawn from the reference profile's own bins: live traffic that looks like the training data."""
+    profile = manifest.reference_profile
+    assert profile is not None
+    rng = np.random.default_rng(seed)
+    columns = []
+    for feature in profile.features:
+        edges = np.asarray(feature.bin_edges)
+        inner = np.asarray(feature.counts[1:-1], dtype=float)
+        bins = rng.choice(len(inner), size=rows, p=inner / inner.sum())
+        columns.append(rng.uniform(edges[bins], edges[bins + 1]))
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _outputs(x: np.ndarray) -> dict[str, np.ndarray]:
+    p1 = 1.0 / (1.0 + np.exp(-(x[:, 0] - 14.0)))
+    probabilities = np.stack([1 - p1, p1], axis=1).astype(np.float32)
+    return {"probabilities": probabilities, "label": (p1 > 0.5).astype(np.int64)}
+
+
+def _at(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    monkeypatch.setattr("telemetry.evidence.time.time", lambda: now)
+
+
+def test_layout_follows_the_manifest(manifest: Manifest) -> None:
+    shape = VersionShape.of(manifest)
+    layout = shape.layout
+    assert layout.input_name == "features" and len(layout.features) == 30
+    assert layout.probability_output == "probabilities" and layout.classes == 2
+    assert layout.label_output == "label" and layout.labels == 2
+    assert shape.reference is not None and shape.reference.shape == (30, layout.feature_columns)
+    assert int(shape.reference[:, :-1].sum(axis=1)[0]) == manifest.reference_profile.rows  # type: ignore[union-attr]
+
+
+def test_batch_counts_match_numpy(manifest: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    _at(monkeypatch, 1000.2)
+    monitor = VersionMonitor("breast-cancer", "1", VersionShape.of(manifest))
+    x = _training_like(manifest, 300, seed=1)
+    outputs = _outputs(x)
+    latencies = np.array([0.0004, 0.003, 0.003, 0.2])
+    monitor.batch({"features": x}, outputs, 300, latencies)
+    monitor.failed(2)
+    monitor.compared(10, 7)
+    _at(monkeypatch, 1001.5)
+    [(slot, counts)] = monitor.completed_slots(1001.5)
+    assert slot == 1000
+    layout = monitor.layout
+    assert counts[REQUESTS] == 6 and counts[ERRORS] == 2 and counts[ROWS] == 300
+    assert counts[COMPARED_ROWS] == 10 and counts[AGREEING_ROWS] == 7
+    expected_latency = np.bincount(np.searchsorted(LATENCY_EDGES, latencies, side="right"),
+                                   minlength=len(LATENCY_EDGES) + 1)
+    assert np.array_equal(layout.latency(counts)[:-1], expected_latency)
+    profile = manifest.reference_profile
+    assert profile is not None
+    for j in (0, 7, 29):
+        edges = np.asarray(profile.features[j].bin_edges)
+        expected = np.bincount(np.searchsorted(edges, x[:, j].astype(np.float64), side="right"),
+                               minlength=len(edges) + 1)
+        assert np.array_equal(layout.feature_counts(counts)[j, :len(edges) + 1], expected)
+    assert np.array_equal(layout.label_counts(counts)[:2], np.bincount(outputs["label"], minlength=2))
+    assert monitor.completed_slots(1001.9) == []  # published once only
+
+
+def test_evidence_from_two_processes_adds_up(manifest: Manifest, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store = EvidenceStore(evidence_path(tmp_path / "state.db"))
+    assert store.path.name == "state.evidence.db"
+    _at(monkeypatch, 2000.0)
+    monitors = [VersionMonitor("m", "1", VersionShape.of(manifest)) for _ in range(2)]
+    x = _training_like(manifest, 400, seed=2)
+    for second in range(5):
+        for i, monitor in enumerate(monitors):
+            _at(monkeypatch, 2000.0 + second + 0.1)
+            rows = x[(second * 2 + i) * 40:(second * 2 + i + 1) * 40]
+            monitor.batch({"features": rows}, _outputs(rows), 40, np.full(3, 0.002))
+    now = 2005.5
+    for i, monitor in enumerate(monitors):
+        store.publish(f"process-{i}", [("m", "1", monitor.layout, slot, counts)
+                                       for slot, counts in monitor.completed_slots(now)], now)
+    layout = monitors[0].layout
+    total = store.window("m", "1", layout, now, window_s=5 * SLOT_S)
+    assert total[ROWS] == 400 and total[REQUESTS] == 30
+    _at(monkeypatch, 3000.1)
+    single = VersionMonitor("m", "1", VersionShape.of(manifest))
+    single.batch({"features": x}, _outputs(x), 400, np.full(30, 0.002))
+    [(_, one)] = single.completed_slots(3001.5)
+    assert np.array_equal(total, one)  # merged slots == the same rows counted in one place
+    assert store.window("m", "1", layout, now, window_s=2 * SLOT_S)[ROWS] == 160  # only the last two slots
+    store.close()
+
+
+def test_report_flags_exactly_the_shifted_features(manifest: Manifest, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _at(monkeypatch, 5000.3)
+    drift = DriftMonitor()
+    champion, challenger = drift.add("m", "1", manifest), drift.add("m", "2", manifest)
+    x = _training_like(manifest, 3000, seed=3)
+    shifted = x.copy()
+    profile = manifest.reference_profile
+    assert profile is not None
+    for j in (3, 17):
+        edges = profile.features[j].bin_edges
+        shifted[:, j] += np.float32(edges[-1] - edges[0])  # moved by the feature's whole training range
+    _at(monkeypatch, 5000.3)
+    champion.batch({"features": x}, _outputs(x), len(x), np.full(10, 0.001))
+    flipped = _outputs(shifted)
+    challenger.batch({"features": shifted}, flipped, len(x), np.full(10, 0.001))
+    store = EvidenceStore(tmp_path / "evidence.db")
+    now = 5001.5
+    store.publish("p", [(m.model, m.version, m.layout, slot, counts)
+                        for m in drift.all() for slot, counts in m.completed_slots(now)], now)
+    view = DriftView(drift, store)
+    steady = view.report("m", "1", "1", 10.0, now)
+    moved = view.report("m", "2", "1", 10.0, now)
+    assert steady.max_psi is not None and steady.max_psi < PSI_WARN
+    assert steady.prediction_divergence is None  # the champion is not compared with itself
+    names = [f.name for f in moved.features if f.psi > PSI_ACT]
+    assert sorted(names) == sorted(profile.features[j].name for j in (3, 17))
+    assert moved.over(PSI_WARN) == 2 and moved.features[0].psi > 1.0
+    assert moved.prediction_divergence is not None and moved.prediction_divergence >= 0
+    histograms = view.histograms("m", "2", [names[0]], 10.0, now)
+    assert sum(histograms[0]["live"]) == 3000 and histograms[0]["live"][-1] == 3000  # all in overflow
+    store.close()
+
+
+def test_p99_is_the_upper_edge_of_its_bin() -> None:
+    counts = np.zeros(len(LATENCY_EDGES) + 2, dtype=np.int64)
+    assert latency_p99(counts) is None
+    index = int(np.searchsorted(LATENCY_EDGES, 0.005, side="right"))
+    counts[index] = 99
+    counts[index + 10] = 1
+    assert LATENCY_EDGES[index - 1] <= 0.005 < latency_p99(counts)  # type: ignore[operator]
+    assert latency_p99(counts) == pytest.approx(LATENCY_EDGES[index])
+
+
+def test_report_without_traffic_has_no_numbers(manifest: Manifest) -> None:
+    shape = VersionShape.of(manifest)
+    empty = report("m", "1", shape, np.zeros(shape.layout.size, dtype=np.int64), 10.0, None)
+    assert empty.features == [] and empty.max_psi is None and empty.latency_p99_s is None
+    assert empty.error_rate is None and empty.agreement is None
