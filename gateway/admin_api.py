@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,14 +29,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import AuthState, Principal, Role, create_stored_token, revoke_stored_token
-from gateway.errors import Conflict, InferenceError, NotFound, Unprocessable
+from gateway.errors import Conflict, InferenceError, NotFound, Unavailable, Unprocessable
 from gateway.registry import ModelRegistry
 from gateway.shadows import ShadowMirror
 from gateway.traffic import policy_problems
+from routing.controller import RolloutController, RolloutRefused
 from routing.live import LiveRouting
 from routing.policy import RoutingPolicy, variant_of
+from routing.rollout import RolloutChecks, RolloutRecord, RolloutSpec
 from routing.store import StaleRevision, StateStore, StoredRouting
 from telemetry import audit
+from telemetry.drift import DriftView
+from telemetry.evidence_store import RETENTION_S
 
 PREFIX = "/admin/v1"
 log = logging.getLogger(__name__)
@@ -47,6 +53,25 @@ class RoutingUpdate(BaseModel):
         None, ge=0, description="Revision this change is based on (from GET); a stale one gets 409. "
         "May be given as the If-Match header instead.")
     routing: RoutingPolicy
+    reason: str | None = Field(None, max_length=1000, description="Why: kept in the audit log.")
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    challenger: str = Field(min_length=1, description="Version to roll out.")
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100],
+                             description="Live traffic percentages, strictly increasing, ending at 100.")
+    interval_s: float = Field(30.0, gt=0, description="Passing seconds each step is held.")
+    shadow_s: float | None = Field(None, ge=0, description="Passing seconds of shadowing first (default interval_s).")
+    mirror_percent: float = Field(100.0, gt=0, le=100, description="Share of the champion's traffic mirrored.")
+    checks: RolloutChecks = Field(default_factory=RolloutChecks)
+    reason: str | None = Field(None, max_length=1000)
+
+
+class RolloutAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: str | None = Field(None, max_length=1000, description="Why: kept in the audit log.")
 
 
@@ -77,7 +102,8 @@ Admin = Annotated[Principal, _role(Role.ADMIN)]
 
 
 def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistry, auth_state: AuthState,
-                    shadows: ShadowMirror) -> FastAPI:
+                    shadows: ShadowMirror, drift: DriftView | None = None,
+                    rollouts: RolloutController | None = None) -> FastAPI:
     app = FastAPI(title="mlgate admin API", version="1", openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=f"{PREFIX}/docs", redoc_url=None)
     app.state.auth = auth_state
@@ -152,6 +178,82 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
             raise Conflict(str(exc)) from None
         live.install(stored)
         return JSONResponse(stored.to_json(), headers={"ETag": f'"{stored.revision}"'})
+
+    @app.get(f"{PREFIX}/models/{{model}}/drift", summary="Input and prediction drift of a model's versions")
+    async def get_drift(model: str, principal: Viewer, version: str | None = None,
+                        window_s: Annotated[float, Query(gt=0, le=RETENTION_S)] = 60.0,
+                        histograms: Annotated[int, Query(ge=0, le=30)] = 0) -> dict[str, Any]:
+        """Every version (or ``version``) over the last ``window_s`` seconds, merged across gateway processes;
+        ``histograms`` = N adds reference and live bin counts of each version's N most drifted features."""
+        if drift is None:
+            raise Unavailable("drift monitoring is off in this gateway (monitoring.drift: false)")
+        entries = registry.versions_of(model)
+        if version is not None:
+            entries = [registry.get(model, version)]
+        active = live.get(model)
+        champion = active.policy.champion if active is not None else registry.champions.get(model)
+
+        def compute() -> list[dict[str, Any]]:
+            now = time.time()
+            out = []
+            for entry in entries:
+                if drift.monitor.get(model, entry.version) is None:
+                    continue  # not deployed here (failed to load)
+                doc = drift.report(model, entry.version, champion, window_s, now).to_json()
+                if histograms:
+                    top = [f["feature"] for f in doc["features"][:histograms]]
+                    doc["histograms"] = drift.histograms(model, entry.version, top, window_s, now)
+                out.append(doc)
+            return out
+        return {"model": model, "champion": champion, "window_s": window_s,
+                "versions": await asyncio.to_thread(compute)}
+
+    def controller() -> RolloutController:
+        if rollouts is None:
+            raise Unavailable("rollouts are off in this gateway (rollouts.enabled: false)")
+        return rollouts
+
+    async def rollout_call(model: str, call: Callable[[], tuple[RolloutRecord, StoredRouting | None]]) -> Any:
+        registry.versions_of(model)  # 404 for an unknown model
+        try:
+            record, routing = await asyncio.to_thread(call)
+        except RolloutRefused as exc:
+            error = {404: NotFound, 409: Conflict}.get(exc.status)
+            if error is not None:
+                raise error(str(exc)) from None
+            raise Unprocessable(str(exc), exc.problems) from None
+        except StaleRevision as exc:
+            raise Conflict(str(exc)) from None
+        if routing is not None:
+            live.install(routing)
+        return record.model_dump(mode="json")
+
+    @app.get(f"{PREFIX}/models/{{model}}/rollout", summary="A model's latest rollout: state, step, judgement, history")
+    async def get_rollout(model: str, principal: Viewer) -> Any:
+        registry.versions_of(model)
+        record = await asyncio.to_thread(controller().get, model)
+        if record is None:
+            raise NotFound(f"model '{model}' has no rollout")
+        return record.model_dump(mode="json")
+
+    @app.post(f"{PREFIX}/models/{{model}}/rollout", status_code=201, summary="Start a rollout (shadow first)",
+              responses={409: {"description": "a rollout is running"}, 422: {"description": "invalid"}})
+    async def start_rollout(model: str, request: RolloutRequest, principal: Operator) -> Any:
+        try:
+            spec = RolloutSpec(model=model, challenger=request.challenger, steps=request.steps,
+                               interval_s=request.interval_s, shadow_s=request.shadow_s,
+                               mirror_percent=request.mirror_percent, checks=request.checks)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from None
+        return await rollout_call(model, lambda: controller().start(spec, principal.name, time.time(),
+                                                                    request.reason))
+
+    @app.post(f"{PREFIX}/models/{{model}}/rollout/{{action}}", summary="pause, resume, promote or abort a rollout")
+    async def act_on_rollout(model: str, action: Literal["pause", "resume", "promote", "abort"],
+                             principal: Operator, body: RolloutAction | None = None) -> Any:
+        reason = body.reason if body is not None else None
+        return await rollout_call(model, lambda: controller().act(model, action, principal.name, time.time(),
+                                                                  reason))
 
     @app.get(f"{PREFIX}/audit", summary="Audit log entries, oldest first")
     async def audit_entries(principal: Viewer, target: str | None = None,

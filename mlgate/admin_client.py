@@ -29,6 +29,9 @@ class AdminClient:
     def put(self, path: str, body: Any) -> Any:
         return self._call("PUT", path, body)
 
+    def post(self, path: str, body: Any) -> Any:
+        return self._call("POST", path, body)
+
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         if not self.token:
             raise AdminError("no token: pass --token or set MLGATE_TOKEN")

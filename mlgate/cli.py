@@ -9,17 +9,21 @@ import os
 import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from mlgate.admin_client import AdminError
+from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption
+from mlgate.cli_common import admin as _admin
+from mlgate.cli_common import fail as _fail
 from mlgate.config import ConfigError, MlgateConfig, load_config
+from mlgate.rollout_cli import rollout_app
 
 if TYPE_CHECKING:
-    from mlgate.admin_client import AdminClient
     from routing.store import StateStore
 
 app = typer.Typer(help="mlgate: Open Inference Protocol gateway on Ray Serve and ONNX Runtime.", no_args_is_help=True)
@@ -35,13 +39,9 @@ app.add_typer(split_app, name="split")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(audit_app, name="audit")
 app.add_typer(token_app, name="token")
+app.add_typer(rollout_app, name="rollout")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file.")]
-UrlOption = Annotated[str, typer.Option(envvar="MLGATE_URL", help="Base URL of the gateway's HTTP port.")]
-TokenOption = Annotated[Optional[str], typer.Option(envvar="MLGATE_TOKEN", help="Bearer token (env MLGATE_TOKEN).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ReasonOption = Annotated[Optional[str], typer.Option(help="Why: kept in the audit log.")]
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _setup_logging(level: str) -> None:
@@ -139,15 +139,41 @@ def status(
     typer.echo(render_json(statuses) if as_json else render_table(statuses))
 
 
-def _admin(url: str, token: str | None) -> AdminClient:
-    from mlgate.admin_client import AdminClient
+@app.command()
+def drift(
+    model: Annotated[str, typer.Argument(help="Model to report on.")],
+    version: Annotated[Optional[str], typer.Option(help="Only this version.")] = None,
+    window: Annotated[str, typer.Option(help="Window to judge, e.g. 60s, 5m (at most 15m).")] = "60s",
+    top: Annotated[int, typer.Option(min=1, max=30, help="Features to list per version.")] = 5,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw reference vs live histograms of the top "
+                                                  "features into this PNG file.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Input drift per feature (PSI, JS, KS, W1 vs the training reference), prediction drift and agreement."""
+    from routing.rollout import parse_duration
 
-    return AdminClient(url, token)
+    try:
+        window_s = parse_duration(window)
+    except ValueError as exc:
+        _fail(f"--window: {exc}")
+    query = f"?window_s={window_s:g}&histograms={top if plot else 0}"
+    if version is not None:
+        query += f"&version={urllib.parse.quote(version)}"
+    try:
+        doc = _admin(url, token).get(f"/models/{urllib.parse.quote(model)}/drift{query}")
+    except AdminError as exc:
+        _fail(str(exc))
+    from mlgate.drift_report import plot as draw
+    from mlgate.drift_report import render_table
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    typer.echo(json.dumps(doc, indent=2) if as_json else render_table(doc, top))
+    if plot is not None:
+        panels = draw(doc, plot)
+        if not panels:
+            _fail("nothing to plot: no version had input rows with a reference profile in the window")
+        typer.echo(f"plotted {panels} histogram(s) to {plot}", err=as_json)
 
 
 def _print_routing(doc: dict[str, Any], as_json: bool) -> None:

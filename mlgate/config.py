@@ -153,6 +153,25 @@ class AuthConfig(_Strict):
     )
 
 
+class MonitoringConfig(_Strict):
+    drift: bool = Field(
+        True, description="Count every version's inputs, predictions, outcomes and latencies inline (drift "
+        "histograms and the rollout controller's evidence). About a microsecond per batch per kernel call.")
+    window_s: float = Field(
+        60.0, gt=0, le=900, description="Window of the drift metrics and of 'mlgate drift' by default (seconds).")
+    refresh_s: float = Field(5.0, gt=0, le=300, description="How often the drift metrics are recomputed.")
+
+
+class RolloutControllerConfig(_Strict):
+    enabled: bool = Field(
+        True, description="Run the rollout controller here. Gateways sharing a state file elect one by lease, so "
+        "exactly one acts; turn it off to keep a gateway out of the election.")
+    tick_s: float = Field(1.0, gt=0, le=10, description="How often the controller judges every running rollout.")
+    lease_ttl_s: float = Field(
+        5.0, gt=0, le=60, description="How long the controller's lease lasts unrenewed: another gateway takes over "
+        "this long after the holder dies.")
+
+
 class MlgateConfig(_Strict):
     server: ServerConfig = ServerConfig()
     ray: RayConfig = RayConfig()
@@ -164,6 +183,8 @@ class MlgateConfig(_Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict, description="Per-model overrides, by model name.")
     state: StateConfig = StateConfig()
     auth: AuthConfig = AuthConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    rollouts: RolloutControllerConfig = RolloutControllerConfig()
 
     @model_validator(mode="after")
     def _champion_is_served(self) -> MlgateConfig:

@@ -17,11 +17,13 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 
@@ -32,17 +34,29 @@ from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService
+from gateway.shadows import Comparison, ShadowMirror
 from gateway.tensors import placeholder_inputs
 from gateway.traffic import policy_problems
 from mlgate import __version__
 from mlgate.config import MlgateConfig
 from routing.champion import pick_default_version
+from routing.controller import LEASE, RolloutController
 from routing.live import ActiveRouting, LiveRouting
 from routing.policy import RoutingPolicy
 from routing.store import StateStore
 from serving.ray_backend import DeployedVersion, RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
-from telemetry.metrics import BatchMetrics, record_device, record_routing
+from telemetry.drift import PSI_ACT, PSI_WARN, DriftReport, DriftView
+from telemetry.evidence import SLOT_S, DriftMonitor
+from telemetry.evidence_store import EvidenceStore, evidence_path
+from telemetry.metrics import (
+    ROLLOUT_TRANSITIONS,
+    BatchMetrics,
+    record_device,
+    record_drift,
+    record_rollout,
+    record_routing,
+)
 
 log = logging.getLogger("mlgate")
 
@@ -180,6 +194,80 @@ class Gateway:
     store: StateStore
     live: LiveRouting
     auth: AuthState
+    monitor: DriftMonitor
+    evidence: EvidenceStore
+    rollouts: RolloutController = field(init=False)
+    process_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}")
+
+    def __post_init__(self) -> None:
+        self.rollouts = RolloutController(
+            self.store, lambda model, policy: policy_problems(policy, model, self.registry), self._evidence)
+
+    @property
+    def drift(self) -> DriftView:
+        return DriftView(self.monitor, self.evidence)
+
+    def _evidence(self, model: str, champion: str, challenger: str, window_s: float,
+                  now: float) -> tuple[DriftReport, DriftReport] | None:
+        """Both versions over the window, merged across processes; None if either is not monitored here."""
+        view = self.drift
+        if self.monitor.get(model, champion) is None or self.monitor.get(model, challenger) is None:
+            return None
+        return (view.report(model, champion, None, window_s, now),
+                view.report(model, challenger, champion, window_s, now))
+
+    async def run_rollouts(self) -> None:
+        """Drive every running rollout each tick while this process holds the controller lease."""
+        settings = self.config.rollouts
+        while True:
+            await asyncio.sleep(settings.tick_s)
+            now = time.time()
+            try:
+                if await asyncio.to_thread(self.store.hold_lease, LEASE, self.process_id, settings.lease_ttl_s,
+                                           now):
+                    for record in await asyncio.to_thread(self.rollouts.tick_all, now):
+                        ROLLOUT_TRANSITIONS.labels(model=record.spec.model, to=record.state.value).inc()
+                for model, stored in (await asyncio.to_thread(self.store.all_rollouts)).items():
+                    state = stored.record
+                    record_rollout(model, state["spec"]["challenger"], state["state"], state["step"],
+                                   state["challenger_percent"])
+            except Exception:
+                log.exception("rollout controller tick failed; retrying")
+
+    async def publish_evidence(self) -> None:
+        """Every second, hand the slots the monitors completed to the evidence file (merged across processes)."""
+        while True:
+            await asyncio.sleep(SLOT_S)
+            now = time.time()
+            slots = [(m.model, m.version, m.layout, slot, counts)
+                     for m in self.monitor.all() for slot, counts in m.completed_slots(now)]
+            try:
+                await asyncio.to_thread(self.evidence.publish, self.process_id, slots, now)
+            except Exception:
+                log.exception("cannot write evidence to %s; drift and rollout checks miss these seconds",
+                              self.evidence.path)
+
+    async def export_drift(self) -> None:
+        """Recompute the drift gauges from the merged evidence every ``monitoring.refresh_s``."""
+        monitoring = self.config.monitoring
+        while True:
+            await asyncio.sleep(monitoring.refresh_s)
+            try:
+                reports = await asyncio.to_thread(self._drift_reports, monitoring.window_s)
+            except Exception:
+                log.exception("cannot compute drift metrics")
+                continue
+            for r in reports:
+                record_drift(r.model, r.version, r.rows, {f.name: f.psi for f in r.features}, r.max_psi,
+                             r.over(PSI_WARN), r.over(PSI_ACT), r.prediction_divergence, r.agreement)
+
+    def _drift_reports(self, window_s: float) -> list[DriftReport]:
+        view, now = self.drift, time.time()
+        return [view.report(m.model, m.version, self._champion(m.model), window_s, now) for m in self.monitor.all()]
+
+    def _champion(self, model: str) -> str | None:
+        active = self.live.get(model)
+        return active.policy.champion if active is not None else self.registry.champions.get(model)
 
     async def follow_state(self) -> None:
         """Apply routing and token changes other processes commit to the state file, within a poll interval."""
@@ -231,7 +319,9 @@ class Gateway:
         manifest = entry.manifest
         assert manifest is not None  # only servable entries are deployed
         batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served),
-                          BatchMetrics.for_deployment(entry.model, entry.version))
+                          BatchMetrics.for_deployment(entry.model, entry.version),
+                          self.monitor.add(entry.model, entry.version, manifest) if self.config.monitoring.drift
+                          else None)
         try:
             await batcher.warm_up(lambda rows: placeholder_inputs(manifest.inputs, rows), execute=deployed.warm_up)
         except Exception as exc:
@@ -247,6 +337,10 @@ class Gateway:
     async def drain(self) -> None:
         batchers = [e.batcher for e in self.registry.all_versions() if e.batcher is not None]
         await asyncio.gather(*(b.drain() for b in batchers), self.service.shadows.drain())
+
+    def close(self) -> None:
+        self.store.close()
+        self.evidence.close()
 
 
 async def serve_http(http: uvicorn.Server, where: str) -> None:
@@ -270,14 +364,23 @@ def create_gateway(config: MlgateConfig) -> Gateway:
     registry = build_registry(config, entries)
     try:
         store = StateStore(config.state.path)
+        evidence = EvidenceStore(evidence_path(config.state.path))
     except (OSError, sqlite3.Error) as exc:
-        raise StartupError(f"cannot open the state file {config.state.path}: {exc}") from None
+        raise StartupError(f"cannot open the state file {config.state.path} or its evidence file: {exc}") from None
     live = open_routing(config, registry, store)
     auth_state = AuthState(store, configured_tokens(config))
+    monitor = DriftMonitor()
+
+    def compared(shadow: ServedVersion, result: Comparison) -> None:
+        version_monitor = monitor.get(shadow.model, shadow.version)
+        if version_monitor is not None:
+            version_monitor.compared(result.rows, result.agreeing_rows)
+
     service = InferenceService(registry, __version__, live,
-                               auth_state if config.auth.require_token_for_inference else None)
+                               auth_state if config.auth.require_token_for_inference else None,
+                               ShadowMirror(observer=compared))
     backend = RayServeBackend(config.ray.address, config.ray.num_cpus, config.ray.object_store_bytes)
-    return Gateway(config, backend, registry, service, entries, store, live, auth_state)
+    return Gateway(config, backend, registry, service, entries, store, live, auth_state, monitor, evidence)
 
 
 async def serve_forever(gateway: Gateway) -> None:
@@ -287,7 +390,10 @@ async def serve_forever(gateway: Gateway) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows)
+    admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
+                            gateway.drift if gateway.config.monitoring.drift else None,
+                            gateway.rollouts if gateway.config.monitoring.drift and gateway.config.rollouts.enabled
+                            else None)
     http = _QuietUvicorn(uvicorn.Config(
         OipHttpApp(gateway.service, config.max_request_bytes, admin),
         host=config.host, port=config.http_port, http="httptools", lifespan="off",
@@ -310,12 +416,15 @@ async def serve_forever(gateway: Gateway) -> None:
     http_port = http.servers[0].sockets[0].getsockname()[1]
     log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port)
 
-    load_task = asyncio.create_task(gateway.load_models())
-    follow_task = asyncio.create_task(gateway.follow_state())
+    background = [asyncio.create_task(gateway.load_models()), asyncio.create_task(gateway.follow_state())]
+    if gateway.config.monitoring.drift:
+        background += [asyncio.create_task(gateway.publish_evidence()), asyncio.create_task(gateway.export_drift())]
+        if gateway.config.rollouts.enabled:
+            background.append(asyncio.create_task(gateway.run_rollouts()))
     await stop.wait()
     log.info("shutting down: draining in-flight requests (grace %.1f s)", config.shutdown_grace_s)
-    load_task.cancel()
-    follow_task.cancel()
+    for task in background:
+        task.cancel()
     http.should_exit = True
     await asyncio.gather(
         grpc_server.stop(config.shutdown_grace_s),
@@ -339,7 +448,7 @@ def run(config: MlgateConfig) -> None:
         uvloop.run(serve_forever(gateway))
     finally:
         gateway.backend.stop_ray()
-        gateway.store.close()
+        gateway.close()
         log.info("stopped")
 
 

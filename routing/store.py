@@ -41,16 +41,43 @@ CREATE TABLE IF NOT EXISTS routing (
     updated_at TEXT NOT NULL,
     updated_by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    model TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
 class StaleRevision(Exception):
     """A write based on a revision that is no longer current."""
 
-    def __init__(self, model: str, expected: int, current: int) -> None:
-        super().__init__(f"routing of model '{model}' is at revision {current}, not {expected}; "
+    def __init__(self, model: str, expected: int, current: int, what: str = "routing") -> None:
+        super().__init__(f"{what} of model '{model}' is at revision {current}, not {expected}; "
                          "read it again and reapply your change")
         self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRollout:
+    model: str
+    revision: int
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """One audit entry to write with a change: what happened and why."""
+
+    action: str
+    before: Any
+    after: Any
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +115,9 @@ class StateStore:
         self._writer = _connect(path)
         self._writer.execute("PRAGMA journal_mode=WAL")
         with self.transaction() as conn:
-            conn.execute(SCHEMA)
+            for statement in SCHEMA.split(";"):  # not executescript: it would commit the transaction
+                if statement.strip():
+                    conn.execute(statement)
             audit.ensure_schema(conn)
         self._reader = _connect(path)
 
@@ -146,15 +175,93 @@ class StateStore:
                         reason: str | None) -> StoredRouting:
         """Replace a model's routing if it is still at ``expected_revision``; audited in the same transaction."""
         with self.transaction() as conn:
-            current = _routing_row(conn, model)
+            return _replace_routing(conn, model, policy, expected_revision, actor, reason)
+
+    # ------------------------------------------------------------------ rollouts
+
+    def rollout(self, model: str) -> StoredRollout | None:
+        with self.reading() as conn:
+            return _rollout_row(conn, model)
+
+    def all_rollouts(self) -> dict[str, StoredRollout]:
+        with self.reading() as conn:
+            rows = conn.execute("SELECT model, revision, record FROM rollouts").fetchall()
+        return {row[0]: StoredRollout(row[0], int(row[1]), json.loads(row[2])) for row in rows}
+
+    def write_rollout(self, model: str, record: dict[str, Any], expected_revision: int, actor: str,
+                      note: AuditNote | None, routing: tuple[dict[str, Any], int] | None = None,
+                      routing_reason: str | None = None) -> tuple[StoredRollout, StoredRouting | None]:
+        """Write a rollout record (and, when it moves traffic, the model's routing) in one audited transaction.
+
+        Both writes use optimistic concurrency: the controller and an operator may act on the same
+        rollout at once, and whichever commits second gets ``StaleRevision`` and re-reads. ``note``
+        None: bookkeeping only (held time, counters), which the audit log does not need.
+        """
+        with self.transaction() as conn:
+            current = _rollout_row(conn, model)
             current_revision = current.revision if current is not None else 0
             if current_revision != expected_revision:
-                raise StaleRevision(model, expected_revision, current_revision)
-            stored = StoredRouting(model, current_revision + 1, policy, utc_now(), actor)
-            _write(conn, stored)
-            audit.append(conn, actor=actor, action="routing.replace", target=f"model/{model}",
-                         before=current.policy if current is not None else None, after=policy, reason=reason)
-            return stored
+                raise StaleRevision(model, expected_revision, current_revision, what="the rollout")
+            stored = StoredRollout(model, current_revision + 1, record)
+            conn.execute("INSERT INTO rollouts (model, revision, record) VALUES (?, ?, ?) ON CONFLICT(model) DO "
+                         "UPDATE SET revision = excluded.revision, record = excluded.record",
+                         (model, stored.revision, json.dumps(record, sort_keys=True)))
+            if note is not None:
+                audit.append(conn, actor=actor, action=note.action, target=f"rollout/{model}", before=note.before,
+                             after=note.after, reason=note.reason)
+            new_routing = None
+            if routing is not None:
+                policy, expected_routing = routing
+                new_routing = _replace_routing(conn, model, policy, expected_routing, actor,
+                                               routing_reason or (note.reason if note is not None else None))
+            return stored, new_routing
+
+    # ------------------------------------------------------------------ leases
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float, now_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` unless another holder's lease is still running.
+
+        How several gateway processes agree that exactly one of them runs the rollout controller: the
+        holder renews once half of ``ttl_s`` has passed; when it dies, another takes over once the lease expires.
+        The read comes first so that the non-holders' polls do not write (and wake every follower).
+        """
+        with self.reading() as conn:
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        if row is not None and row[0] != holder and row[1] > now_s:
+            return False
+        if row is not None and row[0] == holder and row[1] - now_s > ttl_s / 2:
+            return True  # renewed recently enough: no write
+        with self.transaction() as conn:
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now_s:
+                return False
+            conn.execute("INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT(name) DO "
+                         "UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                         (name, holder, now_s + ttl_s))
+            return True
+
+    def lease_holder(self, name: str, now_s: float) -> str | None:
+        with self.reading() as conn:
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        return row[0] if row is not None and row[1] > now_s else None
+
+
+def _replace_routing(conn: sqlite3.Connection, model: str, policy: dict[str, Any], expected_revision: int,
+                     actor: str, reason: str | None) -> StoredRouting:
+    current = _routing_row(conn, model)
+    current_revision = current.revision if current is not None else 0
+    if current_revision != expected_revision:
+        raise StaleRevision(model, expected_revision, current_revision)
+    stored = StoredRouting(model, current_revision + 1, policy, utc_now(), actor)
+    _write(conn, stored)
+    audit.append(conn, actor=actor, action="routing.replace", target=f"model/{model}",
+                 before=current.policy if current is not None else None, after=policy, reason=reason)
+    return stored
+
+
+def _rollout_row(conn: sqlite3.Connection, model: str) -> StoredRollout | None:
+    row = conn.execute("SELECT model, revision, record FROM rollouts WHERE model = ?", (model,)).fetchone()
+    return StoredRollout(row[0], int(row[1]), json.loads(row[2])) if row is not None else None
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -1,0 +1,152 @@
+"""``mlgate rollout``: start a progressive rollout, watch it, and pause, resume, promote or abort it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mlgate.admin_client import AdminError
+from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption, admin, fail
+
+rollout_app = typer.Typer(help="Progressive rollouts: shadow, canary steps, automatic promotion or rollback "
+                               "(admin API, role operator to change).", no_args_is_help=True)
+
+TERMINAL = ("promoted", "rolled_back")
+
+
+def _path(model: str) -> str:
+    return f"/models/{urllib.parse.quote(model, safe='')}/rollout"
+
+
+@rollout_app.command("start")
+def rollout_start(
+    model: str,
+    challenger: Annotated[str, typer.Option(help="Version to roll out.")],
+    steps: Annotated[str, typer.Option(help="Live traffic percentages, ending at 100.")] = "5,25,50,100",
+    interval: Annotated[str, typer.Option(help="Passing time each step is held, e.g. 30s, 2m.")] = "30s",
+    shadow: Annotated[Optional[str], typer.Option(help="Passing time in shadow first (default: --interval).")] = None,
+    mirror: Annotated[float, typer.Option(help="Percent of the champion's traffic mirrored for comparison.")] = 100.0,
+    act_on_input_drift: Annotated[bool, typer.Option(help="Roll back on input PSI above 0.25 too.")] = False,
+    checks: Annotated[Optional[str], typer.Option(help="Check settings as JSON, e.g. "
+                                                  "'{\"disagreement\": {\"threshold\": 0.05}}'.")] = None,
+    reason: ReasonOption = None,
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False,
+) -> None:
+    """Shadow the challenger, then give it each step of live traffic while every check passes."""
+    from routing.rollout import parse_duration, parse_steps
+
+    try:
+        body: dict[str, Any] = {"challenger": challenger, "steps": parse_steps(steps),
+                                "interval_s": parse_duration(interval), "mirror_percent": mirror, "reason": reason}
+        if shadow is not None:
+            body["shadow_s"] = parse_duration(shadow)
+        check_doc = json.loads(checks) if checks else {}
+        if not isinstance(check_doc, dict):
+            raise ValueError("--checks must be a JSON object")
+    except ValueError as exc:
+        fail(str(exc))
+    if act_on_input_drift:
+        check_doc["act_on_input_drift"] = True
+    body["checks"] = check_doc
+    try:
+        record = admin(url, token).post(_path(model), body)
+    except AdminError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(record, indent=2) if as_json else render(record))
+
+
+@rollout_app.command("status")
+def rollout_status(
+    model: str,
+    watch: Annotated[float, typer.Option(help="Print again every this many seconds until the rollout ends "
+                                              "(0: once).")] = 0.0,
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False,
+) -> None:
+    """State, step, share, the latest judgement of every check, and every transition with its reason."""
+    client = admin(url, token)
+    while True:
+        try:
+            record = client.get(_path(model))
+        except AdminError as exc:
+            fail(str(exc))
+        typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
+        if watch <= 0 or record["state"] in TERMINAL:
+            return
+        time.sleep(watch)
+        if not as_json:
+            typer.echo("")
+
+
+def _action(action: str, model: str, reason: str | None, url: str, token: str | None, as_json: bool) -> None:
+    try:
+        record = admin(url, token).post(f"{_path(model)}/{action}", {"reason": reason})
+    except AdminError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
+
+
+@rollout_app.command("pause")
+def rollout_pause(model: str, reason: ReasonOption = None, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+                  as_json: JsonOption = False) -> None:
+    """Hold traffic where it is and stop judging until resumed."""
+    _action("pause", model, reason, url, token, as_json)
+
+
+@rollout_app.command("resume")
+def rollout_resume(model: str, reason: ReasonOption = None, url: UrlOption = DEFAULT_URL,
+                   token: TokenOption = None, as_json: JsonOption = False) -> None:
+    """Continue a paused rollout from where it was paused."""
+    _action("resume", model, reason, url, token, as_json)
+
+
+@rollout_app.command("promote")
+def rollout_promote(model: str, reason: ReasonOption = None, url: UrlOption = DEFAULT_URL,
+                    token: TokenOption = None, as_json: JsonOption = False) -> None:
+    """Make the challenger the champion now, whatever the evidence."""
+    _action("promote", model, reason, url, token, as_json)
+
+
+@rollout_app.command("abort")
+def rollout_abort(model: str, reason: ReasonOption = None, url: UrlOption = DEFAULT_URL,
+                  token: TokenOption = None, as_json: JsonOption = False) -> None:
+    """Roll back now: the challenger loses its live traffic and its mirror."""
+    _action("abort", model, reason, url, token, as_json)
+
+
+def _status_json(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with the fields scripts look for first at the top level."""
+    spec = record["spec"]
+    return {"model": spec["model"], "state": record["state"], "step": record["step"],
+            "steps": spec["steps"], "challenger": spec["challenger"], "champion": record["champion"],
+            "challenger_percent": record["challenger_percent"], "reason": record["reason"],
+            "started_at": record["started_at"], "updated_at": record["updated_at"],
+            "transitions": record["transitions"], "checks": record["last_judgement"], "record": record}
+
+
+def render(record: dict[str, Any]) -> str:
+    spec = record["spec"]
+    steps = spec["steps"]
+    step = record["step"]
+    where = "shadow" if step < 0 else f"step {step + 1}/{len(steps)}"
+    hold = spec["interval_s"] if step >= 0 or spec.get("shadow_s") is None else spec["shadow_s"]
+    lines = [
+        f"rollout of model {spec['model']}: version {spec['challenger']} against champion {record['champion']}",
+        f"state {record['state']}  {where}  {record['challenger_percent']}% live  "
+        f"held {record['held_s']:.0f} of {hold:g} s  mirror {spec['mirror_percent']:g}%",
+        f"reason: {record['reason']}",
+    ]
+    if record["last_judgement"]:
+        lines.append(f"checks (last {spec['checks']['window_s']:g} s window):")
+        for check in record["last_judgement"]:
+            failing = record["failing"].get(check["name"], 0)
+            streak = f"  failing {failing} window(s) in a row" if failing else ""
+            lines.append(f"  {check['name']:<22}{check['status']:<13}{check['detail']}{streak}")
+    lines.append("transitions:")
+    for t in record["transitions"]:
+        lines.append(f"  {t['at']}  {t['from_state'] or 'start'} -> {t['to_state']}  {t['challenger_percent']}% live"
+                     f"  by {t['actor']}: {t['reason']}")
+    return "\n".join(lines)
