@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install models demo test lint typecheck unit load bench bench-batching bench-routing bench-kernels proto clean
+.PHONY: help install models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - mlgate vs plain Ray Serve vs FastAPI, side by side (loadtests/README.md)"
 	@echo "make bench-batching - adaptive batching vs fixed settings and @serve.batch (~25 min)"
 	@echo "make bench-routing  - routing, sticky keys and shadow bookkeeping: single route vs 3-version split (~5 min)"
+	@echo "make bench-drift    - drift monitoring on vs off: in-process CPU per request, end-to-end p50/p99 (~5 min)"
 	@echo "make bench-kernels  - drift kernels: histogram updates, window ring, PSI/KL/JS/KS/W1 (~1 min, no models needed)"
 
 $(STAMP): pyproject.toml
@@ -58,6 +59,10 @@ bench: models
 bench-routing: models
 	$(BIN)/python -m loadtests.bench_routing --models $(MODELS) --duration 15 --repeats 4 --rate 400 \
 		--out loadtests/results/bench_routing.md
+
+bench-drift: models
+	$(BIN)/python -m loadtests.bench_drift --models $(MODELS) --duration 15 --repeats 4 --rate 300 \
+		--out loadtests/results/bench_drift.md
 
 bench-batching: models
 	$(BIN)/python -m loadtests.bench_batching --models $(MODELS) --out loadtests/results/bench_batching.md
