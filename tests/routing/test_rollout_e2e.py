@@ -10,10 +10,13 @@ challenger no traffic.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +52,7 @@ class Load:
         while not self._stop.is_set():
             started = time.monotonic()
             x = self.rows()
-            requests = [(body(x[i:i + 1]), {}) for i in range(self.per_batch)]
+            requests: list[tuple[bytes, dict[str, str]]] = [(body(x[i:i + 1]), {}) for i in range(self.per_batch)]
             for status, doc in fire(self.gateway, requests, connections=4):
                 self.statuses[status] += 1
                 if status == 200:
@@ -102,7 +105,7 @@ def _challenger_share(gateway: RunningGateway, challenger: str) -> float:
         routing = client.get(f"/models/{MODEL}/routing").json()["routing"]
     weights = routing["weights"] or {routing["champion"]: 1}
     mirrored_percent = routing["shadows"].get(challenger, 0)
-    return weights.get(challenger, 0) / sum(weights.values()) + mirrored_percent / 100  # live + mirrored shares
+    return float(weights.get(challenger, 0) / sum(weights.values()) + mirrored_percent / 100)  # live + mirrored
 
 
 def _wait_no_traffic(gateway: RunningGateway, challenger: str, timeout_s: float) -> float:
@@ -217,6 +220,24 @@ def test_input_drift_raises_psi_of_exactly_the_shifted_features_and_rolls_back(
     assert over == expected, [(f["feature"], round(f["psi"], 3)) for f in report["features"][:5]]
     assert len(names) == 30
     assert metric(routed, "mlgate_drift_feature_psi", model=MODEL, version="2") > 0
+
+
+def test_drift_command_prints_the_table_and_draws_the_plot(routed: RunningGateway, dataset: np.ndarray,
+                                                           tmp_path: Path) -> None:
+    assert {status for status, _ in fire(routed, [(body(dataset[i:i + 1]), {}) for i in range(300)])} == {200}
+    time.sleep(2.5)  # the slot these rows landed in is complete and published
+    plot = tmp_path / "drift.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "mlgate.cli", "drift", MODEL, "--window", "15m", "--top", "3", "--plot", str(plot),
+         "--url", f"http://{routed.http_url}", "--token", Tokens.viewer],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"model {MODEL}  champion" in done.stdout and "FEATURE" in done.stdout and "PSI" in done.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = subprocess.run([sys.executable, "-m", "mlgate.cli", "drift", MODEL, "--window", "soon",
+                              "--url", f"http://{routed.http_url}", "--token", Tokens.viewer],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "--window" in refused.stderr
 
 
 @pytest.mark.usefixtures("clean_routing")
