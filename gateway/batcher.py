@@ -62,7 +62,7 @@ class BatchObserver(Protocol):
     """Told about every executed batch, after its callers have their answers (the drift monitor)."""
 
     def batch(self, inputs: Arrays, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
-        """``latencies_s``: each request's time from queueing to its answer."""
+        """``latencies_s``: each answered request's time from queueing to its answer (one entry per request)."""
 
     def failed(self, requests: int) -> None:
         """Requests that got no answer: their batch failed, or their deadline passed in the queue."""
@@ -371,7 +371,7 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[_Pending], total_rows: int) -> None:
-        observer = self.observer
+        outcome: InferenceError | None = None
         try:
             started = time.monotonic()
             inputs = _concatenate(batch)
@@ -380,30 +380,35 @@ class Batcher:
             elapsed = finished - started
             self.latency.observe(total_rows, elapsed)
             self._record_batch(total_rows, elapsed)
+            waiting = [p for p in batch if not p.future.done()]  # the others timed out: counted in submit
             _scatter(self.label, batch, outputs, total_rows)
             if self.admission is not None:  # requests are in arrival order: the first is the oldest
                 self.admission.observe(finished - batch[0].enqueued_at, total_rows, finished)
         except InferenceError as exc:
-            _fail(batch, exc)
-            if observer is not None:
-                observer.failed(len(batch))
+            outcome = exc
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed
             self._log_failure(len(batch), exc)
-            _fail(batch, Unavailable(f"{self.label} failed to execute the batch ({type(exc).__name__})"))
-            if observer is not None:
-                observer.failed(len(batch))
-        else:
-            if observer is not None:  # the callers have their answers; monitoring must never fail them
-                self._observe(observer, batch, inputs, outputs, total_rows, finished)
+            outcome = Unavailable(f"{self.label} failed to execute the batch ({type(exc).__name__})")
         finally:
             self._inflight -= 1
             self._inflight_rows -= total_rows
             self._dispatch()
+        observer = self.observer
+        if outcome is not None:
+            failing = [p for p in batch if not p.future.done()]
+            _fail(failing, outcome)
+            if observer is not None and failing:
+                observer.failed(len(failing))
+        elif observer is not None:
+            # After the callers' own callbacks (queued by _scatter): monitoring never delays an answer. The
+            # rows of requests that timed out meanwhile were executed and count as inputs, not as answers.
+            asyncio.get_running_loop().call_soon(self._observe, observer, waiting, inputs, outputs, total_rows,
+                                                 finished)
 
-    def _observe(self, observer: BatchObserver, batch: list[_Pending], inputs: Arrays, outputs: Arrays,
+    def _observe(self, observer: BatchObserver, answered: list[_Pending], inputs: Arrays, outputs: Arrays,
                  rows: int, finished: float) -> None:
         try:
-            enqueued = np.fromiter((p.enqueued_at for p in batch), dtype=np.float64, count=len(batch))
+            enqueued = np.array([p.enqueued_at for p in answered], dtype=np.float64)
             observer.batch(inputs, outputs, rows, finished - enqueued)
         except Exception:
             log.exception("the batch observer of %s failed", self.label)

@@ -160,7 +160,10 @@ class ShadowMirror:
         metrics.seconds.inc(seconds)
         metrics.champion_seconds.inc(champion_seconds)
         if self.observer is not None:
-            self.observer(shadow, result)
+            try:
+                self.observer(shadow, result)
+            except Exception:  # a task nobody awaits: an escaping error would only be "never retrieved"
+                log.exception("the comparison observer failed for %s", shadow.label)
 
     def _state(self, shadow: ServedVersion) -> _Shadow:
         key = (shadow.model, shadow.version)

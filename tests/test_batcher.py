@@ -366,3 +366,47 @@ def test_metrics_count_batches_rows_waits_and_refusals_exactly() -> None:
     assert sample("mlgate_batcher_rejections_total", reason="queue_full") == refused
     assert sample("mlgate_queued_rows") == 0
     assert sample("mlgate_latency_model_fixed_seconds") > 0
+
+
+class CountingObserver:
+    """What the drift monitor is told: each request exactly once, as answered (with a latency) or failed."""
+
+    def __init__(self) -> None:
+        self.answered: list[float] = []
+        self.rows = 0
+        self.failures = 0
+
+    def batch(self, inputs: Arrays, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
+        assert len(inputs["x"]) == rows and len(outputs["double"]) == rows
+        self.rows += rows
+        self.answered.extend(latencies_s.tolist())
+
+    def failed(self, requests: int) -> None:
+        self.failures += requests
+
+
+def test_observer_hears_of_each_request_once() -> None:
+    observer = CountingObserver()
+    batcher = Batcher("m", RecordingExecutor(delay_s=0.05), BatchPolicy(64, 0.0, 1), observer=observer)
+
+    async def main() -> list[BaseException | Arrays]:
+        timed_out = batcher.submit(_rows(9, 1), 1, timeout_s=0.01)  # first: gives up while its batch runs
+        answered = [batcher.submit(_rows(i, 2), 2) for i in range(3)]
+        results = await asyncio.gather(timed_out, *answered, return_exceptions=True)
+        await asyncio.sleep(0)  # the observer runs after the callers' callbacks
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[0], DeadlineExceeded)
+    assert len(observer.answered) == 3 and all(0.04 < s < 1.0 for s in observer.answered)
+    assert observer.rows == 7  # the model ran every row, the timed-out request's too
+    assert observer.failures == 1  # the timed-out request: once, not also as answered
+
+    failing = CountingObserver()
+    broken = Batcher("m", RecordingExecutor(fail_with=RuntimeError("down")), BatchPolicy(64, 0.0, 1), observer=failing)
+
+    async def fail_three() -> list[BaseException | Arrays]:
+        return await asyncio.gather(*(broken.submit(_rows(i, 1), 1) for i in range(3)), return_exceptions=True)
+
+    assert all(isinstance(r, Unavailable) for r in asyncio.run(fail_three()))
+    assert failing.failures == 3 and failing.answered == []
