@@ -8,10 +8,13 @@ reader sums the slots that lie in the window it asks for.
 Why subtraction-free: a window kept as a running total minus expired slots drifts
 forever after one lost or double-counted update, and cannot skip slots that were never
 written during a gap in traffic. Summing the live slots on read costs one
-``(n_slots, ...)`` reduction per read (reads are rare: the rollout controller's), and
-a slot outside the window simply is not part of the sum.
+``(n_slots, ...)`` reduction per read, and a slot outside the window simply is not part
+of the sum. (The gateway keeps only a few one-second slots per version and publishes
+each completed one, ``slot_copy``; long windows are summed from what every process
+published.)
 
-Time is supplied by the caller (``time.monotonic()`` in the gateway), so the ring has
+Time is supplied by the caller (wall-clock seconds in the gateway, so that slots of
+different processes line up), so the ring has
 no clock of its own and tests drive it. Slot id for time ``t`` is ``floor(t / slot_s)``;
 its position in the ring is ``id % n_slots``; each position remembers the id it holds,
 so a slot left over from an earlier lap (a gap in traffic) is recognised as stale and
@@ -97,8 +100,23 @@ class WindowRing:
         """The id of the sub-window that contains time ``now``: ``floor(now / slot_s)``."""
         return math.floor(now / self._slot_s)
 
+    @property
+    def slots(self) -> list[npt.NDArray[Any]]:
+        """The slot arrays by ring position (views, reused lap after lap): a caller may derive its own
+        views of each once and pick them by ``position``, instead of slicing on every update."""
+        return self._views
+
     def current(self, now: float) -> npt.NDArray[Any]:
-        """The writable slot array for time ``now``; add counts into it in place.
+        """The writable slot array for time ``now``; add counts into it in place."""
+        return self._views[self.position(now)]
+
+    def slot_copy(self, sid: int) -> npt.NDArray[Any] | None:
+        """A copy of slot ``sid`` if the ring still holds it (None once it was never written or reused)."""
+        pos = sid % self._n_slots
+        return self._views[pos].copy() if self._ids[pos] == sid else None
+
+    def position(self, now: float) -> int:
+        """The ring position of the slot for time ``now``, rotated to it first.
 
         Rotation happens here, lazily: if the position last held an older slot (one lap
         or more ago) it is zeroed and re-labelled first. A ``now`` older than the slot
@@ -112,7 +130,7 @@ class WindowRing:
         if held is None or held < sid:
             self._views[pos].fill(0)
             self._ids[pos] = sid
-        return self._views[pos]
+        return pos
 
     def total(self, now: float, span_s: float | None = None) -> npt.NDArray[Any]:
         """Sum (a new array) of the slots whose id lies in ``(slot(now) - k, slot(now)]``.

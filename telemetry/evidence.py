@@ -24,6 +24,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +45,7 @@ LATENCY_EDGES = np.geomspace(1e-4, 30.0, 57)
 MAX_PROBABILITY_CLASSES = 64
 """Outputs with more columns than this are not histogrammed (bounded memory and metric labels)."""
 
+LATENCY_COLUMNS = len(LATENCY_EDGES) + 2  # underflow, bins, overflow, NaN (never: latencies are finite)
 REQUESTS, ERRORS, ROWS, COMPARED_ROWS, AGREEING_ROWS = range(5)
 _SCALARS = 5
 
@@ -66,47 +69,40 @@ class CountsLayout:
     label_output: str | None = None
     labels: int = 0
 
-    @property
-    def latency_columns(self) -> int:
-        return len(LATENCY_EDGES) + 2
-
-    @property
-    def _latency_at(self) -> int:
-        return _SCALARS
-
-    @property
-    def _features_at(self) -> int:
-        return self._latency_at + self.latency_columns
-
-    @property
-    def _probabilities_at(self) -> int:
-        return self._features_at + len(self.features) * self.feature_columns
-
-    @property
-    def _labels_at(self) -> int:
-        return self._probabilities_at + self.classes * self.probability_columns
+    @cached_property
+    def _offsets(self) -> tuple[int, int, int, int, int]:
+        """Start of the latency, feature, probability and label counts, and the size (computed once)."""
+        latency_at = _SCALARS
+        features_at = latency_at + LATENCY_COLUMNS
+        probabilities_at = features_at + len(self.features) * self.feature_columns
+        labels_at = probabilities_at + self.classes * self.probability_columns
+        return latency_at, features_at, probabilities_at, labels_at, labels_at + (self.labels + 1 if self.labels else 0)
 
     @property
     def size(self) -> int:
-        return self._labels_at + (self.labels + 1 if self.labels else 0)
+        return self._offsets[4]
 
-    @property
+    @cached_property
     def signature(self) -> str:
         """A short string two processes compare before adding their vectors."""
-        return (f"v1/lat{self.latency_columns}/f{len(self.features)}x{self.feature_columns}"
+        return (f"v1/lat{LATENCY_COLUMNS}/f{len(self.features)}x{self.feature_columns}"
                 f"/p{self.classes}x{self.probability_columns}/l{self.labels}")
 
     def latency(self, vector: np.ndarray) -> np.ndarray:
-        return vector[self._latency_at:self._features_at]
+        latency_at, features_at, *_ = self._offsets
+        return vector[latency_at:features_at]
 
     def feature_counts(self, vector: np.ndarray) -> np.ndarray:
-        return vector[self._features_at:self._probabilities_at].reshape(len(self.features), self.feature_columns)
+        _, features_at, probabilities_at, _, _ = self._offsets
+        return vector[features_at:probabilities_at].reshape(len(self.features), self.feature_columns)
 
     def probability_counts(self, vector: np.ndarray) -> np.ndarray:
-        return vector[self._probabilities_at:self._labels_at].reshape(self.classes, self.probability_columns)
+        _, _, probabilities_at, labels_at, _ = self._offsets
+        return vector[probabilities_at:labels_at].reshape(self.classes, self.probability_columns)
 
     def label_counts(self, vector: np.ndarray) -> np.ndarray:
-        return vector[self._labels_at:self.size]
+        *_, labels_at, size = self._offsets
+        return vector[labels_at:size]
 
 
 @dataclass(frozen=True)
@@ -119,6 +115,9 @@ class Bins:
     @classmethod
     def pack(cls, edge_lists: Sequence[Sequence[float] | np.ndarray]) -> Bins:
         return cls(*pack_edges(edge_lists))
+
+
+_LATENCY_BINS = Bins.pack([LATENCY_EDGES])
 
 
 @dataclass(frozen=True)
@@ -176,6 +175,16 @@ def _probability_output(manifest: Manifest) -> tuple[str | None, int]:
     return None, 0
 
 
+class _SlotViews(NamedTuple):
+    """One ring slot and its per-part views, made once: ``batch`` picks them instead of slicing each time."""
+
+    vector: np.ndarray
+    latency: np.ndarray
+    features: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+
 def _floats(array: np.ndarray | None) -> np.ndarray | None:
     """float32/float64 as they are; float16 widened (the kernels compile for 32 and 64 bits); others None."""
     if array is None or array.dtype.kind != "f":
@@ -196,12 +205,14 @@ class VersionMonitor:
     shape: VersionShape
     ring: WindowRing = field(init=False)
     published_slot: int = field(init=False)
-    _latency_bins: Bins = field(init=False)
+    _views: list[_SlotViews] = field(init=False)
 
     def __post_init__(self) -> None:
         self.ring = WindowRing(n_slots=LOCAL_SLOTS, slot_s=SLOT_S, shape=(self.shape.layout.size,))
         self.published_slot = _slot(time.time()) - 1
-        self._latency_bins = Bins.pack([LATENCY_EDGES])
+        layout = self.layout
+        self._views = [_SlotViews(v, layout.latency(v).reshape(1, -1), layout.feature_counts(v),
+                                  layout.probability_counts(v), layout.label_counts(v)) for v in self.ring.slots]
 
     @property
     def layout(self) -> CountsLayout:
@@ -209,26 +220,25 @@ class VersionMonitor:
 
     def batch(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int,
               latencies_s: np.ndarray) -> None:
-        """One executed batch: its input rows, its outputs, and each of its requests' time in the gateway."""
-        vector = self.ring.current(time.time())
+        """One executed batch: its input rows, its outputs, and each answered request's time in the gateway."""
+        views = self._views[self.ring.position(time.time())]
         layout, shape = self.layout, self.shape
+        vector = views.vector
         vector[REQUESTS] += latencies_s.shape[0]
         vector[ROWS] += rows
-        latency = self._latency_bins
-        update_counts(layout.latency(vector).reshape(1, -1), latency.edges, latency.n_edges,
-                      latencies_s.reshape(-1, 1))
+        update_counts(views.latency, _LATENCY_BINS.edges, _LATENCY_BINS.n_edges, latencies_s.reshape(-1, 1))
         if layout.input_name is not None and (features := shape.feature_bins) is not None:
             x = _floats(inputs.get(layout.input_name))
             if x is not None and x.ndim == 2 and x.shape[1] == len(layout.features):
-                update_counts(layout.feature_counts(vector), features.edges, features.n_edges, x)
+                update_counts(views.features, features.edges, features.n_edges, x)
         if layout.probability_output is not None and (classes := shape.probability_bins) is not None:
             p = _floats(outputs.get(layout.probability_output))
             if p is not None and p.ndim == 2 and p.shape[1] == layout.classes:
-                update_counts(layout.probability_counts(vector), classes.edges, classes.n_edges, p)
+                update_counts(views.probabilities, classes.edges, classes.n_edges, p)
         if layout.label_output is not None:
             labels = outputs.get(layout.label_output)
             if labels is not None and labels.ndim == 1 and labels.dtype.kind in "iu":
-                label_counts(layout.label_counts(vector), labels)
+                label_counts(views.labels, labels)
 
     def failed(self, requests: int) -> None:
         vector = self.ring.current(time.time())
@@ -247,8 +257,8 @@ class VersionMonitor:
         first = max(self.published_slot + 1, current - LOCAL_SLOTS + 1)
         done = []
         for slot in range(first, current):
-            counts = self.ring.total((slot + 0.5) * SLOT_S, span_s=SLOT_S)  # that one slot, as a new array
-            if counts.any():
+            counts = self.ring.slot_copy(slot)
+            if counts is not None and counts.any():
                 done.append((slot, counts))
         self.published_slot = current - 1
         return done

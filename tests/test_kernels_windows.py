@@ -170,3 +170,15 @@ def test_ring_of_packed_histograms() -> None:
     for batch in batches[-5:]:  # t = 50, 52, ..., 58: slots 10 and 11
         update_counts(last_10s, edges, n_edges, batch)
     np.testing.assert_array_equal(ring.total(59.0, span_s=10.0), last_10s)
+
+
+def test_slot_copy_is_the_held_slot_or_nothing() -> None:
+    ring = WindowRing(n_slots=4, slot_s=1.0, shape=2)
+    ring.current(10.5)[:] = (3, 4)
+    copy = ring.slot_copy(10)
+    assert copy is not None and copy.tolist() == [3, 4]
+    copy[0] = 99  # a copy: the ring keeps its counts
+    assert ring.slot_copy(10).tolist() == [3, 4]  # type: ignore[union-attr]
+    assert ring.slot_copy(11) is None and ring.slot_copy(6) is None  # never written; same position, old lap
+    assert ring.slots[ring.position(14.2)] is ring.current(14.2)  # position 2 again, a lap later: rotated
+    assert ring.slot_copy(10) is None
