@@ -36,7 +36,7 @@ from gateway.traffic import policy_problems
 from routing.controller import RolloutController, RolloutRefused
 from routing.live import LiveRouting
 from routing.policy import RoutingPolicy, variant_of
-from routing.rollout import RolloutChecks, RolloutRecord, RolloutSpec
+from routing.rollout import RolloutRecord, RolloutSettings, RolloutSpec
 from routing.store import StaleRevision, StateStore, StoredRouting
 from telemetry import audit
 from telemetry.drift import DriftView
@@ -56,17 +56,8 @@ class RoutingUpdate(BaseModel):
     reason: str | None = Field(None, max_length=1000, description="Why: kept in the audit log.")
 
 
-class RolloutRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    challenger: str = Field(min_length=1, description="Version to roll out.")
-    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100],
-                             description="Live traffic percentages, strictly increasing, ending at 100.")
-    interval_s: float = Field(30.0, gt=0, description="Passing seconds each step is held.")
-    shadow_s: float | None = Field(None, ge=0, description="Passing seconds of shadowing first (default interval_s).")
-    mirror_percent: float = Field(100.0, gt=0, le=100, description="Share of the champion's traffic mirrored.")
-    checks: RolloutChecks = Field(default_factory=RolloutChecks)
-    reason: str | None = Field(None, max_length=1000)
+class RolloutRequest(RolloutSettings):
+    reason: str | None = Field(None, max_length=1000, description="Why: kept in the audit log.")
 
 
 class RolloutAction(BaseModel):
@@ -116,6 +107,17 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
             body["problems"] = exc.problems
         return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
+    @app.exception_handler(StaleRevision)
+    async def _stale(request: Request, exc: StaleRevision) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(RolloutRefused)
+    async def _refused(request: Request, exc: RolloutRefused) -> JSONResponse:
+        body: dict[str, Any] = {"error": str(exc)}
+        if exc.problems:
+            body["problems"] = exc.problems
+        return JSONResponse(body, status_code=exc.status)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("admin API: %s %s failed", request.method, request.url.path, exc_info=exc)
@@ -134,7 +136,7 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
         return {
             "model": model,
             "revision": active.revision if active else None,
-            "champion": active.policy.champion if active else registry.champions.get(model),
+            "champion": registry.champions.get(model),  # kept in step with the live routing (on_change)
             "versions": [{
                 "version": e.version, "state": e.state.value, "reason": e.reason, "device": e.device,
                 "role": variant_of(active.policy, e.version) if active else None,
@@ -171,11 +173,8 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
         if problems:
             raise Unprocessable(f"routing of model '{model}' is invalid: " + "; ".join(problems), problems)
         document = update.routing.model_dump(mode="json")
-        try:
-            stored = await asyncio.to_thread(store.replace_routing, model, document, expected, principal.name,
-                                             update.reason)
-        except StaleRevision as exc:
-            raise Conflict(str(exc)) from None
+        stored = await asyncio.to_thread(store.replace_routing, model, document, expected, principal.name,
+                                         update.reason)
         live.install(stored)
         return JSONResponse(stored.to_json(), headers={"ETag": f'"{stored.revision}"'})
 
@@ -187,43 +186,21 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
         ``histograms`` = N adds reference and live bin counts of each version's N most drifted features."""
         if drift is None:
             raise Unavailable("drift monitoring is off in this gateway (monitoring.drift: false)")
-        entries = registry.versions_of(model)
+        versions = [version] if version is not None else [e.version for e in registry.versions_of(model)]
         if version is not None:
-            entries = [registry.get(model, version)]
-        active = live.get(model)
-        champion = active.policy.champion if active is not None else registry.champions.get(model)
-
-        def compute() -> list[dict[str, Any]]:
-            now = time.time()
-            out = []
-            for entry in entries:
-                if drift.monitor.get(model, entry.version) is None:
-                    continue  # not deployed here (failed to load)
-                doc = drift.report(model, entry.version, champion, window_s, now).to_json()
-                if histograms:
-                    top = [f["feature"] for f in doc["features"][:histograms]]
-                    doc["histograms"] = drift.histograms(model, entry.version, top, window_s, now)
-                out.append(doc)
-            return out
-        return {"model": model, "champion": champion, "window_s": window_s,
-                "versions": await asyncio.to_thread(compute)}
+            registry.get(model, version)  # 404 for an unknown version
+        champion = registry.champions.get(model)
+        reports = await asyncio.to_thread(drift.reports, model, versions, champion, window_s, time.time(), histograms)
+        return {"model": model, "champion": champion, "window_s": window_s, "versions": [r.to_json() for r in reports]}
 
     def controller() -> RolloutController:
         if rollouts is None:
-            raise Unavailable("rollouts are off in this gateway (rollouts.enabled: false)")
+            raise Unavailable("rollouts need drift monitoring, which is off in this gateway (monitoring.drift: false)")
         return rollouts
 
     async def rollout_call(model: str, call: Callable[[], tuple[RolloutRecord, StoredRouting | None]]) -> Any:
         registry.versions_of(model)  # 404 for an unknown model
-        try:
-            record, routing = await asyncio.to_thread(call)
-        except RolloutRefused as exc:
-            error = {404: NotFound, 409: Conflict}.get(exc.status)
-            if error is not None:
-                raise error(str(exc)) from None
-            raise Unprocessable(str(exc), exc.problems) from None
-        except StaleRevision as exc:
-            raise Conflict(str(exc)) from None
+        record, routing = await asyncio.to_thread(call)
         if routing is not None:
             live.install(routing)
         return record.model_dump(mode="json")
@@ -231,20 +208,16 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
     @app.get(f"{PREFIX}/models/{{model}}/rollout", summary="A model's latest rollout: state, step, judgement, history")
     async def get_rollout(model: str, principal: Viewer) -> Any:
         registry.versions_of(model)
-        record = await asyncio.to_thread(controller().get, model)
-        if record is None:
+        controller()
+        stored = await asyncio.to_thread(store.rollout, model)
+        if stored is None:
             raise NotFound(f"model '{model}' has no rollout")
-        return record.model_dump(mode="json")
+        return stored.record
 
     @app.post(f"{PREFIX}/models/{{model}}/rollout", status_code=201, summary="Start a rollout (shadow first)",
               responses={409: {"description": "a rollout is running"}, 422: {"description": "invalid"}})
     async def start_rollout(model: str, request: RolloutRequest, principal: Operator) -> Any:
-        try:
-            spec = RolloutSpec(model=model, challenger=request.challenger, steps=request.steps,
-                               interval_s=request.interval_s, shadow_s=request.shadow_s,
-                               mirror_percent=request.mirror_percent, checks=request.checks)
-        except ValueError as exc:
-            raise Unprocessable(str(exc)) from None
+        spec = RolloutSpec(model=model, **request.model_dump(exclude={"reason"}))
         return await rollout_call(model, lambda: controller().start(spec, principal.name, time.time(),
                                                                     request.reason))
 

@@ -169,7 +169,14 @@ class RolloutControllerConfig(_Strict):
     tick_s: float = Field(1.0, gt=0, le=10, description="How often the controller judges every running rollout.")
     lease_ttl_s: float = Field(
         5.0, gt=0, le=60, description="How long the controller's lease lasts unrenewed: another gateway takes over "
-        "this long after the holder dies.")
+        "this long after the holder dies. More than two ticks, or the lease lapses between them.")
+
+    @model_validator(mode="after")
+    def _lease_outlives_ticks(self) -> RolloutControllerConfig:
+        if self.lease_ttl_s <= 2 * self.tick_s:
+            raise ValueError(f"lease_ttl_s ({self.lease_ttl_s:g}) must exceed two ticks (tick_s {self.tick_s:g}): "
+                             "the holder renews at ticks, and would lose the lease between them")
+        return self
 
 
 class MlgateConfig(_Strict):

@@ -15,9 +15,6 @@ from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption
 rollout_app = typer.Typer(help="Progressive rollouts: shadow, canary steps, automatic promotion or rollback "
                                "(admin API, role operator to change).", no_args_is_help=True)
 
-TERMINAL = ("promoted", "rolled_back")
-
-
 def _path(model: str) -> str:
     return f"/models/{urllib.parse.quote(model, safe='')}/rollout"
 
@@ -26,11 +23,15 @@ def _path(model: str) -> str:
 def rollout_start(
     model: str,
     challenger: Annotated[str, typer.Option(help="Version to roll out.")],
-    steps: Annotated[str, typer.Option(help="Live traffic percentages, ending at 100.")] = "5,25,50,100",
-    interval: Annotated[str, typer.Option(help="Passing time each step is held, e.g. 30s, 2m.")] = "30s",
+    steps: Annotated[Optional[str], typer.Option(help="Live traffic percentages, ending at 100 "
+                                                 "(default 5,25,50,100).")] = None,
+    interval: Annotated[Optional[str], typer.Option(help="Passing time each step is held, e.g. 30s, 2m "
+                                                    "(default 30s).")] = None,
     shadow: Annotated[Optional[str], typer.Option(help="Passing time in shadow first (default: --interval).")] = None,
-    mirror: Annotated[float, typer.Option(help="Percent of the champion's traffic mirrored for comparison.")] = 100.0,
-    act_on_input_drift: Annotated[bool, typer.Option(help="Roll back on input PSI above 0.25 too.")] = False,
+    mirror: Annotated[Optional[float], typer.Option(help="Percent of the champion's traffic mirrored for "
+                                                    "comparison (default 100).")] = None,
+    act_on_input_drift: Annotated[bool, typer.Option(help="Roll back on input PSI above input_psi.act (0.25 "
+                                                     "unless --checks says otherwise) too.")] = False,
     checks: Annotated[Optional[str], typer.Option(help="Check settings as JSON, e.g. "
                                                   "'{\"disagreement\": {\"threshold\": 0.05}}'.")] = None,
     reason: ReasonOption = None,
@@ -39,11 +40,16 @@ def rollout_start(
     """Shadow the challenger, then give it each step of live traffic while every check passes."""
     from routing.rollout import parse_duration, parse_steps
 
+    body: dict[str, Any] = {"challenger": challenger, "reason": reason}  # unset options: the server's defaults
     try:
-        body: dict[str, Any] = {"challenger": challenger, "steps": parse_steps(steps),
-                                "interval_s": parse_duration(interval), "mirror_percent": mirror, "reason": reason}
+        if steps is not None:
+            body["steps"] = parse_steps(steps)
+        if interval is not None:
+            body["interval_s"] = parse_duration(interval)
         if shadow is not None:
             body["shadow_s"] = parse_duration(shadow)
+        if mirror is not None:
+            body["mirror_percent"] = mirror
         check_doc = json.loads(checks) if checks else {}
         if not isinstance(check_doc, dict):
             raise ValueError("--checks must be a JSON object")
@@ -67,6 +73,8 @@ def rollout_status(
     url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False,
 ) -> None:
     """State, step, share, the latest judgement of every check, and every transition with its reason."""
+    from routing.rollout import RolloutState
+
     client = admin(url, token)
     while True:
         try:
@@ -74,7 +82,7 @@ def rollout_status(
         except AdminError as exc:
             fail(str(exc))
         typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
-        if watch <= 0 or record["state"] in TERMINAL:
+        if watch <= 0 or RolloutState(record["state"]).terminal:
             return
         time.sleep(watch)
         if not as_json:
@@ -128,11 +136,13 @@ def _status_json(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(record: dict[str, Any]) -> str:
+    from routing.rollout import RolloutRecord
+
+    hold = RolloutRecord.model_validate(record).hold_s
     spec = record["spec"]
     steps = spec["steps"]
     step = record["step"]
     where = "shadow" if step < 0 else f"step {step + 1}/{len(steps)}"
-    hold = spec["interval_s"] if step >= 0 or spec.get("shadow_s") is None else spec["shadow_s"]
     lines = [
         f"rollout of model {spec['model']}: version {spec['challenger']} against champion {record['champion']}",
         f"state {record['state']}  {where}  {record['challenger_percent']}% live  "

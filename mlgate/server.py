@@ -40,13 +40,14 @@ from gateway.traffic import policy_problems
 from mlgate import __version__
 from mlgate.config import MlgateConfig
 from routing.champion import pick_default_version
-from routing.controller import LEASE, RolloutController
+from routing.controller import LEASE, RUNNING, RolloutController
 from routing.live import ActiveRouting, LiveRouting
 from routing.policy import RoutingPolicy
+from routing.rollout import RolloutRecord, RolloutState
 from routing.store import StateStore
 from serving.ray_backend import DeployedVersion, RayServeBackend, ReplicaSettings
 from serving.repository import RepositoryEntry, scan_repository
-from telemetry.drift import PSI_ACT, PSI_WARN, DriftReport, DriftView
+from telemetry.drift import DriftReport, DriftView
 from telemetry.evidence import SLOT_S, DriftMonitor
 from telemetry.evidence_store import EvidenceStore, evidence_path
 from telemetry.metrics import (
@@ -197,42 +198,46 @@ class Gateway:
     monitor: DriftMonitor
     evidence: EvidenceStore
     rollouts: RolloutController = field(init=False)
+    drift: DriftView = field(init=False)
     process_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}")
 
     def __post_init__(self) -> None:
+        self.drift = DriftView(self.monitor, self.evidence)
         self.rollouts = RolloutController(
             self.store, lambda model, policy: policy_problems(policy, model, self.registry), self._evidence)
-
-    @property
-    def drift(self) -> DriftView:
-        return DriftView(self.monitor, self.evidence)
 
     def _evidence(self, model: str, champion: str, challenger: str, window_s: float,
                   now: float) -> tuple[DriftReport, DriftReport] | None:
         """Both versions over the window, merged across processes; None if either is not monitored here."""
-        view = self.drift
-        if self.monitor.get(model, champion) is None or self.monitor.get(model, challenger) is None:
-            return None
-        return (view.report(model, champion, None, window_s, now),
-                view.report(model, challenger, champion, window_s, now))
+        reports = self.drift.reports(model, [champion, challenger], champion, window_s, now)
+        return (reports[0], reports[1]) if len(reports) == 2 else None
 
     async def run_rollouts(self) -> None:
         """Drive every running rollout each tick while this process holds the controller lease."""
-        settings = self.config.rollouts
         while True:
-            await asyncio.sleep(settings.tick_s)
-            now = time.time()
+            await asyncio.sleep(self.config.rollouts.tick_s)
             try:
-                if await asyncio.to_thread(self.store.hold_lease, LEASE, self.process_id, settings.lease_ttl_s,
-                                           now):
-                    for record in await asyncio.to_thread(self.rollouts.tick_all, now):
-                        ROLLOUT_TRANSITIONS.labels(model=record.spec.model, to=record.state.value).inc()
-                for model, stored in (await asyncio.to_thread(self.store.all_rollouts)).items():
-                    state = stored.record
-                    record_rollout(model, state["spec"]["challenger"], state["state"], state["step"],
-                                   state["challenger_percent"])
+                for record in await asyncio.to_thread(self._rollout_tick, time.time()):
+                    ROLLOUT_TRANSITIONS.labels(model=record.spec.model, to=record.state.value).inc()
             except Exception:
                 log.exception("rollout controller tick failed; retrying")
+
+    def _rollout_tick(self, now: float) -> list[RolloutRecord]:
+        """The lease is only taken (written) while some rollout runs: an idle controller writes nothing."""
+        rollouts = self.store.all_rollouts()
+        if not any(r.record["state"] in RUNNING for r in rollouts.values()):
+            return []
+        if not self.store.hold_lease(LEASE, self.process_id, self.config.rollouts.lease_ttl_s, now):
+            return []
+        return self.rollouts.tick_all(rollouts, now)
+
+    def _export_rollouts(self) -> None:
+        """Rollout gauges from the state file: on start and whenever it changed (any process's commit)."""
+        states = [s.value for s in RolloutState]
+        for model, stored in self.store.all_rollouts().items():
+            record = stored.record
+            record_rollout(model, record["spec"]["challenger"], record["state"], record["step"],
+                           record["challenger_percent"], states)
 
     async def publish_evidence(self) -> None:
         """Every second, hand the slots the monitors completed to the evidence file (merged across processes)."""
@@ -257,17 +262,14 @@ class Gateway:
             except Exception:
                 log.exception("cannot compute drift metrics")
                 continue
-            for r in reports:
-                record_drift(r.model, r.version, r.rows, {f.name: f.psi for f in r.features}, r.max_psi,
-                             r.over(PSI_WARN), r.over(PSI_ACT), r.prediction_divergence, r.agreement)
+            for report in reports:
+                record_drift(report)
 
     def _drift_reports(self, window_s: float) -> list[DriftReport]:
-        view, now = self.drift, time.time()
-        return [view.report(m.model, m.version, self._champion(m.model), window_s, now) for m in self.monitor.all()]
-
-    def _champion(self, model: str) -> str | None:
-        active = self.live.get(model)
-        return active.policy.champion if active is not None else self.registry.champions.get(model)
+        now = time.time()
+        return [report for model in self.registry.models()
+                for report in self.drift.reports(model, [e.version for e in self.registry.versions_of(model)],
+                                                 self.registry.champions.get(model), window_s, now)]
 
     async def follow_state(self) -> None:
         """Apply routing and token changes other processes commit to the state file, within a poll interval."""
@@ -279,6 +281,7 @@ class Gateway:
                 if version != seen:
                     self.live.reload()
                     self.auth.reload()
+                    self._export_rollouts()
                     seen = version  # only once both reloads succeeded: a failed one is retried next poll
             except Exception:  # a locked or briefly unreadable file: keep serving the last good state
                 log.exception("cannot read the state file %s; keeping the current routing", self.store.path)
@@ -392,8 +395,7 @@ async def serve_forever(gateway: Gateway) -> None:
 
     admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
                             gateway.drift if gateway.config.monitoring.drift else None,
-                            gateway.rollouts if gateway.config.monitoring.drift and gateway.config.rollouts.enabled
-                            else None)
+                            gateway.rollouts if gateway.config.monitoring.drift else None)
     http = _QuietUvicorn(uvicorn.Config(
         OipHttpApp(gateway.service, config.max_request_bytes, admin),
         host=config.host, port=config.http_port, http="httptools", lifespan="off",

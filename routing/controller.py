@@ -21,8 +21,7 @@ processes (``telemetry.drift.DriftView``).
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from routing.policy import RoutingPolicy
@@ -49,6 +48,8 @@ from telemetry.drift import DriftReport
 log = logging.getLogger(__name__)
 
 LEASE = "rollout-controller"
+RUNNING = frozenset({RolloutState.SHADOW.value, RolloutState.CANARY.value, RolloutState.INCONCLUSIVE.value})
+"""States the controller judges (a paused rollout waits for its operator, a terminal one is done)."""
 
 EvidenceSource = Callable[[str, str, str, float, float], "tuple[DriftReport, DriftReport] | None"]
 """(model, champion, challenger, window_s, now) -> (champion's report, challenger's report compared with it)."""
@@ -74,14 +75,12 @@ def window_evidence(champion: DriftReport, challenger: DriftReport) -> WindowEvi
     """The numbers the rollout checks judge, from two reports over the same window."""
     return WindowEvidence(
         window_s=challenger.window_s,
-        champion=VersionWindow(champion.requests, min(champion.errors, champion.requests),
-                               champion.latency_p99_s, champion.rows),
-        challenger=VersionWindow(challenger.requests, min(challenger.errors, challenger.requests),
-                                 challenger.latency_p99_s, challenger.rows),
+        champion=VersionWindow(champion.requests, champion.errors, champion.latency_p99_s, champion.rows),
+        challenger=VersionWindow(challenger.requests, challenger.errors, challenger.latency_p99_s, challenger.rows),
         compared_rows=challenger.compared_rows,
-        agreeing_rows=min(challenger.agreeing_rows, challenger.compared_rows),
+        agreeing_rows=challenger.agreeing_rows,
         prediction_divergence=challenger.prediction_divergence,
-        input_psi={f.name: f.psi for f in challenger.features if math.isfinite(f.psi)},
+        input_psi={f.name: f.psi for f in challenger.features},
     )
 
 
@@ -99,24 +98,19 @@ class RolloutController:
 
     # ------------------------------------------------------------------ operators
 
-    def get(self, model: str) -> RolloutRecord | None:
-        stored = self.store.rollout(model)
-        return RolloutRecord.model_validate(stored.record) if stored is not None else None
-
     def start(self, spec: RolloutSpec, actor: str, now: float,
               reason: str | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
         """Begin shadowing ``spec.challenger``; refused while another rollout of the model is running."""
         current = self.store.rollout(spec.model)
-        if current is not None:
-            running = RolloutRecord.model_validate(current.record)
-            if not running.state.terminal:
-                raise RolloutRefused(f"{running.describe()} is {running.state.value}; abort or finish it first", 409)
+        previous = RolloutRecord.model_validate(current.record) if current is not None else None
+        if previous is not None and not previous.state.terminal:
+            raise RolloutRefused(f"{previous.describe()} is {previous.state.value}; abort or finish it first", 409)
         routing = self._routing(spec.model)
         try:
             record = start(spec, routing.policy["champion"], now, actor)
         except RolloutError as exc:
             raise RolloutRefused(str(exc), 422) from None
-        return self._commit(current, record, actor, "rollout.start", reason, strict=True)
+        return self._commit(current, previous, record, actor, "rollout.start", reason, strict=True, routing=routing)
 
     def act(self, model: str, action: str, actor: str, now: float,
             reason: str | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
@@ -124,67 +118,62 @@ class RolloutController:
         current = self.store.rollout(model)
         if current is None:
             raise RolloutRefused(f"model '{model}' has no rollout", 404)
+        previous = RolloutRecord.model_validate(current.record)
         try:
-            record = ACTIONS[action](RolloutRecord.model_validate(current.record), now, actor, reason or "")
+            record = ACTIONS[action](previous, now, actor, reason or "")
         except RolloutError as exc:
             raise RolloutRefused(str(exc), 409) from None
-        return self._commit(current, record, actor, f"rollout.{action}", reason, strict=True)
+        return self._commit(current, previous, record, actor, f"rollout.{action}", reason, strict=True)
 
     # ------------------------------------------------------------------ the loop
 
-    def tick_all(self, now: float) -> list[RolloutRecord]:
-        """Judge every running rollout once; the records that changed state, step or share."""
+    def tick_all(self, rollouts: Mapping[str, StoredRollout], now: float) -> list[RolloutRecord]:
+        """Judge every running rollout of ``rollouts`` once; the records that changed state, step or share."""
         moved = []
-        for model, stored in self.store.all_rollouts().items():
-            record = RolloutRecord.model_validate(stored.record)
-            if record.state.terminal or record.state is RolloutState.PAUSED:
+        for model, stored in rollouts.items():
+            if stored.record["state"] not in RUNNING:
                 continue
+            record = RolloutRecord.model_validate(stored.record)
             try:
-                updated = self._tick(stored, record, now)
+                if (updated := self._tick(stored, record, now)) is not None:
+                    moved.append(updated)
             except StaleRevision as exc:  # an operator acted in between: judge the new record next tick
                 log.info("rollout of model '%s' changed under the controller (%s); next tick", model, exc)
-                continue
             except Exception:
                 log.exception("rollout of model '%s': tick failed; retrying next tick", model)
-                continue
-            if len(updated.transitions) != len(record.transitions):
-                moved.append(updated)
         return moved
 
-    def _tick(self, stored: StoredRollout, record: RolloutRecord, now: float) -> RolloutRecord:
+    def _tick(self, stored: StoredRollout, record: RolloutRecord, now: float) -> RolloutRecord | None:
+        """One judgement; the new record if it moved (state, step or share), else None."""
         spec = record.spec
         reports = self.evidence(spec.model, record.champion, spec.challenger, spec.checks.window_s, now)
-        evidence = window_evidence(*reports) if reports is not None else None
-        updated = tick(record, evidence, now)
-        if len(updated.transitions) == len(record.transitions):
-            self._save_quietly(stored, updated)
-            return updated
-        self._commit(stored, updated, CONTROLLER_ACTOR, "rollout.transition", None, strict=False)
+        updated = tick(record, window_evidence(*reports) if reports is not None else None, now)
+        if len(updated.transitions) == len(record.transitions):  # bookkeeping only: no audit entry
+            self.store.write_rollout(stored.model, updated.model_dump(mode="json"), stored.revision, None)
+            return None
+        self._commit(stored, record, updated, CONTROLLER_ACTOR, "rollout.transition", None, strict=False)
         log.info("rollout of model '%s': %s (%s)", spec.model, updated.state.value, updated.reason)
         return updated
 
     # ------------------------------------------------------------------ persistence
 
     def _routing(self, model: str) -> StoredRouting:
-        stored = self.store.all_routing().get(model)
+        stored = self.store.routing(model)
         if stored is None:
             raise RolloutRefused(f"model '{model}' has no routing yet (is it served?)", 404)
         return stored
 
-    def _save_quietly(self, stored: StoredRollout, record: RolloutRecord) -> None:
-        """Held time, counters and the latest judgement: no traffic change, nothing for the audit log."""
-        self.store.write_rollout(stored.model, record.model_dump(mode="json"), stored.revision, CONTROLLER_ACTOR,
-                                 None)
+    def _commit(self, stored: StoredRollout | None, previous: RolloutRecord | None, record: RolloutRecord,
+                actor: str, action: str, reason: str | None, strict: bool,
+                routing: StoredRouting | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
+        """Persist ``record`` with the routing it implies, audited in the same transaction.
 
-    def _commit(self, stored: StoredRollout | None, record: RolloutRecord, actor: str, action: str,
-                reason: str | None, strict: bool) -> tuple[RolloutRecord, StoredRouting | None]:
-        """Persist ``record`` with the routing it implies, audited; refuse (``strict``) or log a routing problem.
-
-        The controller is not strict: a rollback must happen even if, say, the champion went
-        unready meanwhile; it then keeps the record's decision and the old routing, and says so.
+        A routing the gateway cannot serve (an unready version, say) refuses an operator's action
+        (``strict``) and holds the controller's step where it is, logged; a rollback is applied
+        regardless: taking traffic away from a failing challenger must never wait for anything.
         """
         model = record.spec.model
-        routing = self._routing(model)
+        routing = routing or self._routing(model)
         policy = RoutingPolicy.model_validate(routing.policy)
         try:
             wanted = apply_traffic(policy, desired_traffic(record))
@@ -196,13 +185,12 @@ class RolloutController:
             if problems and strict:
                 raise RolloutRefused(f"{record.describe()} cannot route as it needs to: " + "; ".join(problems),
                                      422, problems)
-            if problems:
+            if problems and record.state is not RolloutState.ROLLED_BACK:
                 log.error("%s: routing not changed: %s", record.describe(), "; ".join(problems))
             else:
                 change = (wanted.model_dump(mode="json"), routing.revision)
-        before = summary(RolloutRecord.model_validate(stored.record)) if stored is not None else None
-        note = AuditNote(action, before, summary(record), reason or record.reason)
+        note = AuditNote(actor, action, summary(previous) if previous is not None else None, summary(record),
+                         reason or record.reason)
         _, new_routing = self.store.write_rollout(model, record.model_dump(mode="json"),
-                                                  stored.revision if stored is not None else 0, actor, note,
-                                                  routing=change, routing_reason=record.reason)
+                                                  stored.revision if stored is not None else 0, note, routing=change)
         return record, new_routing

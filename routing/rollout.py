@@ -35,12 +35,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from routing.policy import RoutingPolicy
+from telemetry.audit import iso_utc
 
 CONTROLLER_ACTOR = "rollout-controller"
 """The ``actor`` of transitions made by ``tick`` (operators' actions carry their own name)."""
@@ -544,10 +544,9 @@ def _validate_steps(steps: list[int]) -> list[int]:
     return steps
 
 
-class RolloutSpec(_Frozen):
-    """What an operator asked for when starting a rollout; fixed for the rollout's lifetime."""
+class RolloutSettings(_Frozen):
+    """How a rollout proceeds: the part of its spec an operator may choose (the admin API's request body too)."""
 
-    model: str = Field(min_length=1, description="Logical model whose routing the rollout drives.")
     challenger: str = Field(min_length=1, description="Version being rolled out.")
     steps: list[int] = Field(
         default_factory=lambda: [5, 25, 50, 100],
@@ -577,6 +576,12 @@ class RolloutSpec(_Frozen):
     @property
     def shadow_hold_s(self) -> float:
         return self.interval_s if self.shadow_s is None else self.shadow_s
+
+
+class RolloutSpec(RolloutSettings):
+    """What an operator asked for when starting a rollout; fixed for the rollout's lifetime."""
+
+    model: str = Field(min_length=1, description="Logical model whose routing the rollout drives.")
 
 
 class Transition(_Frozen):
@@ -642,10 +647,6 @@ class RolloutRecord(_Frozen):
     def describe(self) -> str:
         return f"rollout of model {self.spec.model!r} to version {self.spec.challenger!r}"
 
-
-def iso_utc(epoch_s: float) -> str:
-    """Epoch seconds as UTC ISO-8601 with milliseconds, in the same format as ``routing.store.utc_now``."""
-    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _move(

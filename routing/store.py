@@ -25,9 +25,9 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,9 @@ class StoredRollout:
 
 @dataclass(frozen=True, slots=True)
 class AuditNote:
-    """One audit entry to write with a change: what happened and why."""
+    """One audit entry to write with a change: who did what, and why."""
 
+    actor: str
     action: str
     before: Any
     after: Any
@@ -94,7 +95,7 @@ class StoredRouting:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return audit.iso_utc(time.time())
 
 
 class StateStore:
@@ -154,6 +155,10 @@ class StateStore:
             row = self._reader.execute("PRAGMA data_version").fetchone()
         return int(row[0])
 
+    def routing(self, model: str) -> StoredRouting | None:
+        with self.reading() as conn:
+            return _routing_row(conn, model)
+
     def all_routing(self) -> dict[str, StoredRouting]:
         with self.reading() as conn:
             rows = conn.execute("SELECT model, revision, policy, updated_at, updated_by FROM routing").fetchall()
@@ -188,15 +193,17 @@ class StateStore:
             rows = conn.execute("SELECT model, revision, record FROM rollouts").fetchall()
         return {row[0]: StoredRollout(row[0], int(row[1]), json.loads(row[2])) for row in rows}
 
-    def write_rollout(self, model: str, record: dict[str, Any], expected_revision: int, actor: str,
-                      note: AuditNote | None, routing: tuple[dict[str, Any], int] | None = None,
-                      routing_reason: str | None = None) -> tuple[StoredRollout, StoredRouting | None]:
+    def write_rollout(self, model: str, record: dict[str, Any], expected_revision: int, note: AuditNote | None,
+                      routing: tuple[dict[str, Any], int] | None = None) -> tuple[StoredRollout, StoredRouting | None]:
         """Write a rollout record (and, when it moves traffic, the model's routing) in one audited transaction.
 
         Both writes use optimistic concurrency: the controller and an operator may act on the same
         rollout at once, and whichever commits second gets ``StaleRevision`` and re-reads. ``note``
-        None: bookkeeping only (held time, counters), which the audit log does not need.
+        None: bookkeeping only (held time, counters), which the audit log does not need (and which
+        cannot move traffic).
         """
+        if note is None and routing is not None:
+            raise ValueError("a routing change must be audited: give a note")
         with self.transaction() as conn:
             current = _rollout_row(conn, model)
             current_revision = current.revision if current is not None else 0
@@ -206,14 +213,13 @@ class StateStore:
             conn.execute("INSERT INTO rollouts (model, revision, record) VALUES (?, ?, ?) ON CONFLICT(model) DO "
                          "UPDATE SET revision = excluded.revision, record = excluded.record",
                          (model, stored.revision, json.dumps(record, sort_keys=True)))
-            if note is not None:
-                audit.append(conn, actor=actor, action=note.action, target=f"rollout/{model}", before=note.before,
-                             after=note.after, reason=note.reason)
             new_routing = None
-            if routing is not None:
-                policy, expected_routing = routing
-                new_routing = _replace_routing(conn, model, policy, expected_routing, actor,
-                                               routing_reason or (note.reason if note is not None else None))
+            if note is not None:
+                audit.append(conn, actor=note.actor, action=note.action, target=f"rollout/{model}",
+                             before=note.before, after=note.after, reason=note.reason)
+                if routing is not None:
+                    policy, expected_routing = routing
+                    new_routing = _replace_routing(conn, model, policy, expected_routing, note.actor, note.reason)
             return stored, new_routing
 
     # ------------------------------------------------------------------ leases
@@ -240,10 +246,6 @@ class StateStore:
                          (name, holder, now_s + ttl_s))
             return True
 
-    def lease_holder(self, name: str, now_s: float) -> str | None:
-        with self.reading() as conn:
-            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-        return row[0] if row is not None and row[1] > now_s else None
 
 
 def _replace_routing(conn: sqlite3.Connection, model: str, policy: dict[str, Any], expected_revision: int,

@@ -228,6 +228,11 @@ class AuditEntry:
         )
 
 
+def iso_utc(epoch_s: float) -> str:
+    """Epoch seconds in the one timestamp format of the state file: audit entries, routing, rollouts."""
+    return _format_at(datetime.fromtimestamp(epoch_s, timezone.utc))
+
+
 def _format_at(at: datetime) -> str:
     """UTC, millisecond precision (truncated), ``Z`` suffix: sortable and unambiguous."""
     if at.tzinfo is None or at.utcoffset() is None:

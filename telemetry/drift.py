@@ -13,7 +13,8 @@ PSI levels follow common practice: below 0.1 stable, 0.1-0.25 worth a look
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,7 @@ class DriftReport:
     agreeing_rows: int
     features: list[FeatureDrift]
     prediction_divergence: float | None
+    histograms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def max_psi(self) -> float | None:
@@ -89,6 +91,7 @@ class DriftReport:
             "features_over_warn": self.over(PSI_WARN), "features_over_act": self.over(PSI_ACT),
             "psi_warn": PSI_WARN, "psi_act": PSI_ACT,
             "features": [f.to_json() for f in self.features],
+            **({"histograms": self.histograms} if self.histograms else {}),
         }
 
 
@@ -99,17 +102,6 @@ def latency_p99(latency_counts: np.ndarray) -> float | None:
         return None
     index = int(np.searchsorted(np.cumsum(latency_counts), 0.99 * total, side="left"))
     return float(LATENCY_EDGES[min(index, len(LATENCY_EDGES) - 1)])
-
-
-def input_psi(shape: VersionShape, counts: np.ndarray) -> dict[str, float]:
-    """PSI of each feature's live counts against the training reference (empty without a profile or rows)."""
-    if shape.reference is None or not shape.layout.features:
-        return {}
-    live = shape.layout.feature_counts(counts)
-    if not live.any():
-        return {}
-    values = psi(live, shape.reference)
-    return {name: float(v) for name, v in zip(shape.layout.features, values, strict=True) if np.isfinite(v)}
 
 
 def prediction_divergence(shape: VersionShape, counts: np.ndarray, champion_shape: VersionShape,
@@ -161,38 +153,44 @@ class DriftView:
         self.monitor = monitor
         self.store = store
 
-    def counts(self, model: str, version: str, window_s: float, now_s: float) -> tuple[VersionShape, np.ndarray]:
-        monitor = self.monitor.get(model, version)
-        if monitor is None:
-            raise KeyError(f"model '{model}' version '{version}' is not monitored here")
-        return monitor.shape, self.store.window(model, version, monitor.layout, now_s, window_s)
-
-    def report(self, model: str, version: str, champion: str | None, window_s: float, now_s: float) -> DriftReport:
-        """``version`` over the window, its predictions compared with ``champion``'s (when it is another one)."""
-        shape, counts = self.counts(model, version, window_s, now_s)
-        baseline = None
-        if champion is not None and champion != version and self.monitor.get(model, champion) is not None:
-            baseline = self.counts(model, champion, window_s, now_s)
-        return report(model, version, shape, counts, window_s, baseline)
-
-    def histograms(self, model: str, version: str, features: list[str], window_s: float,
-                   now_s: float) -> list[dict[str, Any]]:
-        """Reference and live bin counts of ``features``, with their edges (what ``mlgate drift --plot`` draws)."""
-        shape, counts = self.counts(model, version, window_s, now_s)
-        layout = shape.layout
-        bins = shape.feature_bins
-        if shape.reference is None or bins is None:
-            return []
-        live = layout.feature_counts(counts)
+    def reports(self, model: str, versions: Sequence[str], champion: str | None, window_s: float,
+                now_s: float, histograms: int = 0) -> list[DriftReport]:
+        """``versions`` monitored here over the window, predictions compared with ``champion``'s; each window is
+        read once. ``histograms`` = N: also the reference and live bins of each one's N most drifted features."""
+        counts = {}
+        for version in {*versions, *([champion] if champion is not None else [])}:
+            monitor = self.monitor.get(model, version)
+            if monitor is not None:  # not deployed here (it failed to load): nothing to report
+                counts[version] = (monitor.shape, self.store.window(model, version, monitor.layout, now_s, window_s))
+        baseline = counts.get(champion) if champion is not None else None
         out = []
-        for name in features:
-            if name not in layout.features:
-                raise KeyError(f"model '{model}' version '{version}' has no feature '{name}'")
-            i = layout.features.index(name)
-            n_edges = int(bins.n_edges[i])
-            columns = n_edges + 1  # underflow, inner bins, overflow; NaN last
-            out.append({"feature": name, "edges": [float(e) for e in bins.edges[i, :n_edges]],
-                        "live": [int(c) for c in live[i, :columns]], "live_nan": int(live[i, -1]),
-                        "reference": [int(c) for c in shape.reference[i, :columns]],
-                        "reference_nan": int(shape.reference[i, -1])})
+        for version in versions:
+            if version not in counts:
+                continue
+            shape, version_counts = counts[version]
+            result = report(model, version, shape, version_counts, window_s,
+                            baseline if version != champion else None)
+            if histograms:
+                result = replace(result, histograms=feature_histograms(
+                    shape, version_counts, [f.name for f in result.features[:histograms]]))
+            out.append(result)
         return out
+
+
+def feature_histograms(shape: VersionShape, counts: np.ndarray, features: list[str]) -> list[dict[str, Any]]:
+    """Reference and live bin counts of ``features``, with their edges (what ``mlgate drift --plot`` draws)."""
+    bins = shape.feature_bins
+    if shape.reference is None or bins is None:
+        return []
+    layout = shape.layout
+    live = layout.feature_counts(counts)
+    out = []
+    for name in features:
+        i = layout.features.index(name)
+        n_edges = int(bins.n_edges[i])
+        columns = n_edges + 1  # underflow, inner bins, overflow; NaN last
+        out.append({"feature": name, "edges": [float(e) for e in bins.edges[i, :n_edges]],
+                    "live": [int(c) for c in live[i, :columns]], "live_nan": int(live[i, -1]),
+                    "reference": [int(c) for c in shape.reference[i, :columns]],
+                    "reference_nan": int(shape.reference[i, -1])})
+    return out

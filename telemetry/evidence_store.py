@@ -81,6 +81,8 @@ class EvidenceStore:
     def publish(self, process: str, slots: Sequence[tuple[str, str, CountsLayout, int, np.ndarray]],
                 now_s: float) -> None:
         """Write completed slots (model, version, layout, slot id, counts) and prune expired ones."""
+        if not slots:
+            return  # no traffic, no write: expired slots go with the next one
         oldest = int((now_s - RETENTION_S) // SLOT_S)
         with self._transaction() as conn:
             conn.executemany(
@@ -103,10 +105,11 @@ class EvidenceStore:
             rows = self._conn.execute(
                 "SELECT layout, counts FROM evidence WHERE model = ? AND version = ? AND slot BETWEEN ? AND ?",
                 (model, version, first, last)).fetchall()
-        total = np.zeros(layout.size, dtype=np.int64)
+        size, expected = layout.size, layout.signature
+        total = np.zeros(size, dtype=np.int64)
         for signature, blob in rows:
             counts = np.frombuffer(blob, dtype="<i8")
-            if signature != layout.signature or counts.shape[0] != layout.size:
+            if signature != expected or counts.shape[0] != size:
                 log.warning("skipping evidence of model '%s' version '%s' with layout %s (expected %s)",
                             model, version, signature, layout.signature)
                 continue

@@ -8,11 +8,13 @@ sub-millisecond to seconds for time, 1 to 1024 for rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from telemetry.drift import PSI_ACT, PSI_WARN, DriftReport
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -174,7 +176,7 @@ DRIFT_FEATURE_PSI = Gauge("mlgate_drift_feature_psi",
 DRIFT_MAX_PSI = Gauge("mlgate_drift_max_psi", f"Largest per-feature PSI of a version. {_drift}", _labels,
                       registry=REGISTRY)
 DRIFT_FEATURES_OVER = Gauge("mlgate_drift_features_over_threshold",
-                            f"Features whose PSI exceeds the level (warn: 0.1, act: 0.25). {_drift}",
+                            f"Features whose PSI exceeds the level (warn: {PSI_WARN}, act: {PSI_ACT}). {_drift}",
                             (*_labels, "level"), registry=REGISTRY)
 DRIFT_PREDICTION = Gauge("mlgate_drift_prediction_divergence",
                          "Largest per-class Jensen-Shannon divergence (base 2, 0-1) between a version's predicted "
@@ -186,20 +188,22 @@ DRIFT_ROWS = Gauge("mlgate_drift_window_rows", f"Input rows a version saw in the
                    registry=REGISTRY)
 
 
-def record_drift(model: str, version: str, rows: int, feature_psi: dict[str, float], max_psi: float | None,
-                 over_warn: int, over_act: int, prediction_divergence: float | None, agreement: float | None) -> None:
-    labels = {"model": model, "version": version}
-    DRIFT_ROWS.labels(**labels).set(rows)
-    for feature, value in feature_psi.items():
-        DRIFT_FEATURE_PSI.labels(**labels, feature=feature).set(value)
-    DRIFT_MAX_PSI.labels(**labels).set(max_psi if max_psi is not None else float("nan"))
-    DRIFT_FEATURES_OVER.labels(**labels, level="warn").set(over_warn)
-    DRIFT_FEATURES_OVER.labels(**labels, level="act").set(over_act)
-    DRIFT_PREDICTION.labels(**labels).set(prediction_divergence if prediction_divergence is not None else float("nan"))
-    DRIFT_AGREEMENT.labels(**labels).set(agreement if agreement is not None else float("nan"))
+def record_drift(report: DriftReport) -> None:
+    labels = {"model": report.model, "version": report.version}
+    DRIFT_ROWS.labels(**labels).set(report.rows)
+    for feature in report.features:
+        DRIFT_FEATURE_PSI.labels(**labels, feature=feature.name).set(feature.psi)
+    DRIFT_MAX_PSI.labels(**labels).set(_or_nan(report.max_psi))
+    DRIFT_FEATURES_OVER.labels(**labels, level="warn").set(report.over(PSI_WARN))
+    DRIFT_FEATURES_OVER.labels(**labels, level="act").set(report.over(PSI_ACT))
+    DRIFT_PREDICTION.labels(**labels).set(_or_nan(report.prediction_divergence))
+    DRIFT_AGREEMENT.labels(**labels).set(_or_nan(report.agreement))
 
 
-ROLLOUT_STATES = ("shadow", "canary", "promoted", "rolled_back", "paused", "inconclusive")
+def _or_nan(value: float | None) -> float:
+    return value if value is not None else float("nan")
+
+
 ROLLOUT_STATE = Gauge("mlgate_rollout_state", "1 for the state each model's latest rollout is in, 0 for the others.",
                       ("model", "challenger", "state"), registry=REGISTRY)
 ROLLOUT_PERCENT = Gauge("mlgate_rollout_challenger_percent", "Live traffic percent the rollout gives its challenger.",
@@ -211,8 +215,9 @@ ROLLOUT_TRANSITIONS = Counter("mlgate_rollout_transitions_total",
                               ("model", "to"), registry=REGISTRY)
 
 
-def record_rollout(model: str, challenger: str, state: str, step: int, percent: int) -> None:
-    for name in ROLLOUT_STATES:
+def record_rollout(model: str, challenger: str, state: str, step: int, percent: int, states: Iterable[str]) -> None:
+    """``states``: every state a rollout can be in (``routing.rollout.RolloutState``), so all but one read 0."""
+    for name in states:
         ROLLOUT_STATE.labels(model=model, challenger=challenger, state=name).set(1.0 if name == state else 0.0)
     ROLLOUT_PERCENT.labels(model=model, challenger=challenger).set(percent)
     ROLLOUT_STEP.labels(model=model, challenger=challenger).set(step)

@@ -94,6 +94,10 @@ def test_batch_counts_match_numpy(manifest: Manifest, monkeypatch: pytest.Monkey
                                minlength=len(edges) + 1)
         assert np.array_equal(layout.feature_counts(counts)[j, :len(edges) + 1], expected)
     assert np.array_equal(layout.label_counts(counts)[:2], np.bincount(outputs["label"], minlength=2))
+    for k in range(2):
+        expected_p = np.bincount(np.searchsorted(np.linspace(0.1, 0.9, 9), outputs["probabilities"][:, k]
+                                                 .astype(np.float64), side="right"), minlength=10)
+        assert np.array_equal(layout.probability_counts(counts)[k, :10], expected_p)
     assert monitor.completed_slots(1001.9) == []  # published once only
 
 
@@ -134,28 +138,29 @@ def test_report_flags_exactly_the_shifted_features(manifest: Manifest, tmp_path:
     shifted = x.copy()
     profile = manifest.reference_profile
     assert profile is not None
-    for j in (3, 17):
+    moved_features = (0, 3, 17)  # feature 0 drives _outputs: the challenger's predictions move too
+    for j in moved_features:
         edges = profile.features[j].bin_edges
         shifted[:, j] += np.float32(edges[-1] - edges[0])  # moved by the feature's whole training range
     _at(monkeypatch, 5000.3)
     champion.batch({"features": x}, _outputs(x), len(x), np.full(10, 0.001))
-    flipped = _outputs(shifted)
-    challenger.batch({"features": shifted}, flipped, len(x), np.full(10, 0.001))
+    challenger.batch({"features": shifted}, _outputs(shifted), len(x), np.full(10, 0.001))
     store = EvidenceStore(tmp_path / "evidence.db")
     now = 5001.5
     store.publish("p", [(m.model, m.version, m.layout, slot, counts)
                         for m in drift.all() for slot, counts in m.completed_slots(now)], now)
-    view = DriftView(drift, store)
-    steady = view.report("m", "1", "1", 10.0, now)
-    moved = view.report("m", "2", "1", 10.0, now)
+    steady, moved = DriftView(drift, store).reports("m", ["1", "2"], "1", 10.0, now, histograms=1)
     assert steady.max_psi is not None and steady.max_psi < PSI_WARN
     assert steady.prediction_divergence is None  # the champion is not compared with itself
     names = [f.name for f in moved.features if f.psi > PSI_ACT]
-    assert sorted(names) == sorted(profile.features[j].name for j in (3, 17))
-    assert moved.over(PSI_WARN) == 2 and moved.features[0].psi > 1.0
-    assert moved.prediction_divergence is not None and moved.prediction_divergence >= 0
-    histograms = view.histograms("m", "2", [names[0]], 10.0, now)
-    assert sum(histograms[0]["live"]) == 3000 and histograms[0]["live"][-1] == 3000  # all in overflow
+    assert sorted(names) == sorted(profile.features[j].name for j in moved_features)
+    assert moved.over(PSI_WARN) == 3 and moved.features[0].psi > 1.0
+    assert moved.prediction_divergence is not None and moved.prediction_divergence > 0.3
+    [histogram] = moved.histograms
+    assert histogram["feature"] == moved.features[0].name
+    assert sum(histogram["live"]) == 3000 and histogram["live"][-1] == 3000  # all in overflow
+    same, again = DriftView(drift, store).reports("m", ["1", "2"], "2", 10.0, now)
+    assert again.prediction_divergence is None and same.prediction_divergence == moved.prediction_divergence
     store.close()
 
 
