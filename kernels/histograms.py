@@ -80,7 +80,8 @@ def _njit(fn: _Fn) -> _Fn:
 LINEAR_SCAN_MAX_EDGES = 128
 """Up to this many edges per row ``update_counts`` scans linearly instead of a binary search.
 
-Measured on the 2-core AMD EPYC box, fresh random values each call (64 features x 64 rows):
+A one-off measurement on the 2-core AMD EPYC box while choosing the threshold (not repeated by
+``loadtests/bench_kernels.py``, which runs 11 edges), fresh random values each call (64 features x 64 rows):
 binary search costs 19-43 ns per value for 8-128 edges (its branches mispredict on real
 data: it only looked fast when a benchmark replayed the same batch and the branch
 predictor learnt it), the branch-free scan 2.8 ns at 8 edges, 4.3 at 32, 15.8 at 128.

@@ -44,8 +44,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -61,10 +59,11 @@ import numpy as np
 import yaml
 
 from gateway.batcher import Arrays, Batcher, BatchPolicy, _Pending
+from loadtests.bench_oip import environment_lines
 from loadtests.bench_routing import _fmt, _median, copy_version, cpu_ticks, drive, metric_sum, scrape, settle, workdir
 from loadtests.loadgen import LoadConfig
 from loadtests.payloads import build_requests, load_rows
-from loadtests.procs import CpuMeter, Server, cpu_model, free_port, running, wait_ready
+from loadtests.procs import CLK_TCK, CpuMeter, Server, free_port, running, wait_ready
 from loadtests.report import latency_summary
 from mlgate.config import MonitoringConfig
 from serving.manifest import Manifest, read_manifest
@@ -83,7 +82,6 @@ REFERENCE_RATE = 1000.0
 """The background work is amortised per request at the end-to-end rate and at this one."""
 DISTINCT = 64
 """Distinct batches per size, cycled through: replaying one batch would let the branch predictor learn it."""
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- in process
@@ -271,7 +269,7 @@ def time_background(manifest: Manifest, work: Path, rates: list[float], args: ar
         reports: list[tuple[float, float]] = []
         for _ in range(max(5, args.background_iterations // 5)):
             cpu0, wall0 = time.thread_time_ns(), time.perf_counter_ns()
-            report = view.report(MODEL, VERSION, VERSION, settings.window_s, now_s)
+            [report] = view.reports(MODEL, [VERSION], VERSION, settings.window_s, now_s)
             wall1, cpu1 = time.perf_counter_ns(), time.thread_time_ns()
             reports.append(((wall1 - wall0) / 1e3, (cpu1 - cpu0) / 1e3))
             if report.rows <= 0:
@@ -287,7 +285,7 @@ def time_background(manifest: Manifest, work: Path, rates: list[float], args: ar
 
     return [row("`VersionMonitor.completed_slots` (one slot)", SLOT_S, completed),
             row(f"`EvidenceStore.publish` (one slot; {retained} retained, one pruned)", SLOT_S, published),
-            row(f"drift report over {settings.window_s:g} s (`DriftView.report`, PSI of {len(layout.features)} "
+            row(f"drift report over {settings.window_s:g} s (`DriftView.reports`, PSI of {len(layout.features)} "
                 "features)", settings.refresh_s, reports)]
 
 
@@ -398,7 +396,7 @@ def run_phase(gateway: Gateway, twin: Gateway, round_no: int, args: argparse.Nam
     meter, twin0, started = CpuMeter(gateway.server), cpu_ticks(twin_pids), time.monotonic()
     rec, offered, gateway_s, server_s = uvloop.run(drive(cfg, gateway.requests, gateway.server.pid, server_pids))
     _, foreign = meter.result()
-    twin_pct = 100.0 * (cpu_ticks(twin_pids) - twin0) / _CLK_TCK / max(time.monotonic() - started, 1e-9)
+    twin_pct = 100.0 * (cpu_ticks(twin_pids) - twin0) / CLK_TCK / max(time.monotonic() - started, 1e-9)
     settle(gateway.port)
     lat, service = latency_summary(rec.latencies), latency_summary(rec.service)
     per_request = 1e6 / max(offered, 1)
@@ -456,20 +454,6 @@ def run_end_to_end(work: Path, manifest: Manifest, args: argparse.Namespace) -> 
 
 
 # --------------------------------------------------------------------------- report
-
-
-def environment(argv: list[str]) -> str:
-    import onnxruntime
-    import ray
-
-    return "\n".join([
-        f"- command: `{' '.join([Path(sys.executable).name, '-m', 'loadtests.bench_drift', *argv])}`",
-        f"- date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        f"- machine: {cpu_model()}; nproc {len(os.sched_getaffinity(0))} (os.cpu_count {os.cpu_count()}); "
-        "load generator, both gateways, their Ray clusters and replicas share them",
-        f"- Python {platform.python_version()}, ray {ray.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"numpy {np.__version__}",
-    ])
 
 
 def request_path(batches: list[CallCost]) -> CallCost | None:
@@ -604,7 +588,8 @@ def e2e_section(phases: list[Phase], checks: list[EvidenceCheck], args: argparse
 
 def render(argv: list[str], args: argparse.Namespace, batches: list[CallCost], background: list[BackgroundCost],
            rates: list[float], phases: list[Phase], checks: list[EvidenceCheck]) -> str:
-    lines = ["# Drift monitoring overhead: `monitoring.drift` on vs off", "", environment(argv), ""]
+    lines = ["# Drift monitoring overhead: `monitoring.drift` on vs off", "",
+             environment_lines(argv, "loadtests.bench_drift"), ""]
     lines += verdict(batches, background, phases, args)
     if batches or background:
         lines += inproc_section(batches, background, rates, args)

@@ -72,6 +72,7 @@ from loadtests.httpclient import build_request
 from loadtests.loadgen import LoadConfig, OpenLoopDriver, parse_target
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import (
+    CLK_TCK,
     CpuMeter,
     Server,
     cpu_model,
@@ -95,7 +96,6 @@ KEY_SPACE = 10_000
 N_REQUESTS = 10_000
 """Distinct pre-built requests (each with its own random key), cycled through during a phase."""
 _NS = 1_000_000_000
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- repository and config
@@ -497,7 +497,7 @@ async def drive(cfg: LoadConfig, requests: list[bytes], gateway_pid: int,
         driver.abandon()
     await marker
     (g0, s0), (g1, s1) = marks
-    return rec, driver.offered, (g1 - g0) / _CLK_TCK, (s1 - s0) / _CLK_TCK
+    return rec, driver.offered, (g1 - g0) / CLK_TCK, (s1 - s0) / CLK_TCK
 
 
 def run_phase(server: Server, port: int, model: str, requests: list[bytes], round_no: int,

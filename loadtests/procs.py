@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _PROC = Path("/proc")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLK_TCK = os.sysconf("SCCLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ class CpuMeter:
         busy = _machine_busy_ticks() - self._busy0
         ours1 = self._our_ticks()
         ours = sum(t - self._ours0.get(pid, 0) for pid, t in ours1.items())
-        to_pct = 100.0 / (_CLK_TCK * wall)
+        to_pct = 100.0 / (CLK_TCK * wall)
         return ours * to_pct, max(0.0, (busy - ours) * to_pct)
 
 
@@ -280,7 +280,7 @@ def foreign_cpu_pct(window_s: float) -> float:
     busy0, own0, t0 = _machine_busy_ticks(), own(), time.monotonic()
     time.sleep(window_s)
     busy, mine, wall = _machine_busy_ticks() - busy0, own() - own0, time.monotonic() - t0
-    return max(0.0, (busy - mine) * 100.0 / (_CLK_TCK * wall))
+    return max(0.0, (busy - mine) * 100.0 / (CLK_TCK * wall))
 
 
 def wait_for_quiet(max_wait_s: float, threshold_pct: float, window_s: float = 2.0) -> tuple[float, float]:
