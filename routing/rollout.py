@@ -47,13 +47,6 @@ CONTROLLER_ACTOR = "rollout-controller"
 
 CheckName = Literal["error_rate", "latency_p99_ratio", "disagreement", "prediction_divergence", "input_psi"]
 CheckStatus = Literal["pass", "fail", "warn", "insufficient", "disabled"]
-CHECK_NAMES: tuple[CheckName, ...] = (
-    "error_rate",
-    "latency_p99_ratio",
-    "disagreement",
-    "prediction_divergence",
-    "input_psi",
-)
 # Checks that compare the challenger with the champion's own samples. When the challenger
 # takes 100% of live traffic the champion answers nothing, so these cannot be measured.
 _NEEDS_CHAMPION: frozenset[str] = frozenset({"latency_p99_ratio", "disagreement", "prediction_divergence"})
@@ -335,10 +328,6 @@ class Judgement:
     def insufficient(self) -> tuple[CheckResult, ...]:
         """Acting checks that lack their minimum samples: they make the judgement inconclusive."""
         return tuple(r for r in self.results if r.status == "insufficient" and r.acting)
-
-    @property
-    def warnings(self) -> tuple[CheckResult, ...]:
-        return tuple(r for r in self.results if r.status == "warn")
 
     @property
     def conclusive(self) -> bool:
