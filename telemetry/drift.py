@@ -142,6 +142,16 @@ def report(model: str, version: str, shape: VersionShape, counts: np.ndarray, wi
     )
 
 
+def _compile_divergences() -> None:
+    """Compile (or load from numba's cache) the divergences now: a compile holds the GIL for a second or
+    more, which in the worker thread of the first drift report would stall the event loop's requests."""
+    counts = np.ones((1, 4), dtype=np.int64)
+    edges, n_edges = np.array([[0.0, 1.0]]), np.array([2], dtype=np.int64)
+    for measure in (psi, js, ks):
+        measure(counts, counts)
+    wasserstein1(counts, counts, edges, n_edges)
+
+
 def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
@@ -152,6 +162,7 @@ class DriftView:
     def __init__(self, monitor: DriftMonitor, store: EvidenceStore) -> None:
         self.monitor = monitor
         self.store = store
+        _compile_divergences()
 
     def reports(self, model: str, versions: Sequence[str], champion: str | None, window_s: float,
                 now_s: float, histograms: int = 0) -> list[DriftReport]:

@@ -175,6 +175,16 @@ def _probability_output(manifest: Manifest) -> tuple[str | None, int]:
     return None, 0
 
 
+def _zeros(datatype: str, shape: tuple[int, ...], contiguous: bool) -> np.ndarray:
+    """One row of an OIP tensor's type; ``contiguous`` False: a strided view, as slicing gives."""
+    kind = {"FP": "float", "IN": "int", "UI": "uint"}.get(datatype[:2])
+    dtype = np.dtype(f"{kind}{datatype.lstrip('FPUINT')}") if kind else np.dtype(np.bool_)
+    dims = [max(d, 1) for d in shape[1:]]
+    if contiguous or not dims:
+        return np.zeros((1, *dims), dtype=dtype)
+    return np.zeros((1, *dims[:-1], dims[-1] * 2), dtype=dtype)[..., ::2]
+
+
 class _SlotViews(NamedTuple):
     """One ring slot and its per-part views, made once: ``batch`` picks them instead of slicing each time."""
 
@@ -213,6 +223,21 @@ class VersionMonitor:
         layout = self.layout
         self._views = [_SlotViews(v, layout.latency(v).reshape(1, -1), layout.feature_counts(v),
                                   layout.probability_counts(v), layout.label_counts(v)) for v in self.ring.slots]
+
+    def warm_up(self, manifest: Manifest) -> None:
+        """Compile (or load from numba's cache) every kernel specialisation ``batch`` will need, on scratch
+        counts: a first compile takes a second or more, and must not land on the first requests' batches."""
+        layout, scratch = self.layout, np.zeros(self.layout.size, dtype=np.int64)
+        saved = self._views
+        self._views = [_SlotViews(scratch, layout.latency(scratch).reshape(1, -1), layout.feature_counts(scratch),
+                                  layout.probability_counts(scratch), layout.label_counts(scratch))] * LOCAL_SLOTS
+        try:
+            for contiguous in (True, False):  # whole batches, and column views of wider arrays
+                inputs = {s.name: _zeros(s.datatype, s.shape, contiguous) for s in manifest.inputs}
+                outputs = {s.name: _zeros(s.datatype, s.shape, contiguous) for s in manifest.outputs}
+                self.batch(inputs, outputs, 1, np.zeros(1))
+        finally:
+            self._views = saved
 
     @property
     def layout(self) -> CountsLayout:
@@ -271,7 +296,9 @@ class DriftMonitor:
         self._versions: dict[tuple[str, str], VersionMonitor] = {}
 
     def add(self, model: str, version: str, manifest: Manifest) -> VersionMonitor:
-        monitor = self._versions[(model, version)] = VersionMonitor(model, version, VersionShape.of(manifest))
+        monitor = VersionMonitor(model, version, VersionShape.of(manifest))
+        monitor.warm_up(manifest)
+        self._versions[(model, version)] = monitor
         return monitor
 
     def get(self, model: str, version: str) -> VersionMonitor | None:

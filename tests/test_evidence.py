@@ -7,6 +7,8 @@ same rows.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,26 @@ def test_report_without_traffic_has_no_numbers(manifest: Manifest) -> None:
     empty = report("m", "1", shape, np.zeros(shape.layout.size, dtype=np.int64), 10.0, None)
     assert empty.features == [] and empty.max_psi is None and empty.latency_p99_s is None
     assert empty.error_rate is None and empty.agreement is None
+
+
+def test_warm_up_leaves_nothing_to_compile_on_the_request_path(demo_repository: Path) -> None:
+    """In a fresh process (nothing compiled yet): after ``DriftMonitor.add``, real batches, contiguous or
+    strided, need no new kernel specialisation, so no compile lands on a request's batch."""
+    script = f"""
+import numpy as np
+from kernels.histograms import label_counts, update_counts
+from serving.manifest import read_manifest
+from telemetry.evidence import DriftMonitor
+manifest = read_manifest(__import__("pathlib").Path({str(demo_repository / "breast-cancer" / "1" / "manifest.json")!r}))
+monitor = DriftMonitor().add("m", "1", manifest)
+compiled = (len(update_counts.signatures), len(label_counts.signatures))
+x = np.random.default_rng(0).normal(10, 3, size=(40, 60)).astype(np.float32)
+p = np.full((40, 2), 0.5, dtype=np.float32)
+labels = np.zeros(40, dtype=np.int64)
+monitor.batch({{"features": x[:, :30].copy()}}, {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
+monitor.batch({{"features": x[:, ::2]}}, {{"probabilities": p[:, :2], "label": labels}}, 40, np.full(4, 0.002))
+assert compiled[0] > 0, compiled
+assert (len(update_counts.signatures), len(label_counts.signatures)) == compiled, compiled
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
