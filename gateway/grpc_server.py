@@ -23,8 +23,10 @@ HTTP server, so both front ends feed the same batchers without threads.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
@@ -37,8 +39,16 @@ from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest, DeadlineExceeded, InferenceError
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.proto import grpc_service_pb2_grpc as pb_grpc
-from gateway.service import InferenceService, InferResult, parse_routing_key, parse_timeout_us, tighter
+from gateway.service import (
+    CLIENT_CLOSED,
+    InferenceService,
+    InferResult,
+    parse_routing_key,
+    parse_timeout_us,
+    tighter,
+)
 from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape
+from gateway.traffic import Target
 
 log = logging.getLogger(__name__)
 
@@ -367,16 +377,31 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        timeout_s = request_timeout_s(request, context)  # measured on arrival, before any work
+        started = time.perf_counter()
         service = self.service
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
-        target = service.resolve(request.model_name, request.model_version or None, metadata.get,
-                                 metadata.get("authorization"))
-        decoded = decode_infer_request(request)
-        result = await service.infer(target, decoded.tensors, decoded.requested_outputs, timeout_s,
-                                     routing_key_parameter(request))
-        return encode_infer_response(result, decoded.id, decoded.raw)
+        target: Target | None = None
+        result: InferResult | None = None
+        status = 500
+        try:
+            timeout_s = request_timeout_s(request, context)  # measured on arrival, before any work
+            metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+            # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
+            target = service.resolve(request.model_name, request.model_version or None, metadata.get,
+                                     metadata.get("authorization"))
+            decoded = decode_infer_request(request)
+            result = await service.infer(target, decoded.tensors, decoded.requested_outputs, timeout_s,
+                                         routing_key_parameter(request))
+            response = encode_infer_response(result, decoded.id, decoded.raw)
+            status = 200
+            return response
+        except InferenceError as exc:
+            status = exc.http_status
+            raise
+        except asyncio.CancelledError:  # the caller cancelled or its deadline passed while we worked
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            service.finished("grpc", request.model_name, target, result, status, started)
 
 
 def server_metadata_response(doc: dict[str, Any]) -> pb.ServerMetadataResponse:

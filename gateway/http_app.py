@@ -10,6 +10,7 @@ parse, one send. It also serves ``/metrics`` for Prometheus and hands
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -18,7 +19,8 @@ import orjson
 
 from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from gateway.http_codec import decode_infer_request, encode_infer_response, error_body, json_body
-from gateway.service import InferenceService
+from gateway.service import CLIENT_CLOSED, InferenceService, InferResult
+from gateway.traffic import Target
 from telemetry.metrics import exposition
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,27 @@ class OipHttpApp:
         service = self.service
         if rest == ["infer"]:
             _allow(method, "POST")
+            return await self._infer(model, version, scope, receive)
+        if not rest:
+            _allow(method, "GET")
+            return _json(200, service.model_metadata(model, version))
+        if rest == ["ready"]:
+            _allow(method, "GET")
+            ready = service.model_ready(model, version)
+            return _json(200 if ready else 503, {"name": model, "ready": ready})
+        if rest == ["config"]:
+            _allow(method, "GET")
+            return _json(200, service.model_config(model, version))
+        raise NotFound(f"no such endpoint: {method} {scope['path']}")
+
+    async def _infer(self, model: str, version: str | None, scope: Scope, receive: Receive) -> Response:
+        """One inference request, counted and timed whatever its outcome (``InferenceService.finished``)."""
+        started = time.perf_counter()
+        service = self.service
+        target: Target | None = None
+        result: InferResult | None = None
+        status = 500
+        try:
             headers = scope["headers"]
             # 401/404/503/429 before reading a possibly large body
             authorization = _raw_header(headers, "authorization") if service.data_plane_auth is not None else None
@@ -119,18 +142,16 @@ class OipHttpApp:
                 response_headers.append((b"x-mlgate-variant", result.variant.encode()))
             if result.fallback is not None:
                 response_headers.append((b"x-mlgate-fallback", result.fallback.encode()))
+            status = 200
             return 200, response_headers, payload
-        if not rest:
-            _allow(method, "GET")
-            return _json(200, service.model_metadata(model, version))
-        if rest == ["ready"]:
-            _allow(method, "GET")
-            ready = service.model_ready(model, version)
-            return _json(200 if ready else 503, {"name": model, "ready": ready})
-        if rest == ["config"]:
-            _allow(method, "GET")
-            return _json(200, service.model_config(model, version))
-        raise NotFound(f"no such endpoint: {method} {scope['path']}")
+        except InferenceError as exc:
+            status = exc.http_status
+            raise
+        except ClientDisconnected:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            service.finished("http", model, target, result, status, started)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_request_bytes

@@ -14,12 +14,16 @@ from gateway.batcher import Batcher
 from gateway.errors import NotFound
 from routing.champion import pick_default_version, version_sort_key
 from serving.manifest import Manifest
+from telemetry.metrics import record_device, record_model_state
 
 
 class VersionState(enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
+
+
+_STATE_NAMES = [state.value.lower() for state in VersionState]
 
 
 @dataclass
@@ -40,11 +44,20 @@ class ServedVersion:
     def ready(self) -> bool:
         return self.state is VersionState.READY
 
+    def __post_init__(self) -> None:
+        self._export_state()
+
     def mark_ready(self, batcher: Batcher, device: str) -> None:
         self.batcher, self.device, self.state, self.reason = batcher, device, VersionState.READY, ""
+        self._export_state()
+        record_device(self.model, self.version, device)
 
     def mark_unavailable(self, reason: str) -> None:
         self.batcher, self.state, self.reason = None, VersionState.UNAVAILABLE, reason
+        self._export_state()
+
+    def _export_state(self) -> None:
+        record_model_state(self.model, self.version, self.state.value.lower(), _STATE_NAMES)
 
 
 @dataclass

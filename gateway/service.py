@@ -7,6 +7,7 @@ batching therefore behave identically on both protocols.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,12 @@ from gateway.tensors import WireTensor, bind_inputs
 from gateway.traffic import HeaderLookup, Target, Traffic
 from routing.live import LiveRouting
 from serving.manifest import Manifest, TensorSpec
+from telemetry.metrics import RequestMetrics
 
 SERVER_NAME = "mlgate"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository(index)")
+CLIENT_CLOSED = 499
+"""Status counted for a request whose caller went away before its answer (nginx's convention)."""
 
 
 @dataclass(slots=True)
@@ -47,7 +51,8 @@ class InferResult:
 
 class InferenceService:
     def __init__(self, registry: ModelRegistry, server_version: str, live: LiveRouting | None = None,
-                 data_plane_auth: AuthState | None = None, shadows: ShadowMirror | None = None) -> None:
+                 data_plane_auth: AuthState | None = None, shadows: ShadowMirror | None = None,
+                 request_metrics: bool = True) -> None:
         self.registry = registry
         self.server_version = server_version
         self.started = False
@@ -55,6 +60,24 @@ class InferenceService:
         self.traffic = Traffic(registry, live, self.shadows)
         self.data_plane_auth = data_plane_auth
         """Set when inference needs a bearer token (``auth.require_token_for_inference``)."""
+        self.request_metrics = RequestMetrics(registry.versions.__contains__) if request_metrics else None
+        """None when ``telemetry.request_metrics`` is off: nothing is counted per request."""
+
+    def finished(self, protocol: str, model: str, target: Target | None, result: InferResult | None, status: int,
+                 started: float) -> None:
+        """Count and time one inference request, whatever its outcome (``started``: ``perf_counter`` on arrival).
+
+        Labelled by who answered: the result's version after a fallback, else the version routing chose,
+        else nothing (the request failed before a version was chosen)."""
+        if self.request_metrics is None:
+            return
+        if result is not None:
+            version, variant = result.version.version, result.variant or ""
+        elif target is not None:
+            version, variant = target.entry.version, target.variant
+        else:
+            version = variant = ""
+        self.request_metrics.observe(model, version, variant, protocol, status, time.perf_counter() - started)
 
     def live(self) -> bool:
         return True

@@ -179,6 +179,38 @@ class RolloutControllerConfig(_Strict):
         return self
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing (off by default). A traced request's id comes back in ``x-mlgate-trace-id``."""
+
+    enabled: bool = Field(False, description="Trace requests and export spans over OTLP. Off = no tracing code "
+                          "runs on the request path at all.")
+    endpoint: str = Field("http://127.0.0.1:4318/v1/traces",
+                          description="OTLP/HTTP (protobuf) traces endpoint of a collector, Jaeger or Tempo.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent with every export "
+                                    "(e.g. an API key of a hosted collector).")
+    sampling_ratio: float = Field(
+        0.01, ge=0, le=1, description="Share of new traces recorded (parent-based: a caller's sampled "
+        "traceparent is always continued, an unsampled one never).")
+    service_name: str = Field("mlgate", min_length=1, description="OpenTelemetry service.name of the spans.")
+
+
+class LogsConfig(_Strict):
+    format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line (UTC ISO-8601 time, level, logger, event, fields); "
+        "text: human-readable lines for a terminal.")
+    access_log_sample: float = Field(
+        0.0, ge=0, le=1, description="Share of inference requests logged as one access line each (0 = none; "
+        "errors the gateway itself causes (5xx) are always logged).")
+
+
+class TelemetryConfig(_Strict):
+    request_metrics: bool = Field(
+        True, description="Count and time every inference request (mlgate_requests_total, "
+        "mlgate_request_duration_seconds). Batching, routing and drift metrics are always kept.")
+    tracing: TracingConfig = TracingConfig()
+    logs: LogsConfig = LogsConfig()
+
+
 class MlgateConfig(_Strict):
     server: ServerConfig = ServerConfig()
     ray: RayConfig = RayConfig()
@@ -192,6 +224,7 @@ class MlgateConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     rollouts: RolloutControllerConfig = RolloutControllerConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _champion_is_served(self) -> MlgateConfig:

@@ -53,7 +53,7 @@ from telemetry.evidence_store import EvidenceStore, evidence_path
 from telemetry.metrics import (
     ROLLOUT_TRANSITIONS,
     BatchMetrics,
-    record_device,
+    record_build,
     record_drift,
     record_rollout,
     record_routing,
@@ -332,7 +332,6 @@ class Gateway:
             log.error("%s is unavailable: warm-up batch failed: %s", served.label, exc)
             return
         served.mark_ready(batcher, deployed.device)
-        record_device(entry.model, entry.version, deployed.device)
         fixed_s, per_row_s = batcher.latency.coefficients()
         log.info("%s ready on %s (latency model: %.2f ms + %.1f µs/row)",
                  served.label, deployed.device, fixed_s * 1e3, per_row_s * 1e6)
@@ -381,7 +380,8 @@ def create_gateway(config: MlgateConfig) -> Gateway:
 
     service = InferenceService(registry, __version__, live,
                                auth_state if config.auth.require_token_for_inference else None,
-                               ShadowMirror(observer=compared))
+                               ShadowMirror(observer=compared), config.telemetry.request_metrics)
+    record_build(__version__)
     backend = RayServeBackend(config.ray.address, config.ray.num_cpus, config.ray.object_store_bytes)
     return Gateway(config, backend, registry, service, entries, store, live, auth_state, monitor, evidence)
 

@@ -1,25 +1,40 @@
-"""Prometheus metrics of the batching layer, on one registry the gateway serves at ``/metrics``.
+"""The gateway's Prometheus metrics: one registry, served at ``/metrics``, catalogued in docs/metrics.md.
 
 Names follow Prometheus conventions (base units, ``_total`` for counters) and
-carry only bounded labels: ``model`` and ``version`` come from the repository,
-``reason`` from a fixed set. Buckets span what this gateway actually sees:
-sub-millisecond to seconds for time, 1 to 1024 for rows.
+carry only bounded labels: ``model`` and ``version`` come from the repository
+(a request for an unknown model is counted under ``model=""``), ``variant``,
+``protocol``, ``status`` and ``reason`` from fixed sets. Buckets span what
+this gateway actually sees: 100 µs to 10 s for requests, 1 to 1024 for rows.
+``python -m telemetry.catalogue`` writes docs/metrics.md from this registry,
+so the catalogue cannot drift from the code.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from telemetry.drift import PSI_ACT, PSI_WARN, DriftReport
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: twice the series for a timestamp nobody graphs
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 SECONDS_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0)
+"""Request latency: dense between 1 and 100 ms, where latency objectives sit (each bound can be an SLO threshold)."""
 REJECTION_REASONS = ("objective", "deadline", "queue_full", "expired")
 
 _labels = ("model", "version")
@@ -87,6 +102,55 @@ def record_device(model: str, version: str, device: str) -> None:
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- requests, models, build
+
+_request_labels = ("model", "version", "variant", "protocol", "status")
+REQUESTS = Counter("mlgate_requests", "Inference requests answered, by the version and variant that answered "
+                   "(empty when the request failed before a version was chosen), protocol (http, grpc) and status "
+                   "(the HTTP status; gRPC errors count under their HTTP equivalent, 499 = client went away).",
+                   _request_labels, registry=REGISTRY)
+REQUEST_DURATION = Histogram("mlgate_request_duration_seconds",
+                             "Time from a request's arrival (headers read) to its answer being ready to send.",
+                             _request_labels, buckets=REQUEST_BUCKETS, registry=REGISTRY)
+MODEL_STATE = Gauge("mlgate_model_state", "1 for the state each model version is in (loading, ready, unavailable), "
+                    "0 for the others.", (*_labels, "state"), registry=REGISTRY)
+BUILD_INFO = Gauge("mlgate_build_info", "Always 1; the labels say which mlgate and Python run.",
+                   ("version", "python"), registry=REGISTRY)
+
+
+class RequestMetrics:
+    """Counts and times inference requests; label children are bound once per label set, not per request."""
+
+    __slots__ = ("_children", "_known_models")
+
+    def __init__(self, known_models: Callable[[str], bool]) -> None:
+        self._children: dict[tuple[str, str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._known_models = known_models
+
+    def observe(self, model: str, version: str, variant: str, protocol: str, status: int, seconds: float) -> None:
+        key = (model, version, variant, protocol, status)
+        children = self._children.get(key)
+        if children is None:
+            if not self._known_models(model):  # a name from the URL: never let it become a label value
+                model = ""
+            labels = (model, version, variant, protocol, str(status))
+            children = (REQUESTS.labels(*labels), REQUEST_DURATION.labels(*labels))
+            if model:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def record_model_state(model: str, version: str, state: str, states: Iterable[str]) -> None:
+    """``states``: every state a version can be in, so all but one read 0."""
+    for name in states:
+        MODEL_STATE.labels(model=model, version=version, state=name).set(1.0 if name == state else 0.0)
+
+
+def record_build(version: str) -> None:
+    BUILD_INFO.labels(version=version, python=platform.python_version()).set(1)
 
 
 # --------------------------------------------------------------------------- routing, fallback, shadows
