@@ -8,17 +8,19 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels proto clean
+.PHONY: help install prometheus observe models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels bench-telemetry proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
-	@echo "make test   - install, then ruff, mypy, hadolint and pytest"
+	@echo "make test   - install, then ruff, mypy, hadolint, promtool and pytest"
+	@echo "make observe - Prometheus with mlgate's rules against a running 'make demo' (UI on 127.0.0.1:9090)"
 	@echo "make load   - one minute of load against a running 'make demo', with a report"
 	@echo "make bench  - mlgate vs plain Ray Serve vs FastAPI, side by side (loadtests/README.md)"
 	@echo "make bench-batching - adaptive batching vs fixed settings and @serve.batch (~25 min)"
 	@echo "make bench-routing  - routing, sticky keys and shadow bookkeeping: single route vs 3-version split (~5 min)"
 	@echo "make bench-drift    - drift monitoring on vs off: in-process CPU per request, end-to-end p50/p99 (~5 min)"
 	@echo "make bench-kernels  - drift kernels: histogram updates, window ring, PSI/KL/JS/KS/W1 (~1 min, no models needed)"
+	@echo "make bench-telemetry - request metrics + tracing (1% sampled) on vs off, side by side (~5 min)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's prometheus package: the telemetry tests scrape a real gateway with it and check the rules with promtool.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@prometheus --version 2>&1 | head -1
+
+observe: install prometheus
+	$(BIN)/mlgate observe --config $(CONFIG)
 
 models: install
 	$(BIN)/mlgate models build-demo $(MODELS)
@@ -37,14 +49,15 @@ demo: models
 	$(BIN)/mlgate token create --config $(CONFIG) --name demo-admin --role admin --out $(DEMO_TOKEN) --if-missing
 	$(BIN)/mlgate serve --config $(CONFIG)
 
-lint: install
+lint: install prometheus
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
+	promtool check rules telemetry/prometheus/mlgate-rules.yml
 
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install prometheus
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
@@ -66,6 +79,10 @@ bench-drift: models
 
 bench-batching: models
 	$(BIN)/python -m loadtests.bench_batching --models $(MODELS) --out loadtests/results/bench_batching.md
+
+bench-telemetry: models
+	$(BIN)/python -m loadtests.bench_telemetry --models $(MODELS) --duration 15 --repeats 4 --rate 300 \
+		--out loadtests/results/bench_telemetry.md
 
 bench-kernels: install
 	$(BIN)/python -m loadtests.bench_kernels --out loadtests/results/bench_kernels.md

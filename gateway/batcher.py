@@ -50,6 +50,7 @@ from gateway.arrivals import ArrivalRate
 from gateway.errors import DeadlineExceeded, DeadlineUnreachable, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
 from telemetry.metrics import BatchMetrics
+from telemetry.tracing import BatchTracer, RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class _Pending:
     not: under overload, batches capped to fit it shrink, the gateway's CPU goes to Ray calls
     instead of rows, and throughput collapses (measured); the admission limit enforces it instead."""
     enqueued_at: float = field(default_factory=time.monotonic)
+    trace: RequestTrace | None = None
+    """Set when the request is traced and recorded: its batch writes the request's queue and execute spans."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +104,15 @@ class Batcher:
     """Queue and dispatcher for one model deployment."""
 
     def __init__(self, label: str, execute: BatchExecutor, policy: BatchPolicy,
-                 metrics: BatchMetrics | None = None, observer: BatchObserver | None = None) -> None:
+                 metrics: BatchMetrics | None = None, observer: BatchObserver | None = None,
+                 tracing: BatchTracer | None = None) -> None:
         self.label = label
         self._metrics = metrics
         self.observer = observer
+        self.tracing = tracing
+        """None when tracing is off: then batches look at no request's trace."""
         if metrics is not None:
-            metrics.queued_rows.set_function(lambda: self._queued_rows)  # read at scrape time, free here
+            metrics.track_queued_rows(lambda: self._queued_rows)  # read when exported, free here
         self._execute = execute
         self._policy = policy
         self._queue: deque[_Pending] = deque()
@@ -136,11 +142,14 @@ class Batcher:
     def inflight(self) -> int:
         return self._inflight
 
-    async def submit(self, inputs: Arrays, rows: int, timeout_s: float | None = None) -> Arrays:
+    async def submit(self, inputs: Arrays, rows: int, timeout_s: float | None = None,
+                     trace: RequestTrace | None = None) -> Arrays:
         """Queue one request's rows and wait for its own slice of the batch's outputs.
 
         ``timeout_s`` is the caller's own time budget; without one the latency objective applies
-        to admission and batch sizing, but the request is never cut off.
+        to admission and batch sizing, but the request is never cut off. ``trace``: the recorded
+        request (or shadow call) whose spans its batch writes; kept on the queued entry, because
+        the batch runs in a task of its own.
         """
         now = time.monotonic()
         objective = self._policy.objective_s
@@ -148,7 +157,7 @@ class Batcher:
         deadline = min(own_deadline, now + objective) if objective is not None else own_deadline
         self._admit(rows, now, deadline, own_deadline)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, future, own_deadline, now))
+        self._queue.append(_Pending(inputs, rows, future, own_deadline, now, trace))
         self._queued_rows += rows
         self.arrivals.add(rows, now)
         self._dispatch()
@@ -372,8 +381,8 @@ class Batcher:
 
     async def _run(self, batch: list[_Pending], total_rows: int) -> None:
         outcome: InferenceError | None = None
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             inputs = _concatenate(batch)
             outputs = await self._execute(inputs)
             finished = time.monotonic()
@@ -404,6 +413,17 @@ class Batcher:
             # rows of requests that timed out meanwhile were executed and count as inputs, not as answers.
             asyncio.get_running_loop().call_soon(self._observe, observer, waiting, inputs, outputs, total_rows,
                                                  finished)
+        if self.tracing is not None:
+            self._trace(self.tracing, batch, total_rows, started, outcome)
+
+    @staticmethod
+    def _trace(tracing: BatchTracer, batch: list[_Pending], rows: int, started: float,
+               outcome: InferenceError | None) -> None:
+        """The batch's spans, once its callers have their answers or errors (their code runs later on the loop)."""
+        members = [(p.trace, p.enqueued_at) for p in batch if p.trace is not None]
+        if members:
+            tracing.record(members, rows, len(batch), started, time.monotonic(),
+                           outcome.message if outcome is not None else None)
 
     def _observe(self, observer: BatchObserver, answered: list[_Pending], inputs: Arrays, outputs: Arrays,
                  rows: int, finished: float) -> None:

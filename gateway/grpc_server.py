@@ -49,6 +49,7 @@ from gateway.service import (
 )
 from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape
 from gateway.traffic import Target
+from telemetry.tracing import NOT_TRACED, TRACE_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -378,30 +379,53 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         started = time.perf_counter()
-        service = self.service
+        service, model = self.service, request.model_name
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        tracing = service.tracing
+        trace_id, trace = NOT_TRACED if tracing is None else tracing.start_request(model, "grpc", metadata.get)
         target: Target | None = None
         result: InferResult | None = None
+        request_id = metadata.get("x-request-id")
         status = 500
         try:
+            if trace_id is not None:  # initial metadata: it reaches the caller on errors too
+                await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
             timeout_s = request_timeout_s(request, context)  # measured on arrival, before any work
-            metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
             # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
-            target = service.resolve(request.model_name, request.model_version or None, metadata.get,
+            if trace is not None:
+                trace.start_step("route")
+            target = service.resolve(model, request.model_version or None, metadata.get,
                                      metadata.get("authorization"))
+            if trace is not None:
+                trace.start_step("decode")
             decoded = decode_infer_request(request)
+            request_id = request_id or decoded.id or None
+            if trace is not None:
+                trace.end_step()
             result = await service.infer(target, decoded.tensors, decoded.requested_outputs, timeout_s,
-                                         routing_key_parameter(request))
+                                         routing_key_parameter(request), trace)
+            if trace is not None:
+                trace.start_step("encode")  # ended with the request's span, in ``finished``
             response = encode_infer_response(result, decoded.id, decoded.raw)
             status = 200
             return response
         except InferenceError as exc:
             status = exc.http_status
+            if trace is not None:
+                trace.fail(exc.message, {"rpc.grpc.status_code": exc.grpc_code.value[0]})
             raise
         except asyncio.CancelledError:  # the caller cancelled or its deadline passed while we worked
             status = CLIENT_CLOSED
+            if trace is not None:
+                trace.fail("cancelled by the caller", {"rpc.grpc.status_code": grpc.StatusCode.CANCELLED.value[0]})
             raise
+        except Exception as exc:
+            if trace is not None:
+                trace.fail(f"internal server error ({type(exc).__name__})",
+                           {"rpc.grpc.status_code": grpc.StatusCode.INTERNAL.value[0]})
+            raise service.unexpected("grpc", model, request_id, trace_id) from None  # ``_rpc`` answers it
         finally:
-            service.finished("grpc", request.model_name, target, result, status, started)
+            service.finished("grpc", model, target, result, status, started, trace, request_id, trace_id)
 
 
 def server_metadata_response(doc: dict[str, Any]) -> pb.ServerMetadataResponse:
@@ -437,17 +461,19 @@ def repository_index_response(index: Sequence[dict[str, str]]) -> pb.RepositoryI
 
 
 def build_grpc_server(
-    service: InferenceService, host: str, port: int, max_message_bytes: int
+    service: InferenceService, host: str, port: int, max_message_bytes: int, share_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     """The (not yet started) gRPC server and the port it bound; port 0 picks a free one.
 
-    ``grpc.so_reuseport`` is off so that a port already taken fails here,
-    loudly, instead of silently sharing traffic with another process.
+    ``grpc.so_reuseport`` is off so that a port already taken fails here, loudly, instead of
+    silently sharing traffic with another process — unless ``share_port``: the gateway's own
+    worker processes (``server.workers``) share their ports on purpose, the kernel spreading
+    connections among them.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]

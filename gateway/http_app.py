@@ -13,15 +13,17 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
-from gateway.http_codec import decode_infer_request, encode_infer_response, error_body, json_body
+from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response, error_body, json_body
 from gateway.service import CLIENT_CLOSED, InferenceService, InferResult
 from gateway.traffic import Target
 from telemetry.metrics import exposition
+from telemetry.tracing import NOT_TRACED, TRACE_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 BINARY_CONTENT_TYPE = b"application/octet-stream"
+TRACE_ID = TRACE_ID_HEADER.encode()
 
 
 class ClientDisconnected(Exception):
@@ -119,39 +122,57 @@ class OipHttpApp:
         raise NotFound(f"no such endpoint: {method} {scope['path']}")
 
     async def _infer(self, model: str, version: str | None, scope: Scope, receive: Receive) -> Response:
-        """One inference request, counted and timed whatever its outcome (``InferenceService.finished``)."""
+        """One inference request, counted, timed and traced whatever its outcome (``InferenceService.finished``).
+
+        Errors are answered here rather than in ``__call__`` so that they, too, carry the trace id.
+        """
         started = time.perf_counter()
         service = self.service
+        header = partial(_raw_header, scope["headers"])
+        tracing = service.tracing
+        trace_id, trace = tracing.start_request(model, "http", header) if tracing is not None else NOT_TRACED
         target: Target | None = None
         result: InferResult | None = None
+        request_id = header("x-request-id")
         status = 500
         try:
-            headers = scope["headers"]
             # 401/404/503/429 before reading a possibly large body
-            authorization = _raw_header(headers, "authorization") if service.data_plane_auth is not None else None
-            target = service.resolve(model, version, lambda name: _raw_header(headers, name), authorization)
+            authorization = header("authorization") if service.data_plane_auth is not None else None
+            if trace is not None:
+                trace.start_step("route")
+            target = service.resolve(model, version, header, authorization)
+            if trace is not None:
+                trace.start_step("decode")
             body = await self._read_body(scope, receive)
             request = decode_infer_request(body, _header_length(scope))
+            request_id = request_id or request.id
+            if trace is not None:
+                trace.end_step()
             result = await service.infer(target, request.tensors, request.requested_outputs, request.timeout_s,
-                                         request.routing_key)
-            payload, header_length = encode_infer_response(result, request)
-            response_headers = list(JSON_HEADERS) if header_length is None else [
-                (b"content-type", BINARY_CONTENT_TYPE),
-                (b"inference-header-content-length", str(header_length).encode())]
-            if result.variant is not None:
-                response_headers.append((b"x-mlgate-variant", result.variant.encode()))
-            if result.fallback is not None:
-                response_headers.append((b"x-mlgate-fallback", result.fallback.encode()))
+                                         request.routing_key, trace)
+            if trace is not None:
+                trace.start_step("encode")  # ended with the request's span, in ``finished``
+            response = _infer_response(result, request)
             status = 200
-            return 200, response_headers, payload
         except InferenceError as exc:
             status = exc.http_status
-            raise
+            if trace is not None:
+                trace.fail(exc.message)
+            response = _error_response(exc)
         except ClientDisconnected:
             status = CLIENT_CLOSED
+            if trace is not None:
+                trace.fail("the client went away before its body arrived")
             raise
+        except Exception as exc:
+            if trace is not None:
+                trace.fail(f"internal server error ({type(exc).__name__})")
+            response = _error_response(service.unexpected("http", model, request_id, trace_id))
         finally:
-            service.finished("http", model, target, result, status, started)
+            service.finished("http", model, target, result, status, started, trace, request_id, trace_id)
+        if trace_id is not None:
+            response[1].append((TRACE_ID, trace_id.encode()))
+        return response
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_request_bytes
@@ -176,6 +197,18 @@ class OipHttpApp:
         if encoding is not None and encoding not in ("identity", ""):
             body = _decompress(body, encoding, limit)
         return body
+
+
+def _infer_response(result: InferResult, request: HttpInferRequest) -> Response:
+    payload, header_length = encode_infer_response(result, request)
+    headers = list(JSON_HEADERS) if header_length is None else [
+        (b"content-type", BINARY_CONTENT_TYPE),
+        (b"inference-header-content-length", str(header_length).encode())]
+    if result.variant is not None:
+        headers.append((b"x-mlgate-variant", result.variant.encode()))
+    if result.fallback is not None:
+        headers.append((b"x-mlgate-fallback", result.fallback.encode()))
+    return 200, headers, payload
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -7,7 +7,10 @@ batching therefore behave identically on both protocols.
 
 from __future__ import annotations
 
+import logging
+import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gateway.auth import AuthState
-from gateway.errors import BadRequest, Unavailable
+from gateway.errors import BadRequest, InferenceError, Unavailable
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.shadows import ShadowMirror
 from gateway.tensors import WireTensor, bind_inputs
@@ -23,6 +26,9 @@ from gateway.traffic import HeaderLookup, Target, Traffic
 from routing.live import LiveRouting
 from serving.manifest import Manifest, TensorSpec
 from telemetry.metrics import RequestMetrics
+from telemetry.tracing import RequestTrace, Tracing
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlgate"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository(index)")
@@ -52,7 +58,7 @@ class InferResult:
 class InferenceService:
     def __init__(self, registry: ModelRegistry, server_version: str, live: LiveRouting | None = None,
                  data_plane_auth: AuthState | None = None, shadows: ShadowMirror | None = None,
-                 request_metrics: bool = True) -> None:
+                 request_metrics: bool = True, access_log_sample: float = 0.0, tracing: Tracing | None = None) -> None:
         self.registry = registry
         self.server_version = server_version
         self.started = False
@@ -61,15 +67,23 @@ class InferenceService:
         self.data_plane_auth = data_plane_auth
         """Set when inference needs a bearer token (``auth.require_token_for_inference``)."""
         self.request_metrics = RequestMetrics(registry.versions.__contains__) if request_metrics else None
+        self.access_log_sample = access_log_sample
+        """Share of inference requests logged as one ``access`` event each (``telemetry.logs``)."""
         """None when ``telemetry.request_metrics`` is off: nothing is counted per request."""
+        self.tracing = tracing
+        """None when ``telemetry.tracing`` is off: the front ends then start no trace."""
 
     def finished(self, protocol: str, model: str, target: Target | None, result: InferResult | None, status: int,
-                 started: float) -> None:
-        """Count and time one inference request, whatever its outcome (``started``: ``perf_counter`` on arrival).
+                 started: float, trace: RequestTrace | None = None, request_id: str | None = None,
+                 trace_id: str | None = None) -> None:
+        """Count, time, trace and (sampled) log one inference request, whatever its outcome (``started``:
+        ``perf_counter`` on arrival; ``request_id``: the caller's ``x-request-id`` or OIP ``id``;
+        ``trace_id``: sampled or not, the id the response carries).
 
         Labelled by who answered: the result's version after a fallback, else the version routing chose,
         else nothing (the request failed before a version was chosen)."""
-        if self.request_metrics is None:
+        logged = self.access_log_sample > 0.0 and random.random() < self.access_log_sample
+        if self.request_metrics is None and trace is None and not logged:
             return
         if result is not None:
             version, variant = result.version.version, result.variant or ""
@@ -77,7 +91,26 @@ class InferenceService:
             version, variant = target.entry.version, target.variant
         else:
             version = variant = ""
-        self.request_metrics.observe(model, version, variant, protocol, status, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if self.request_metrics is not None:
+            self.request_metrics.observe(model, version, variant, protocol, status, seconds)
+        if trace is not None:
+            trace.finish(status, version, variant, result.fallback if result is not None else None)
+        if logged:
+            log.info("%s %s %d in %.2f ms", protocol, model, status, seconds * 1e3, extra={
+                "event": "access", "protocol": protocol, "model": model, "version": version, "variant": variant,
+                "status": status, "duration_s": seconds, "request_id": request_id,
+                "fallback": result.fallback if result is not None else None,
+                "trace_id": trace_id})
+
+    def unexpected(self, protocol: str, model: str, request_id: str | None, trace_id: str | None) -> InferenceError:
+        """Log the exception being handled (a bug, not the caller's mistake) under a request id — the caller's,
+        else a new one — and return the 500 to answer, which names that id so a report can be matched."""
+        request_id = request_id or uuid.uuid4().hex
+        log.exception("unhandled error answering model '%s' (request id %s)", model, request_id,
+                      extra={"event": "request_error", "model": model, "protocol": protocol,
+                             "request_id": request_id, "trace_id": trace_id})
+        return InferenceError(f"internal server error (request id {request_id})")
 
     def live(self) -> bool:
         return True
@@ -148,16 +181,20 @@ class InferenceService:
 
     async def infer(
         self, target: Target, tensors: Sequence[WireTensor], requested: Sequence[str] | None,
-        timeout_s: float | None = None, routing_key: str | None = None,
+        timeout_s: float | None = None, routing_key: str | None = None, trace: RequestTrace | None = None,
     ) -> InferResult:
         """Validate, route, batch and run one request; ``timeout_s`` is the caller's own budget, if it set one.
 
         Inputs are validated against the chosen version's contract; every version that may answer
         in its place has the same contract (checked when routing changes), so a fallback or a
-        shadow reuses the validated arrays as they are.
+        shadow reuses the validated arrays as they are. ``trace``: the request's, when it is recorded.
         """
         if routing_key is not None:
+            if trace is not None:
+                trace.start_step("route")
             target = self.traffic.with_key(target, routing_key)
+            if trace is not None:
+                trace.end_step()
         entry = target.entry
         manifest = _manifest_or_unavailable(entry)
         specs = select_outputs(entry, manifest, requested)
@@ -165,7 +202,9 @@ class InferenceService:
             entry.label, manifest.inputs, tensors,
             max_rows=manifest.max_batch_rows, allow_non_finite=manifest.allow_non_finite,
         )
-        answer = await self.traffic.run(target, inputs, rows, timeout_s)
+        if trace is not None:
+            trace.set("mlgate.rows", rows)
+        answer = await self.traffic.run(target, inputs, rows, timeout_s, trace)
         return InferResult(answer.entry, answer.outputs, specs, answer.variant, answer.fallback)
 
 

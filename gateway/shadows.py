@@ -26,6 +26,7 @@ import numpy as np
 from gateway.batcher import Arrays
 from gateway.registry import ServedVersion
 from telemetry.metrics import ShadowMetrics
+from telemetry.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -118,35 +119,46 @@ class ShadowMirror:
         return {version: s.tally for (m, version), s in self._shadows.items() if m == model}
 
     def mirror(self, shadow: ServedVersion, inputs: Arrays, rows: int, champion_outputs: Arrays,
-               champion_seconds: float) -> None:
-        """Send one request's inputs to ``shadow`` in the background; never raises, never blocks."""
+               champion_seconds: float, trace: RequestTrace | None = None) -> None:
+        """Send one request's inputs to ``shadow`` in the background; never raises, never blocks.
+
+        ``trace``: the request's, when recorded; the shadow call gets a span under it, ended when the
+        comparison is done (usually after the response has left).
+        """
         state = self._state(shadow)
         if shadow.batcher is None or state.in_flight >= self.max_in_flight:
             state.tally.dropped += 1
             state.metrics.dropped.inc()
             return
         state.in_flight += 1
+        call = None if trace is None else trace.child(f"shadow {shadow.version}", {"mlgate.version": shadow.version})
         task = asyncio.get_running_loop().create_task(
-            self._run(shadow, state, inputs, rows, champion_outputs, champion_seconds))
+            self._run(shadow, state, inputs, rows, champion_outputs, champion_seconds, call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, shadow: ServedVersion, state: _Shadow, inputs: Arrays, rows: int,
-                   champion_outputs: Arrays, champion_seconds: float) -> None:
+                   champion_outputs: Arrays, champion_seconds: float, trace: RequestTrace | None) -> None:
         tally, metrics = state.tally, state.metrics
         try:
             assert shadow.batcher is not None
             started = time.monotonic()
-            outputs = await shadow.batcher.submit(inputs, rows)
+            outputs = await shadow.batcher.submit(inputs, rows, trace=trace)
             seconds = time.monotonic() - started
             result = compare_outputs(champion_outputs, outputs, rows)
+            if trace is not None:
+                trace.set("mlgate.shadow.agreeing_rows", result.agreeing_rows)
         except Exception as exc:  # whatever the shadow does stays in its counters
             tally.failed += 1
             metrics.failed.inc()
             log.debug("shadow %s failed: %s", shadow.label, exc)
+            if trace is not None:
+                trace.fail(str(exc))
             return
         finally:
             state.in_flight -= 1
+            if trace is not None:
+                trace.end()
         tally.compared += 1
         tally.rows += result.rows
         tally.agreeing_rows += result.agreeing_rows

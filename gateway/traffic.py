@@ -41,6 +41,7 @@ from routing.live import ActiveRouting, LiveRouting
 from routing.policy import RoutingPolicy, variant_of
 from serving.manifest import Manifest
 from telemetry.metrics import record_fallback
+from telemetry.tracing import RequestTrace
 
 HeaderLookup = Callable[[str], "str | None"]
 """A request's header (lower-case name) or gRPC metadata value, None when absent."""
@@ -123,20 +124,23 @@ class Traffic:
 
     # ------------------------------------------------------------------ with the body
 
-    async def run(self, target: Target, inputs: Arrays, rows: int, timeout_s: float | None) -> Answer:
+    async def run(self, target: Target, inputs: Arrays, rows: int, timeout_s: float | None,
+                  trace: RequestTrace | None = None) -> Answer:
+        """The answer of the version routing chose, or of its fallback; ``trace``: the request's, when recorded."""
         active = target.active
         if active is None:
-            outputs = await _submit(target.entry, inputs, rows, timeout_s)
+            outputs = await _submit(target.entry, inputs, rows, timeout_s, trace)
             return Answer(target.entry, outputs, target.variant)
         started = time.monotonic()
         if target.variant != "champion":
             if not active.policy.fallback.enabled:
-                return Answer(target.entry, await _submit(target.entry, inputs, rows, timeout_s), target.variant)
+                return Answer(target.entry, await _submit(target.entry, inputs, rows, timeout_s, trace),
+                              target.variant)
             reason = target.fallback_reason
             if reason is None:
                 try:
                     budget = self._challenger_budget(target, active.policy, rows, timeout_s)
-                    outputs = await _submit(target.entry, inputs, rows, budget)
+                    outputs = await _submit(target.entry, inputs, rows, budget, trace)
                     return Answer(target.entry, outputs, target.variant)
                 except (DeadlineExceeded, DeadlineUnreachable):
                     reason = "deadline"
@@ -149,14 +153,17 @@ class Traffic:
                 raise DeadlineExceeded(f"{target.entry.label} could not answer and no time was left for the "
                                        f"champion (fallback reason: {reason})")
             champion = self._version(target.model, active.policy.champion)
-            answer = await self._champion(target, champion, inputs, rows, remaining)
+            if trace is not None:
+                trace.event("fallback", {"mlgate.fallback.from": target.entry.version,
+                                         "mlgate.fallback.reason": reason})
+            answer = await self._champion(target, champion, inputs, rows, remaining, trace)
             if answer.fallback is None:
                 answer.fallback = "champion"
                 record_fallback(target.model, target.entry.version, reason, "champion")
             return answer
-        answer = await self._champion(target, target.entry, inputs, rows, timeout_s)
+        answer = await self._champion(target, target.entry, inputs, rows, timeout_s, trace)
         if answer.fallback is None and active.policy.shadows:
-            self._mirror(target, active, inputs, rows, answer.outputs, time.monotonic() - started)
+            self._mirror(target, active, inputs, rows, answer.outputs, time.monotonic() - started, trace)
         return answer
 
     def _challenger_budget(self, target: Target, policy: RoutingPolicy, rows: int,
@@ -174,11 +181,11 @@ class Traffic:
         return None if budget == math.inf else budget
 
     async def _champion(self, target: Target, champion: ServedVersion, inputs: Arrays, rows: int,
-                        timeout_s: float | None) -> Answer:
+                        timeout_s: float | None, trace: RequestTrace | None) -> Answer:
         assert target.active is not None
         default = target.active.policy.fallback.default_response
         try:
-            outputs = await _submit(champion, inputs, rows, timeout_s)
+            outputs = await _submit(champion, inputs, rows, timeout_s, trace)
         except InferenceError:
             if default is None or champion.manifest is None:
                 raise
@@ -187,11 +194,11 @@ class Traffic:
         return Answer(champion, outputs, "champion")
 
     def _mirror(self, target: Target, active: ActiveRouting, inputs: Arrays, rows: int, outputs: Arrays,
-                seconds: float) -> None:
+                seconds: float, trace: RequestTrace | None) -> None:
         for version in active.router.shadows():
             shadow = self.registry.versions.get(target.model, {}).get(version)
             if shadow is not None:
-                self.shadows.mirror(shadow, inputs, rows, outputs, seconds)
+                self.shadows.mirror(shadow, inputs, rows, outputs, seconds, trace)
 
 
 def _batcher(entry: ServedVersion) -> Batcher:
@@ -208,8 +215,9 @@ def _accepting(entry: ServedVersion) -> ServedVersion:
     return entry
 
 
-async def _submit(entry: ServedVersion, inputs: Arrays, rows: int, timeout_s: float | None) -> Arrays:
-    return await _batcher(entry).submit(inputs, rows, timeout_s)
+async def _submit(entry: ServedVersion, inputs: Arrays, rows: int, timeout_s: float | None,
+                  trace: RequestTrace | None) -> Arrays:
+    return await _batcher(entry).submit(inputs, rows, timeout_s, trace)
 
 
 def default_outputs(manifest: Manifest, default: dict[str, list[object]], rows: int) -> Arrays:

@@ -334,27 +334,29 @@ class EvidenceCheck:
     drift_window_rows: float
 
 
-def write_config(path: Path, repository: Path, state: Path, http_port: int, grpc_port: int, drift: bool) -> None:
-    """The demo-like config both gateways share; only ``monitoring.drift`` differs."""
+def write_config(path: Path, repository: Path, state: Path, http_port: int, grpc_port: int,
+                 overrides: dict[str, Any]) -> None:
+    """The demo-like config both gateways share; only the ``overrides`` (top-level sections) differ."""
     config = {
         "server": {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port},
         "ray": {"num_cpus": 2},
         "repository": str(repository),
         "state": {"path": str(state)},
         "models": {MODEL: {"champion": VERSION, "versions": [VERSION]}},
-        "monitoring": {"drift": drift},
+        **overrides,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
-def start_gateway(stack: ExitStack, work: Path, repository: Path, monitoring: str) -> Gateway:
+def start_gateway(stack: ExitStack, work: Path, repository: Path, monitoring: str,
+                  overrides: dict[str, Any]) -> Gateway:
     from loadtests.bench_oip import mlgate_command
 
     port = free_port()
     config_path, state = work / f"mlgate-{monitoring}.yaml", work / f"state-{monitoring}.db"
     for stale in work.glob(f"state-{monitoring}*.db*"):
         stale.unlink()
-    write_config(config_path, repository, state, port, free_port(), monitoring == ON)
+    write_config(config_path, repository, state, port, free_port(), overrides)
     command = mlgate_command(config_path)
     if command is None:
         raise SystemExit("error: no mlgate CLI in this environment")
@@ -363,7 +365,7 @@ def start_gateway(stack: ExitStack, work: Path, repository: Path, monitoring: st
     requests = build_requests(host, MODEL, None, 1, "json")
     probe = requests[0].split(b"\r\n\r\n", 1)[1]
     startup = wait_ready(server, port, f"/v2/models/{MODEL}/infer", probe, 300.0, "/v2/health/ready")
-    print(f"--- mlgate monitoring {monitoring} ready after {startup:.0f} s (gateway pid {server.pid})",
+    print(f"--- mlgate {monitoring} ready after {startup:.0f} s (gateway pid {server.pid})",
           file=sys.stderr, flush=True)
     return Gateway(monitoring, server, port, state, requests)
 
@@ -426,31 +428,47 @@ def check_evidence(gateway: Gateway, manifest: Manifest, answered: int) -> Evide
                          metric_sum(scrape(gateway.port), "mlgate_drift_window_rows", model=MODEL))
 
 
-def run_end_to_end(work: Path, manifest: Manifest, args: argparse.Namespace) -> tuple[list[Phase],
-                                                                                       list[EvidenceCheck]]:
+def side_by_side(work: Path, variants: dict[str, dict[str, Any]], args: argparse.Namespace,
+                 after: Callable[[dict[str, Gateway], dict[str, int]], None] | None = None) -> list[Phase]:
+    """Two gateways from one config but for each variant's ``overrides``, both up for the whole run, the
+    same load on each in turn, ABBA over ``args.repeats`` rounds; ``after`` sees them (and how many answers
+    each gave) before they stop."""
     repository = work / "repository"
     if not (repository / MODEL / VERSION).is_dir():
         copy_version(args.models / MODEL / VERSION, repository / MODEL, MODEL, VERSION)
+    settings = tuple(variants)
     phases: list[Phase] = []
-    answered = dict.fromkeys(SETTINGS, 0)
+    answered = dict.fromkeys(settings, 0)
     with ExitStack() as stack:
         # One after the other: two Ray clusters starting at once on 2 cores would only slow each other down.
-        gateways = {setting: start_gateway(stack, work, repository, setting) for setting in SETTINGS}
-        for setting in SETTINGS:
+        gateways = {s: start_gateway(stack, work, repository, s, overrides) for s, overrides in variants.items()}
+        for setting in settings:
             answered[setting] += prime(gateways[setting], args)
         for r in range(args.repeats):
-            for setting in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
-                twin = gateways[OFF if setting == ON else ON]
+            for setting in (settings if r % 2 == 0 else settings[::-1]):
+                twin = gateways[settings[1] if setting == settings[0] else settings[0]]
                 phase, done = run_phase(gateways[setting], twin, r, args)
                 phases.append(phase)
                 answered[setting] += done
-                print(f"  round {r + 1} drift {setting:3s} ok {phase.ok}/{phase.offered} p50 {phase.p50_ms:6.2f} ms "
+                print(f"  round {r + 1} {setting:3s} ok {phase.ok}/{phase.offered} p50 {phase.p50_ms:6.2f} ms "
                       f"p99 {phase.p99_ms:6.2f} ms gateway CPU {phase.gateway_cpu_us:6.0f} µs/req server CPU "
                       f"{phase.server_cpu_us:6.0f} µs/req errors {sum(phase.errors.values())} twin CPU "
                       f"{phase.twin_cpu_pct:.0f}% other CPU {phase.other_cpu_pct:.0f}%", file=sys.stderr, flush=True)
+        if after is not None:
+            after(gateways, answered)
+    return phases
+
+
+def run_end_to_end(work: Path, manifest: Manifest, args: argparse.Namespace) -> tuple[list[Phase],
+                                                                                       list[EvidenceCheck]]:
+    checks: list[EvidenceCheck] = []
+
+    def check(gateways: dict[str, Gateway], answered: dict[str, int]) -> None:
         time.sleep(2 * SLOT_S + 0.5)  # the last slots reach the evidence file
-        checks = [check_evidence(gateways[s], manifest, answered[s]) for s in SETTINGS]
-    return phases, checks
+        checks.extend(check_evidence(gateways[s], manifest, answered[s]) for s in SETTINGS)
+
+    variants = {setting: {"monitoring": {"drift": setting == ON}} for setting in SETTINGS}
+    return side_by_side(work, variants, args, check), checks
 
 
 # --------------------------------------------------------------------------- report

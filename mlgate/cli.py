@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sqlite3
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -44,16 +42,6 @@ app.add_typer(rollout_app, name="rollout")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file.")]
 
 
-def _setup_logging(level: str) -> None:
-    logging.Formatter.converter = time.gmtime
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def _load_or_exit(path: Path) -> MlgateConfig:
     try:
         return load_config(path)
@@ -72,8 +60,10 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Serve the models of the configured repository over OIP HTTP and gRPC until SIGTERM/SIGINT."""
-    _setup_logging(log_level)
     cfg = _load_or_exit(config)
+    from telemetry.logs import setup_logging
+
+    setup_logging(cfg.telemetry.logs.format, log_level, worker=0 if cfg.server.workers > 1 else None)
     server_overrides = {k: v for k, v in
                         {"host": host, "http_port": http_port, "grpc_port": grpc_port}.items() if v is not None}
     if server_overrides:
@@ -84,13 +74,18 @@ def serve(
         typer.echo(f"error: model repository {cfg.repository} does not exist "
                    f"(build the demo one with: mlgate models build-demo {cfg.repository})", err=True)
         raise typer.Exit(2)
-    from mlgate.server import StartupError, run  # imports Ray: keep the other commands fast
+    from mlgate.workers import LOG_LEVEL_ENV, shared_metrics_folder
 
-    try:
-        run(cfg)
-    except StartupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    os.environ[LOG_LEVEL_ENV] = log_level
+    with shared_metrics_folder() if cfg.server.workers > 1 else contextlib.nullcontext():
+        from mlgate.server import StartupError, run  # imports Ray (keep the other commands fast) and, after
+        # the metrics folder is set, prometheus_client
+
+        try:
+            run(cfg)
+        except StartupError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
 
 @models_app.command("build-demo")
@@ -174,6 +169,37 @@ def drift(
         if not panels:
             _fail("nothing to plot: no version had input rows with a reference profile in the window")
         typer.echo(f"plotted {panels} histogram(s) to {plot}", err=as_json)
+
+
+@app.command()
+def observe(
+    config: ConfigOption,
+    port: Annotated[int, typer.Option(help="Port of Prometheus's web UI and API (loopback).")] = 9090,
+    scrape_interval: Annotated[float, typer.Option(help="Seconds between scrapes.")] = 5.0,
+) -> None:
+    """Run Prometheus (Debian package) against a running gateway, with mlgate's recording and alert rules."""
+    from telemetry.prometheus_server import PrometheusError, PrometheusServer
+
+    cfg = _load_or_exit(config)
+    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::") else cfg.server.host
+    target = f"{host}:{cfg.server.http_port}"
+    try:
+        server = PrometheusServer([target], scrape_interval, port=port).start()
+    except PrometheusError as exc:
+        _fail(str(exc))
+    typer.echo(f"Prometheus {server.url} scrapes http://{target}/metrics every {scrape_interval:g} s, rules: "
+               f"{server.config_path.parent / 'prometheus.yml'}")
+    typer.echo(f"  alerts:  {server.url}/alerts     rules: {server.url}/rules     targets: {server.url}/targets")
+    typer.echo(f"  try:     {server.url}/graph?g0.expr=sum%20by%20(version)(rate(mlgate_requests_total[1m]))")
+    typer.echo("  dashboards to import into Grafana: telemetry/grafana/ (README.md there says what each shows)")
+    typer.echo("Ctrl-C stops it (its data is temporary).")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def _print_routing(doc: dict[str, Any], as_json: bool) -> None:

@@ -33,6 +33,11 @@ class ServerConfig(_Strict):
     shutdown_grace_s: float = Field(
         5.0, ge=0, description="How long in-flight requests may finish on SIGTERM."
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="Gateway processes sharing the HTTP and gRPC ports (SO_REUSEPORT: the kernel "
+        "spreads connections). The first starts Ray and deploys the models; the others join it, load nothing "
+        "twice and only listen once their models are ready. Metrics of all of them are served by each one's "
+        "/metrics. More than one pays off when the gateway's own CPU (decode, encode, batching) is the limit.")
 
 
 class RayConfig(_Strict):
@@ -199,8 +204,9 @@ class LogsConfig(_Strict):
         "json", description="json: one JSON object per line (UTC ISO-8601 time, level, logger, event, fields); "
         "text: human-readable lines for a terminal.")
     access_log_sample: float = Field(
-        0.0, ge=0, le=1, description="Share of inference requests logged as one access line each (0 = none; "
-        "errors the gateway itself causes (5xx) are always logged).")
+        0.0, ge=0, le=1, description="Share of inference requests logged as one 'access' event each, with status, "
+        "duration, request id and trace id (0 = none). Unexpected errors (500) are always logged with their "
+        "request id (the caller's x-request-id or OIP id, else a generated one the error message names).")
 
 
 class TelemetryConfig(_Strict):

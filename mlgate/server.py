@@ -39,6 +39,7 @@ from gateway.tensors import placeholder_inputs
 from gateway.traffic import policy_problems
 from mlgate import __version__
 from mlgate.config import MlgateConfig
+from mlgate.workers import MULTIPROCESS_ENV, WorkerPool, hidden_from_children, shared_socket, worker_config
 from routing.champion import pick_default_version
 from routing.controller import LEASE, RUNNING, RolloutController
 from routing.live import ActiveRouting, LiveRouting
@@ -53,11 +54,14 @@ from telemetry.evidence_store import EvidenceStore, evidence_path
 from telemetry.metrics import (
     ROLLOUT_TRANSITIONS,
     BatchMetrics,
+    forget_process,
     record_build,
     record_drift,
     record_rollout,
     record_routing,
+    refresh_sampled,
 )
+from telemetry.tracing import build_tracing
 
 log = logging.getLogger("mlgate")
 
@@ -98,7 +102,7 @@ def build_registry(config: MlgateConfig, entries: list[RepositoryEntry]) -> Mode
         served = ServedVersion(entry.model, entry.version, entry.manifest)
         if entry.error:
             served.mark_unavailable(entry.error)
-            log.error("refusing %s: %s", served.label, entry.error)
+            log.error("refusing %s: %s", served.label, entry.error, extra=_model_event(served, "model_unavailable"))
         registry.add(served)
     for name, model in config.models.items():
         if name not in registry.versions:
@@ -158,9 +162,13 @@ def open_routing(config: MlgateConfig, registry: ModelRegistry, store: StateStor
     def applied(active: ActiveRouting) -> None:
         registry.champions[active.stored.model] = active.policy.champion
         policy = active.policy
-        record_routing(active.stored.model, active.revision, policy.champion,
-                       policy.shares(), {v: p / 100 for v, p in policy.shadows.items()},
+        shares, shadows = policy.shares(), {v: p / 100 for v, p in policy.shadows.items()}
+        record_routing(active.stored.model, active.revision, policy.champion, shares, shadows,
                        list(registry.versions.get(active.stored.model, {})))
+        log.info("model '%s': routing revision %d applied (champion %s)", active.stored.model, active.revision,
+                 policy.champion, extra={"event": "routing_changed", "model": active.stored.model,
+                                         "revision": active.revision, "champion": policy.champion,
+                                         "shares": shares, "shadows": shadows})
 
     live = LiveRouting(store, on_change=applied)
     for model in registry.models():
@@ -219,6 +227,12 @@ class Gateway:
             try:
                 for record in await asyncio.to_thread(self._rollout_tick, time.time()):
                     ROLLOUT_TRANSITIONS.labels(model=record.spec.model, to=record.state.value).inc()
+                    log.log(logging.WARNING if record.state is RolloutState.ROLLED_BACK else logging.INFO,
+                            "rollout of model '%s' version '%s': %s (%s)", record.spec.model,
+                            record.spec.challenger, record.state.value, record.reason,
+                            extra={"event": "rollout_transition", "model": record.spec.model,
+                                   "challenger": record.spec.challenger, "state": record.state.value,
+                                   "percent": record.challenger_percent, "reason": record.reason})
             except Exception:
                 log.exception("rollout controller tick failed; retrying")
 
@@ -286,15 +300,17 @@ class Gateway:
             except Exception:  # a locked or briefly unreadable file: keep serving the last good state
                 log.exception("cannot read the state file %s; keeping the current routing", self.store.path)
 
-    async def load_models(self) -> None:
+    async def load_models(self, deploy: bool = True) -> None:
         """Deploy every servable version, then warm each up in turn and let it take traffic.
 
         Warm-ups wait until every replica is up and run one at a time: a latency model timed
         while other replicas start (process spawn, imports) or warm up would learn their load.
+        A worker process (``deploy=False``) uses the deployments its supervisor made.
         """
         servable = [e for e in self.entries if e.error is None]
-        settings = {(e.model, e.version): replica_settings(self.config, e.model, e.version) for e in servable}
-        await asyncio.to_thread(self.backend.deploy, servable, settings)
+        if deploy:
+            settings = {(e.model, e.version): replica_settings(self.config, e.model, e.version) for e in servable}
+            await asyncio.to_thread(self.backend.deploy, servable, settings)
         deployed = await asyncio.gather(*(self._wait_deployed(e) for e in servable))
         for entry, version in zip(servable, deployed, strict=True):
             if version is not None:
@@ -314,7 +330,7 @@ class Gateway:
             return await self.backend.wait_ready(entry.model, entry.version, timeout)
         except Exception as exc:
             served.mark_unavailable(str(exc))
-            log.error("%s is unavailable: %s", served.label, exc)
+            log.error("%s is unavailable: %s", served.label, exc, extra=_model_event(served, "model_unavailable"))
             return None
 
     async def _warm_up_and_open(self, entry: RepositoryEntry, deployed: DeployedVersion) -> None:
@@ -324,17 +340,22 @@ class Gateway:
         batcher = Batcher(served.label, deployed.execute, batch_policy(self.config, served),
                           BatchMetrics.for_deployment(entry.model, entry.version),
                           self.monitor.add(entry.model, entry.version, manifest) if self.config.monitoring.drift
-                          else None)
+                          else None,
+                          self.service.tracing.batches(entry.model, entry.version)
+                          if self.service.tracing is not None else None)
         try:
             await batcher.warm_up(lambda rows: placeholder_inputs(manifest.inputs, rows), execute=deployed.warm_up)
         except Exception as exc:
             served.mark_unavailable(f"warm-up batch failed: {exc}")
-            log.error("%s is unavailable: warm-up batch failed: %s", served.label, exc)
+            log.error("%s is unavailable: warm-up batch failed: %s", served.label, exc,
+                      extra=_model_event(served, "model_unavailable"))
             return
         served.mark_ready(batcher, deployed.device)
         fixed_s, per_row_s = batcher.latency.coefficients()
         log.info("%s ready on %s (latency model: %.2f ms + %.1f µs/row)",
-                 served.label, deployed.device, fixed_s * 1e3, per_row_s * 1e6)
+                 served.label, deployed.device, fixed_s * 1e3, per_row_s * 1e6,
+                 extra={**_model_event(served, "model_ready"), "device": deployed.device,
+                        "latency_fixed_s": fixed_s, "latency_per_row_s": per_row_s})
 
     async def drain(self) -> None:
         batchers = [e.batcher for e in self.registry.all_versions() if e.batcher is not None]
@@ -345,10 +366,14 @@ class Gateway:
         self.evidence.close()
 
 
-async def serve_http(http: uvicorn.Server, where: str) -> None:
+def _model_event(served: ServedVersion, event: str) -> dict[str, str]:
+    return {"event": event, "model": served.model, "version": served.version, "reason": served.reason}
+
+
+async def serve_http(http: uvicorn.Server, where: str, sockets: list[socket.socket] | None) -> None:
     """Run uvicorn; it calls sys.exit when it cannot bind, which would tear the loop down mid-start."""
     try:
-        await http.serve()
+        await http.serve(sockets)
     except SystemExit:
         raise StartupError(f"cannot listen for HTTP on {where}") from None
 
@@ -378,16 +403,33 @@ def create_gateway(config: MlgateConfig) -> Gateway:
         if version_monitor is not None:
             version_monitor.compared(result.rows, result.agreeing_rows)
 
+    tracing = config.telemetry.tracing
     service = InferenceService(registry, __version__, live,
                                auth_state if config.auth.require_token_for_inference else None,
-                               ShadowMirror(observer=compared), config.telemetry.request_metrics)
+                               ShadowMirror(observer=compared), config.telemetry.request_metrics,
+                               config.telemetry.logs.access_log_sample,
+                               tracing=build_tracing(tracing.enabled, tracing.endpoint, tracing.headers,
+                                                     tracing.sampling_ratio, tracing.service_name))
     record_build(__version__)
     backend = RayServeBackend(config.ray.address, config.ray.num_cpus, config.ray.object_store_bytes)
     return Gateway(config, backend, registry, service, entries, store, live, auth_state, monitor, evidence)
 
 
-async def serve_forever(gateway: Gateway) -> None:
+@dataclass
+class Listeners:
+    """What a process serves on. Several workers share the ports (SO_REUSEPORT), each binding its own sockets."""
+
+    worker: int = 0
+    """0: the supervisor (or the only process); 1, 2, ...: a worker started by it."""
+    pool: WorkerPool | None = None
+    http_socket: socket.socket | None = None
+    grpc_hold: socket.socket | None = None
+    """Keeps a port 0 that the supervisor resolved for gRPC taken until its gRPC server binds it."""
+
+
+async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
     config = gateway.config.server
+    shared = config.workers > 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -402,13 +444,19 @@ async def serve_forever(gateway: Gateway) -> None:
         access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))
+    if listeners.worker > 0:  # a worker listens only once it can answer: no connection lands on it before
+        await gateway.load_models(deploy=False)
     try:
         grpc_server, grpc_port = build_grpc_server(gateway.service, config.host, config.grpc_port,
-                                                   config.grpc_max_message_bytes)
+                                                   config.grpc_max_message_bytes, share_port=shared)
     except RuntimeError as exc:
         raise StartupError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc}") from None
+    finally:
+        if listeners.grpc_hold is not None:
+            listeners.grpc_hold.close()
     await grpc_server.start()
-    http_task = asyncio.create_task(serve_http(http, f"{config.host}:{config.http_port}"))
+    http_sockets = [listeners.http_socket] if listeners.http_socket is not None else None
+    http_task = asyncio.create_task(serve_http(http, f"{config.host}:{config.http_port}", http_sockets))
     while not http.started:
         if http_task.done():
             await grpc_server.stop(0)
@@ -416,15 +464,23 @@ async def serve_forever(gateway: Gateway) -> None:
             raise StartupError(f"HTTP server on {config.host}:{config.http_port} stopped while starting")
         await asyncio.sleep(0.01)
     http_port = http.servers[0].sockets[0].getsockname()[1]
-    log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port)
+    log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port,
+             extra={"event": "listening", "http_port": http_port, "grpc_port": grpc_port})
 
-    background = [asyncio.create_task(gateway.load_models()), asyncio.create_task(gateway.follow_state())]
+    background = [asyncio.create_task(gateway.follow_state())]
+    if listeners.worker == 0:
+        background.append(asyncio.create_task(gateway.load_models(deploy=True)))
+    if listeners.pool is not None:
+        background.append(asyncio.create_task(listeners.pool.supervise()))
+    if shared:
+        background.append(asyncio.create_task(refresh_sampled_gauges()))
     if gateway.config.monitoring.drift:
         background += [asyncio.create_task(gateway.publish_evidence()), asyncio.create_task(gateway.export_drift())]
         if gateway.config.rollouts.enabled:
             background.append(asyncio.create_task(gateway.run_rollouts()))
     await stop.wait()
-    log.info("shutting down: draining in-flight requests (grace %.1f s)", config.shutdown_grace_s)
+    log.info("shutting down: draining in-flight requests (grace %.1f s)", config.shutdown_grace_s,
+             extra={"event": "shutdown"})
     for task in background:
         task.cancel()
     http.should_exit = True
@@ -432,26 +488,74 @@ async def serve_forever(gateway: Gateway) -> None:
         grpc_server.stop(config.shutdown_grace_s),
         asyncio.wait_for(gateway.drain(), timeout=config.shutdown_grace_s + 1),
         http_task,
+        *([listeners.pool.stop(config.shutdown_grace_s)] if listeners.pool is not None else []),
         return_exceptions=True,
     )
     await gateway.backend.stop_serve()
+    if gateway.service.tracing is not None:  # flush buffered spans (an HTTP export: off the loop)
+        await asyncio.to_thread(gateway.service.tracing.shutdown)
 
 
-def run(config: MlgateConfig) -> None:
-    """Start Ray and Serve, serve until a signal, then shut everything down."""
+async def refresh_sampled_gauges() -> None:
+    """With several processes, copy code-held gauges (queue lengths) to the shared metrics once a second."""
+    while True:
+        await asyncio.sleep(1.0)
+        refresh_sampled()
+
+
+def run(config: MlgateConfig, worker: int = 0) -> None:
+    """Start (or, in a worker, join) Ray and Serve, serve until a signal, then shut everything down."""
     import uvloop
 
     server = config.server
-    check_ports_free(server.host, {"HTTP": server.http_port, "gRPC": server.grpc_port})
+    listeners = Listeners(worker)
+    if worker == 0:
+        check_ports_free(server.host, {"HTTP": server.http_port, "gRPC": server.grpc_port})
+    if server.workers > 1:
+        try:
+            listeners.http_socket = shared_socket(server.host, server.http_port)
+            if worker == 0:
+                listeners.grpc_hold = shared_socket(server.host, server.grpc_port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {server.host}: {exc.strerror}") from None
+        resolved = {"http_port": listeners.http_socket.getsockname()[1]}
+        if listeners.grpc_hold is not None:
+            resolved["grpc_port"] = listeners.grpc_hold.getsockname()[1]
+        config = config.model_copy(update={"server": server.model_copy(update=resolved)})
     gateway = create_gateway(config)
     log.info("starting Ray %s", f"(joining {config.ray.address})" if config.ray.address else "(local)")
-    gateway.backend.start()
+    with hidden_from_children(MULTIPROCESS_ENV):  # Ray's own processes (prometheus_client users) stay out
+        gateway.backend.start()
+    if worker == 0:
+        log_startup(config)
+        if server.workers > 1:
+            child_config = worker_config(config, config.server.http_port, config.server.grpc_port,
+                                         gateway.backend.gcs_address())
+            listeners.pool = WorkerPool(child_config, on_exit=forget_process)
+            listeners.pool.start()
     try:
-        uvloop.run(serve_forever(gateway))
+        uvloop.run(serve_forever(gateway, listeners))
     finally:
         gateway.backend.stop_ray()
         gateway.close()
-        log.info("stopped")
+        log.info("stopped", extra={"event": "stopped"})
+
+
+def log_startup(config: MlgateConfig) -> None:
+    """One line an operator (or a log search) can read the whole set-up from."""
+    telemetry = config.telemetry
+    log.info("mlgate %s starting", __version__, extra={
+        "event": "startup", "version": __version__, "host": config.server.host,
+        "http_port": config.server.http_port, "grpc_port": config.server.grpc_port,
+        "workers": config.server.workers, "repository": str(config.repository), "state": str(config.state.path),
+        "ray": config.ray.address or "local", "models": sorted(config.models) or "all in the repository",
+        "drift": config.monitoring.drift, "rollouts": config.rollouts.enabled,
+        "request_metrics": telemetry.request_metrics, "tracing": telemetry.tracing.enabled,
+        "tracing_sampling_ratio": telemetry.tracing.sampling_ratio,
+        "access_log_sample": telemetry.logs.access_log_sample,
+        "auth_tokens_in_config": len(config.auth.tokens),
+        "inference_needs_token": config.auth.require_token_for_inference,
+    })
 
 
 __all__ = ["Gateway", "VersionState", "create_gateway", "run"]

@@ -97,6 +97,11 @@ class RayServeBackend:
                 self._started_ray = True
         serve.start(proxy_location="Disabled")
 
+    @staticmethod
+    def gcs_address() -> str:
+        """Where other processes join this Ray cluster (``ray.init(address=...)``)."""
+        return str(ray.get_runtime_context().gcs_address)
+
     def cluster_gpus(self) -> float:
         return float(ray.cluster_resources().get("GPU", 0.0))  # type: ignore[no-untyped-call]
 

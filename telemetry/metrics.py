@@ -11,8 +11,9 @@ so the catalogue cannot drift from the code.
 
 from __future__ import annotations
 
+import os
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -24,6 +25,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from telemetry.drift import PSI_ACT, PSI_WARN, DriftReport
 
@@ -49,17 +52,18 @@ REJECTIONS = Counter("mlgate_batcher_rejections_total",
                      "Requests refused by the batcher: objective (429: at the admission limit for the latency "
                      "objective), deadline (429: cannot finish within its own timeout), queue_full (429), "
                      "expired (504: own deadline passed).", (*_labels, "reason"), registry=REGISTRY)
-QUEUED_ROWS = Gauge("mlgate_queued_rows", "Rows waiting in the batcher.", _labels, registry=REGISTRY)
+QUEUED_ROWS = Gauge("mlgate_queued_rows", "Rows waiting in the batcher.", _labels, multiprocess_mode="livesum",
+                    registry=REGISTRY)
 ADMISSION_LIMIT = Gauge("mlgate_admission_limit_rows",
                         "Rows a deployment with a latency objective may hold (queued + executing) before it refuses.",
-                        _labels, registry=REGISTRY)
+                        _labels, multiprocess_mode="livesum", registry=REGISTRY)
 MODEL_DEVICE = Gauge("mlgate_model_device_info",
                      "1 for the device each ready model version runs on (label device: cpu or cuda).",
-                     (*_labels, "device"), registry=REGISTRY)
+                     (*_labels, "device"), multiprocess_mode="livesum", registry=REGISTRY)
 MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed cost per batch.", _labels,
-                    registry=REGISTRY)
+                    multiprocess_mode="livemax", registry=REGISTRY)
 MODEL_PER_ROW = Gauge("mlgate_latency_model_per_row_seconds", "Latency model: cost per row.", _labels,
-                      registry=REGISTRY)
+                      multiprocess_mode="livemax", registry=REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,12 @@ class BatchMetrics:
             labels=labels,
         )
 
+    def track_queued_rows(self, read_rows: Callable[[], float]) -> None:
+        sample(self.queued_rows, read_rows)
+
     def track_admission_limit(self, read_rows: Callable[[], float]) -> None:
-        """Export the admission limit, read at scrape time; only deployments with an objective have one."""
-        ADMISSION_LIMIT.labels(**self.labels).set_function(read_rows)
+        """Only deployments with a latency objective have an admission limit."""
+        sample(ADMISSION_LIMIT.labels(**self.labels), read_rows)
 
 
 def record_device(model: str, version: str, device: str) -> None:
@@ -99,9 +106,66 @@ def record_device(model: str, version: str, device: str) -> None:
     MODEL_DEVICE.labels(model=model, version=version, device=device).set(1)
 
 
+# --------------------------------------------------------------------------- one scrape for all processes
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (before prometheus_client is imported) when the gateway runs as several processes (``server.workers``):
+every process then keeps its samples in files there, and any process's ``/metrics`` reports them all —
+counters and histograms summed, gauges by the ``multiprocess_mode`` each declares (``live*``: processes
+that exited are left out)."""
+
+_sampled: list[tuple[Gauge, Callable[[], float]]] = []
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROCESS_ENV) or None
+
+
+def sample(child: Gauge, read: Callable[[], float]) -> None:
+    """A gauge whose value lives in the code (a queue's length): nothing to do per change on the hot path.
+
+    One process: read at scrape time. Several: ``set_function`` values never reach the shared files, so
+    each process copies them there once a second (``refresh_sampled``) and before serving a scrape."""
+    if multiprocess_dir() is None:
+        child.set_function(read)
+    else:
+        _sampled.append((child, read))
+
+
+def forget_process(pid: int) -> None:
+    """A gateway process exited: its ``live*`` gauges leave the merged view (its counts stay: they happened)."""
+    if multiprocess_dir() is not None:
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def refresh_sampled() -> None:
+    for child, read in _sampled:
+        child.set(read())
+
+
+class _MergedProcesses:
+    """Every process's samples (``MultiProcessCollector``), with the help texts it drops put back."""
+
+    def __init__(self, path: str) -> None:
+        self._merged = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+        self._help = {family.name: family.documentation for family in REGISTRY.collect()}
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._merged.collect():  # type: ignore[no-untyped-call]
+            if family.name in self._help:  # only ours: a library's own metrics may land in the folder too
+                family.documentation = self._help[family.name]
+                yield family
+
+
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of every metric, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The text exposition of every metric (of every gateway process), and its content type."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    refresh_sampled()
+    merged = CollectorRegistry()
+    merged.register(_MergedProcesses(path))
+    return generate_latest(merged), CONTENT_TYPE_LATEST
 
 
 # --------------------------------------------------------------------------- requests, models, build
@@ -115,9 +179,9 @@ REQUEST_DURATION = Histogram("mlgate_request_duration_seconds",
                              "Time from a request's arrival (headers read) to its answer being ready to send.",
                              _request_labels, buckets=REQUEST_BUCKETS, registry=REGISTRY)
 MODEL_STATE = Gauge("mlgate_model_state", "1 for the state each model version is in (loading, ready, unavailable), "
-                    "0 for the others.", (*_labels, "state"), registry=REGISTRY)
+                    "0 for the others.", (*_labels, "state"), multiprocess_mode="livesum", registry=REGISTRY)
 BUILD_INFO = Gauge("mlgate_build_info", "Always 1; the labels say which mlgate and Python run.",
-                   ("version", "python"), registry=REGISTRY)
+                   ("version", "python"), multiprocess_mode="livemax", registry=REGISTRY)
 
 
 class RequestMetrics:
@@ -161,13 +225,13 @@ FALLBACKS = Counter("mlgate_fallbacks_total",
                     ("model", "version", "reason", "to"), registry=REGISTRY)
 ROUTING_WEIGHT = Gauge("mlgate_routing_weight_ratio",
                        "Share of a model's unpinned traffic each version gets by the current split (0-1).",
-                       _labels, registry=REGISTRY)
+                       _labels, multiprocess_mode="livemostrecent", registry=REGISTRY)
 ROUTING_CHAMPION = Gauge("mlgate_routing_champion", "1 for each model's champion version, 0 for its other versions.",
-                         _labels, registry=REGISTRY)
+                         _labels, multiprocess_mode="livemostrecent", registry=REGISTRY)
 ROUTING_SHADOW = Gauge("mlgate_routing_shadow_ratio", "Share of the champion's traffic mirrored to each shadow (0-1).",
-                       _labels, registry=REGISTRY)
+                       _labels, multiprocess_mode="livemostrecent", registry=REGISTRY)
 ROUTING_REVISION = Gauge("mlgate_routing_revision", "Revision of each model's routing this gateway applies.",
-                         ("model",), registry=REGISTRY)
+                         ("model",), multiprocess_mode="livemax", registry=REGISTRY)
 SHADOW_REQUESTS = Counter("mlgate_shadow_requests_total",
                           "Requests mirrored to a shadow version, by outcome: compared (answered and compared with "
                           "the champion), failed (the shadow errored), dropped (too many shadow requests in flight).",
@@ -236,20 +300,21 @@ _drift = "Over the last drift window, merged across gateway processes (every pro
          "aggregate with max, not sum)."
 DRIFT_FEATURE_PSI = Gauge("mlgate_drift_feature_psi",
                           f"PSI of one input feature's live distribution against the version's training reference. "
-                          f"{_drift}", (*_labels, "feature"), registry=REGISTRY)
+                          f"{_drift}", (*_labels, "feature"), multiprocess_mode="livemax", registry=REGISTRY)
 DRIFT_MAX_PSI = Gauge("mlgate_drift_max_psi", f"Largest per-feature PSI of a version. {_drift}", _labels,
-                      registry=REGISTRY)
+                      multiprocess_mode="livemax", registry=REGISTRY)
 DRIFT_FEATURES_OVER = Gauge("mlgate_drift_features_over_threshold",
                             f"Features whose PSI exceeds the level (warn: {PSI_WARN}, act: {PSI_ACT}). {_drift}",
-                            (*_labels, "level"), registry=REGISTRY)
+                            (*_labels, "level"), multiprocess_mode="livemax", registry=REGISTRY)
 DRIFT_PREDICTION = Gauge("mlgate_drift_prediction_divergence",
                          "Largest per-class Jensen-Shannon divergence (base 2, 0-1) between a version's predicted "
-                         f"class probabilities and the champion's. {_drift}", _labels, registry=REGISTRY)
+                         f"class probabilities and the champion's. {_drift}", _labels, multiprocess_mode="livemax",
+                         registry=REGISTRY)
 DRIFT_AGREEMENT = Gauge("mlgate_drift_agreement_ratio",
                         f"Share of compared rows whose labels equal the champion's (mirrored requests). {_drift}",
-                        _labels, registry=REGISTRY)
+                        _labels, multiprocess_mode="livemax", registry=REGISTRY)
 DRIFT_ROWS = Gauge("mlgate_drift_window_rows", f"Input rows a version saw in the drift window. {_drift}", _labels,
-                   registry=REGISTRY)
+                   multiprocess_mode="livemax", registry=REGISTRY)
 
 
 def record_drift(report: DriftReport) -> None:
@@ -269,11 +334,11 @@ def _or_nan(value: float | None) -> float:
 
 
 ROLLOUT_STATE = Gauge("mlgate_rollout_state", "1 for the state each model's latest rollout is in, 0 for the others.",
-                      ("model", "challenger", "state"), registry=REGISTRY)
+                      ("model", "challenger", "state"), multiprocess_mode="livemostrecent", registry=REGISTRY)
 ROLLOUT_PERCENT = Gauge("mlgate_rollout_challenger_percent", "Live traffic percent the rollout gives its challenger.",
-                        ("model", "challenger"), registry=REGISTRY)
+                        ("model", "challenger"), multiprocess_mode="livemostrecent", registry=REGISTRY)
 ROLLOUT_STEP = Gauge("mlgate_rollout_step", "Index of the rollout's canary step (-1: shadow phase).",
-                     ("model", "challenger"), registry=REGISTRY)
+                     ("model", "challenger"), multiprocess_mode="livemostrecent", registry=REGISTRY)
 ROLLOUT_TRANSITIONS = Counter("mlgate_rollout_transitions_total",
                               "Rollout state changes this gateway's controller made, by new state.",
                               ("model", "to"), registry=REGISTRY)

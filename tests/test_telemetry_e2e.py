@@ -1,0 +1,253 @@
+"""Telemetry proven end to end: a real Prometheus scrapes a real gateway running as two processes.
+
+The gateway sees every feature at once — a split with a challenger that fails 30 % of its batches
+(fallbacks), a shadow (agreement), shifted inputs (drift), requests that cannot meet their deadline
+(429 rejections), unknown models (404), both protocols, and a rollout that is rolled back. Then:
+
+- the request counter Prometheus scraped equals the number of requests this test sent, exactly,
+  although two gateway processes answered them (one ``/metrics`` for both);
+- every PromQL expression of every dashboard panel and every recording rule returns at least one
+  series, and every rule Prometheus evaluates itself is healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from sklearn.datasets import load_breast_cancer
+from tritonclient.utils import InferenceServerException
+
+from gateway.auth import digest, new_token
+from telemetry.grafana.dashboards import panel_queries
+from telemetry.prometheus.rules import recording_rules
+from telemetry.prometheus_server import PrometheusServer
+from tests.conftest import RunningGateway, free_port, start_gateway, stop_gateway
+
+MODEL = "breast-cancer"
+ADMIN_TOKEN = new_token()
+SCRAPE_S = 0.5
+SHIFTED = (0, 3)  # features pushed far out of their training range: drift
+
+
+def telemetry_config(repository: Path, state: Path, http_port: int, grpc_port: int) -> str:
+    return f"""
+server: {{host: 127.0.0.1, http_port: {http_port}, grpc_port: {grpc_port}, workers: 2}}
+ray: {{num_cpus: 2}}
+deployment: {{num_cpus: 0.25}}
+repository: {repository}
+state: {{path: {state}}}
+batching: {{latency_objective_ms: 250}}
+monitoring: {{refresh_s: 1, window_s: 60}}
+rollouts: {{tick_s: 1, lease_ttl_s: 5}}
+telemetry: {{logs: {{format: json}}}}
+auth:
+  tokens: [{{name: ada, role: admin, sha256: {digest(ADMIN_TOKEN)}}}]
+models:
+  {MODEL}:
+    versions: ["1", "2", "3"]
+    routing: {{champion: "1", weights: {{"1": 75, "2": 25}}, shadows: {{"3": 100}}}}
+    version_faults: {{"2": {{error_rate: 0.3}}}}
+  breast-cancer-wide:
+    versions: []
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    workdir = tmp_path_factory.mktemp("telemetry")
+    http_port, grpc_port = free_port(), free_port()
+    running = start_gateway(telemetry_config(demo_repository, workdir / "state.db", http_port, grpc_port),
+                            workdir, http_port, grpc_port, demo_repository)
+    try:
+        _wait_for_worker(running)
+        yield running
+    finally:
+        stop_gateway(running)
+
+
+def _wait_for_worker(gateway: RunningGateway, timeout_s: float = 120) -> None:
+    """The supervisor is ready first; the second process listens once its models are warm."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if '"worker":1,"event":"listening"' in gateway.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"worker 1 never listened:\n{gateway.log_tail()}")
+
+
+class Sent:
+    """Every inference request this test sends, counted once its answer (any status) arrived."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.statuses: dict[str, int] = {}
+
+    def add(self, status: str) -> None:
+        with self._lock:
+            self.count += 1
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+_DATA = load_breast_cancer().data.astype(np.float32)
+SHIFTED_NAMES = {str(load_breast_cancer().feature_names[j]) for j in SHIFTED}
+
+
+def _rows(rng: np.random.Generator, shifted: bool) -> np.ndarray:
+    """One real row of the training set; shifted ones have two features far outside their range."""
+    rows = _DATA[rng.integers(len(_DATA)), None].copy()
+    if shifted:
+        rows[:, SHIFTED] *= 10
+    return rows
+
+
+def _http_load(url: str, sent: Sent, stop: threading.Event, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    while not stop.is_set():
+        client = triton_http.InferenceServerClient(url)  # a new connection now and then: both processes answer
+        try:
+            for i in range(40):
+                features = triton_http.InferInput("features", [1, 30], "FP32")
+                features.set_data_from_numpy(_rows(rng, shifted=i % 2 == 0))
+                model, timeout = MODEL, None
+                if i % 13 == 0:
+                    model = "no-such-model"
+                elif i % 7 == 0:
+                    timeout = 1  # one microsecond: cannot be met, refused at once
+                try:
+                    client.infer(model, [features], timeout=timeout)
+                    sent.add("200")
+                except InferenceServerException as exc:
+                    sent.add(str(exc.status()))
+        finally:
+            client.close()
+
+
+def _grpc_load(url: str, sent: Sent, stop: threading.Event) -> None:
+    rng = np.random.default_rng(7)
+    client = triton_grpc.InferenceServerClient(url)
+    try:
+        while not stop.is_set():
+            features = triton_grpc.InferInput("features", [1, 30], "FP32")
+            features.set_data_from_numpy(_rows(rng, shifted=False))
+            try:
+                client.infer(MODEL, [features])
+                sent.add("200")
+            except InferenceServerException as exc:
+                sent.add(str(exc.status()))
+    finally:
+        client.close()
+
+
+def _drive(gateway: RunningGateway, sent: Sent, seconds: float) -> None:
+    stop = threading.Event()
+    threads = [threading.Thread(target=_http_load, args=(gateway.http_url, sent, stop, seed)) for seed in (1, 2)]
+    threads.append(threading.Thread(target=_grpc_load, args=(gateway.grpc_url, sent, stop)))
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+
+
+def _start_rollout(gateway: RunningGateway) -> None:
+    """Version 2 fails 30 % of its batches: the controller rolls it back from its shadow phase."""
+    with httpx.Client(base_url=f"http://{gateway.http_url}/admin/v1", timeout=10,
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        response = admin.post(f"/models/{MODEL}/rollout", json={
+            "challenger": "2", "steps": [50, 100], "interval_s": 2, "shadow_s": 2,
+            "checks": {"error_rate": {"threshold": 0.05, "failing_windows": 1, "min_requests": 10}}})
+        assert response.status_code == 201, response.text
+
+
+def _rollout_state(gateway: RunningGateway) -> str:
+    with httpx.Client(base_url=f"http://{gateway.http_url}/admin/v1", timeout=10,
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        doc: dict[str, Any] = admin.get(f"/models/{MODEL}/rollout").json()
+    return str(doc["state"])
+
+
+def _settled_total(prometheus: PrometheusServer, expected: float, timeout_s: float = 15) -> float:
+    """``sum(mlgate_requests_total)`` once two scrapes agree (the last answers may land a scrape late)."""
+    deadline = time.monotonic() + timeout_s
+    last = -1.0
+    while time.monotonic() < deadline:
+        result = prometheus.query("sum(mlgate_requests_total)")
+        value = float(result[0]["value"][1]) if result else 0.0
+        if value == expected or (value == last and value > 0):
+            return value
+        last = value
+        time.sleep(SCRAPE_S * 2)
+    return last
+
+
+def test_prometheus_sees_the_whole_gateway(gateway: RunningGateway) -> None:
+    sent = Sent()
+    with PrometheusServer([gateway.http_url], scrape_interval_s=SCRAPE_S) as prometheus:
+        _drive(gateway, sent, seconds=12)  # split, shadow, fallback, drift, rejections, 404s, both protocols
+        _start_rollout(gateway)
+        deadline = time.monotonic() + 30
+        while _rollout_state(gateway) != "rolled_back" and time.monotonic() < deadline:
+            _drive(gateway, sent, seconds=2)
+        assert _rollout_state(gateway) == "rolled_back", gateway.log_tail()
+        _drive(gateway, sent, seconds=3)
+
+        # Every request counted once, across both processes and both protocols, errors included.
+        assert {"200", "404", "429"} <= set(sent.statuses), sent.statuses
+        assert _settled_total(prometheus, sent.count) == sent.count, sent.statuses
+        by_protocol = {r["metric"]["protocol"]: float(r["value"][1])
+                       for r in prometheus.query("sum by (protocol) (mlgate_requests_total)")}
+        assert set(by_protocol) == {"http", "grpc"}
+        assert prometheus.query('sum(mlgate_fallbacks_total{to="champion"}) > 0')
+        assert prometheus.query('sum(mlgate_batcher_rejections_total{reason="deadline"}) > 0')
+        psi = {r["metric"]["feature"]: float(r["value"][1]) for r in prometheus.query(
+            f'max by (feature) (mlgate_drift_feature_psi{{model="{MODEL}",version="1"}})')}
+        assert {name for name, value in psi.items() if value > 0.25} == SHIFTED_NAMES, psi
+        assert prometheus.query('max(mlgate_model_state{state="ready"}) == 2'), "both processes report ready"
+
+        # Every dashboard panel and every recording rule has data.
+        empty = []
+        for dashboard, panel, expr in panel_queries():
+            if not prometheus.query(expr):
+                empty.append(f"{dashboard} / {panel}: {expr}")
+        for record, expr in recording_rules():
+            if not prometheus.query(expr):
+                empty.append(f"recording rule {record}: {expr}")
+        assert not empty, "queries without a series:\n" + "\n".join(empty)
+
+        # Prometheus evaluates the rules itself: none may fail.
+        time.sleep(SCRAPE_S * 3)
+        groups = prometheus.api("rules")["groups"]
+        assert groups
+        unhealthy = [(rule["name"], rule.get("lastError")) for group in groups for rule in group["rules"]
+                     if rule["health"] != "ok"]
+        assert not unhealthy, unhealthy
+
+
+def test_logs_are_json_events(gateway: RunningGateway) -> None:
+    """Runs after the test above (same gateway): its notable events are in the log as JSON objects."""
+    events: dict[str, list[dict[str, Any]]] = {}
+    for line in gateway.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)  # every line that looks like ours must parse
+            assert {"time", "level", "logger", "message"} <= set(doc), doc
+            events.setdefault(doc.get("event", ""), []).append(doc)
+    startup = events["startup"][0]
+    assert startup["workers"] == 2 and startup["tracing"] is False and startup["time"].endswith("Z")
+    assert {(e["model"], e["version"], e.get("worker")) for e in events["model_ready"]} >= {
+        (MODEL, "1", 0), (MODEL, "1", 1)}
+    assert any(e["champion"] == "1" for e in events["routing_changed"])
+    assert any(e["state"] == "rolled_back" and e["challenger"] == "2" and e["reason"]
+               for e in events["rollout_transition"])
