@@ -370,7 +370,7 @@ def _model_event(served: ServedVersion, event: str) -> dict[str, str]:
     return {"event": event, "model": served.model, "version": served.version, "reason": served.reason}
 
 
-async def serve_http(http: uvicorn.Server, where: str, sockets: list[socket.socket] | None) -> None:
+async def serve_http(http: uvicorn.Server, where: str, sockets: list[socket.socket] | None = None) -> None:
     """Run uvicorn; it calls sys.exit when it cannot bind, which would tear the loop down mid-start."""
     try:
         await http.serve(sockets)

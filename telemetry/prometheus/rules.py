@@ -14,56 +14,21 @@ from typing import Any
 
 import yaml
 
+from telemetry.catalogue import documented
+
 HERE = Path(__file__).resolve().parent
 RULES_FILE = HERE / "mlgate-rules.yml"
 """The generated rule file Prometheus loads (``rule_files``)."""
 TESTS_DIR = HERE / "tests"
 """``promtool test rules`` unit tests of ``RULES_FILE``."""
 
-_COUNTERS = (
-    "mlgate_requests_total",
-    "mlgate_batcher_rejections_total",
-    "mlgate_fallbacks_total",
-    "mlgate_shadow_requests_total",
-    "mlgate_shadow_compared_rows_total",
-    "mlgate_shadow_agreeing_rows_total",
-    "mlgate_shadow_abs_diff_total",
-    "mlgate_shadow_seconds_total",
-    "mlgate_shadow_champion_seconds_total",
-    "mlgate_rollout_transitions_total",
-)
-_HISTOGRAMS = (
-    "mlgate_request_duration_seconds",
-    "mlgate_batch_rows",
-    "mlgate_batch_execution_seconds",
-    "mlgate_queue_wait_seconds",
-)
-_GAUGES = (
-    "mlgate_queued_rows",
-    "mlgate_admission_limit_rows",
-    "mlgate_latency_model_fixed_seconds",
-    "mlgate_latency_model_per_row_seconds",
-    "mlgate_model_device_info",
-    "mlgate_model_state",
-    "mlgate_build_info",
-    "mlgate_routing_weight_ratio",
-    "mlgate_routing_champion",
-    "mlgate_routing_shadow_ratio",
-    "mlgate_routing_revision",
-    "mlgate_drift_feature_psi",
-    "mlgate_drift_max_psi",
-    "mlgate_drift_features_over_threshold",
-    "mlgate_drift_prediction_divergence",
-    "mlgate_drift_agreement_ratio",
-    "mlgate_drift_window_rows",
-    "mlgate_rollout_state",
-    "mlgate_rollout_challenger_percent",
-    "mlgate_rollout_step",
-)
-
 CATALOGUE: frozenset[str] = frozenset(
-    (*_COUNTERS, *_GAUGES, *(f"{h}{suffix}" for h in _HISTOGRAMS for suffix in ("_bucket", "_sum", "_count"))))
-"""Every series name the gateway exposes on ``/metrics`` (histograms as their ``_bucket``/``_sum``/``_count``)."""
+    name
+    for doc in documented()
+    for name in ((doc.name,) if doc.type != "histogram" else (f"{doc.name}{part}" for part in ("_bucket", "_sum",
+                                                                                              "_count"))))
+"""Every series name the gateway exposes on ``/metrics`` (histograms as their ``_bucket``/``_sum``/``_count``),
+from the metric objects themselves (``telemetry.catalogue``)."""
 
 SUMMED_DRIFT = re.compile(r"\b(sum|avg)\b(\s*(by|without)\s*\([^()]*\))?\s*\((\s*\w+\()?\s*mlgate_drift_")
 """``sum`` or ``avg`` (with or without by/without) over a drift gauge, directly or through one function. Every
