@@ -37,6 +37,7 @@ from loadtests.bench_drift import OFF, ON, Phase, paired, side_by_side
 from loadtests.bench_oip import environment_lines
 from loadtests.bench_routing import _fmt, _median, workdir
 from telemetry.metrics import RequestMetrics
+from telemetry.tracing import build_tracing
 
 TARGET_RATIO = 1.03
 SAMPLING = 0.01
@@ -86,8 +87,19 @@ def per_call_ns(call: Callable[[], object], calls: int, repeats: int) -> float:
 
 def in_process(args: argparse.Namespace) -> list[tuple[str, float]]:
     recorder = RequestMetrics(lambda model: True)
-    rows = [("RequestMetrics.observe (counter + histogram)",
-             per_call_ns(lambda: recorder.observe("m", "1", "champion", "http", 200, 0.002), args.calls, 25))]
+    tracing = build_tracing(True, "http://127.0.0.1:9/v1/traces", {}, SAMPLING, "bench")
+    assert tracing is not None
+    unsampled_caller = f"00-{'ab' * 16}-{'cd' * 8}-00"
+    rows = [
+        ("RequestMetrics.observe (counter + histogram)",
+         per_call_ns(lambda: recorder.observe("m", "1", "champion", "http", 200, 0.002), args.calls, 25)),
+        (f"Tracing.start_request, new trace (sampling {SAMPLING:.0%}: mostly not recorded)",
+         per_call_ns(lambda: tracing.start_request("m", "http", lambda name: None), args.calls, 25)),
+        ("Tracing.start_request, caller's traceparent not sampled",
+         per_call_ns(lambda: tracing.start_request("m", "http", lambda name: unsampled_caller if name == "traceparent"
+                                                   else None), args.calls, 25)),
+    ]
+    tracing.shutdown()
     return rows
 
 
@@ -101,7 +113,7 @@ def variants(endpoint: str) -> dict[str, dict[str, object]]:
 
 def render(argv: list[str], args: argparse.Namespace, calls: list[tuple[str, float]], phases: list[Phase],
            exports: tuple[int, int]) -> str:
-    lines = ["# Request metrics and tracing: off vs on", "", *environment_lines(argv), "",
+    lines = ["# Request metrics and tracing: off vs on", "", environment_lines(argv, "loadtests.bench_telemetry"), "",
              "## In process", "", "| operation | ns per call |", "|---|---:|"]
     lines += [f"| {name} | {ns:,.0f} |" for name, ns in calls]
     if phases:

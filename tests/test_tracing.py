@@ -47,7 +47,7 @@ from gateway.shadows import ShadowMirror
 from routing.live import LiveRouting
 from routing.store import StateStore, StoredRouting
 from serving.manifest import Manifest, TensorSpec
-from telemetry.tracing import Tracing, build_tracing
+from telemetry.tracing import REQUEST_SPAN, Tracing, build_tracing
 from tests.conftest import RunningGateway, free_port, start_gateway, stop_gateway
 
 MODEL = "traced"
@@ -171,8 +171,8 @@ def test_a_traceparent_is_continued_and_every_step_is_a_child_of_the_request_spa
     assert status == 200, answer
     assert headers["x-mlgate-trace-id"] == trace_id
     spans = by_name(spans_of(exporter, trace_id))
-    assert set(spans) == {f"infer {MODEL}", "route", "decode", "queue_wait", "execute", "encode"}
-    root = spans[f"infer {MODEL}"]
+    assert set(spans) == {REQUEST_SPAN["http"], "route", "decode", "queue_wait", "execute", "encode"}
+    root = spans[REQUEST_SPAN["http"]]
     assert root.kind is SpanKind.SERVER
     assert root.parent is not None and root.parent.is_remote
     assert format(root.parent.span_id, "016x") == caller_span
@@ -213,7 +213,7 @@ def test_the_batch_span_is_linked_to_every_request_of_its_batch(exporter: InMemo
     for (status, headers, _), (_, trace_id, _) in zip(responses, callers, strict=True):
         assert status == 200 and headers["x-mlgate-trace-id"] == trace_id
         spans = by_name(spans_of(exporter, trace_id))
-        batch = linked[spans[f"infer {MODEL}"].context.span_id]  # the batch links to this request's span ...
+        batch = linked[spans[REQUEST_SPAN["http"]].context.span_id]  # the batch links to this request's span ...
         execute_links = [link.context for link in spans["execute"].links]
         assert execute_links == [batch.context]  # ... and the request's execute span links back to it
 
@@ -238,7 +238,7 @@ def test_without_a_traceparent_the_sampling_ratio_decides(exporter: InMemorySpan
 
     app = OipHttpApp(make_service(make_tracing(exporter, ratio=1.0), Deployment()), 1 << 20)
     _, headers, _ = run(lambda: post(app, INFER, body()))
-    root = by_name(spans_of(exporter, headers["x-mlgate-trace-id"]))[f"infer {MODEL}"]
+    root = by_name(spans_of(exporter, headers["x-mlgate-trace-id"]))[REQUEST_SPAN["http"]]
     assert root.parent is None  # a trace of its own
 
 
@@ -259,8 +259,8 @@ def test_a_refused_request_has_a_failed_span_and_still_gets_its_trace_id(exporte
     assert status == 400 and "not valid JSON" in answer["error"]
     assert headers["x-mlgate-trace-id"] == trace_id
     spans = by_name(spans_of(exporter, trace_id))
-    assert set(spans) == {f"infer {MODEL}", "route", "decode"}
-    root, decode = spans[f"infer {MODEL}"], spans["decode"]
+    assert set(spans) == {REQUEST_SPAN["http"], "route", "decode"}
+    root, decode = spans[REQUEST_SPAN["http"]], spans["decode"]
     assert root.status.status_code is StatusCode.ERROR and "not valid JSON" in (root.status.description or "")
     assert attribute(root, "http.response.status_code") == 400
     assert decode.status.status_code is StatusCode.ERROR
@@ -275,7 +275,7 @@ def test_a_failed_batch_marks_the_batch_and_each_request_failed(exporter: InMemo
     assert status == 503
     spans = by_name(spans_of(exporter, trace_id))
     assert spans["execute"].status.status_code is StatusCode.ERROR
-    assert spans[f"infer {MODEL}"].status.status_code is StatusCode.ERROR
+    assert spans[REQUEST_SPAN["http"]].status.status_code is StatusCode.ERROR
     batch = next(s for s in exporter.get_finished_spans() if s.name == "batch")
     assert batch.status.status_code is StatusCode.ERROR and "failed to execute" in (batch.status.description or "")
 
@@ -301,7 +301,7 @@ def test_a_shadow_call_is_a_child_of_the_request_with_its_own_queue_and_execute_
 
     assert run(main) == 200
     spans = spans_of(exporter, trace_id)
-    root = next(s for s in spans if s.name == f"infer {MODEL}")
+    root = next(s for s in spans if s.name == REQUEST_SPAN["http"])
     shadow = next(s for s in spans if s.name == "shadow 2")
     assert shadow.parent is not None and shadow.parent.span_id == root.context.span_id
     assert attribute(shadow, "mlgate.shadow.agreeing_rows") == 1
@@ -324,7 +324,7 @@ def test_a_fallback_shows_as_an_event_and_in_the_request_span(exporter: InMemory
 
     assert (status, headers["x-mlgate-fallback"]) == (200, "champion")
     spans = spans_of(exporter, trace_id)
-    root = next(s for s in spans if s.name == f"infer {MODEL}")
+    root = next(s for s in spans if s.name == REQUEST_SPAN["http"])
     assert (attribute(root, "mlgate.version"), attribute(root, "mlgate.fallback")) == ("1", "champion")
     assert [(e.name, dict(e.attributes or {})) for e in root.events] == [
         ("fallback", {"mlgate.fallback.from": "2", "mlgate.fallback.reason": "error"})]
@@ -363,8 +363,8 @@ def test_grpc_continues_the_traceparent_from_metadata_and_returns_the_trace_id(
     assert response.model_version == "1"
     assert dict(metadata)["x-mlgate-trace-id"] == trace_id
     spans = by_name(spans_of(exporter, trace_id))
-    assert set(spans) == {f"infer {MODEL}", "route", "decode", "queue_wait", "execute", "encode"}
-    root = spans[f"infer {MODEL}"]
+    assert set(spans) == {REQUEST_SPAN["grpc"], "route", "decode", "queue_wait", "execute", "encode"}
+    root = spans[REQUEST_SPAN["grpc"]]
     assert root.parent is not None and format(root.parent.span_id, "016x") == caller_span
     assert (attribute(root, "rpc.system"), attribute(root, "rpc.grpc.status_code")) == ("grpc", 0)
 
@@ -426,7 +426,7 @@ class OtlpReceiver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                rooted = {s.trace_id for s in self.spans if s.name.startswith("infer ")}
+                rooted = {s.trace_id for s in self.spans if s.name in REQUEST_SPAN.values()}
                 if trace_ids <= rooted:
                     return list(self.spans)
             time.sleep(0.2)
@@ -500,7 +500,7 @@ def test_the_real_gateway_exports_request_and_batch_spans_over_otlp(
     linked = {link for s in spans if s.name == "batch" for link in s.links}
     for _, trace_id, caller_span in callers:
         mine = [s for s in spans if s.trace_id == trace_id]
-        root = next(s for s in mine if s.name == "infer breast-cancer")
+        root = next(s for s in mine if s.name == REQUEST_SPAN["http"])
         assert root.parent_span_id == caller_span
         assert (root.attributes["mlgate.version"], root.attributes["http.response.status_code"]) == ("1", 200)
         children = sorted(s.name for s in mine if s.parent_span_id == root.span_id)
@@ -523,6 +523,22 @@ def test_the_real_gateway_continues_a_grpc_traceparent(traced_gateway: RunningGa
     assert response.model_version == "1"
     assert dict(call.initial_metadata())["x-mlgate-trace-id"] == trace_id
     spans = [s for s in receiver.wait_for({trace_id}) if s.trace_id == trace_id]
-    root = next(s for s in spans if s.name == "infer breast-cancer")
+    root = next(s for s in spans if s.name == REQUEST_SPAN["grpc"])
     assert root.parent_span_id == caller_span
     assert (root.attributes["rpc.system"], root.attributes["rpc.grpc.status_code"]) == ("grpc", 0)
+
+
+def test_new_traces_are_sampled_at_the_ratio_under_the_id_they_report(exporter: InMemorySpanExporter) -> None:
+    """The ratio is decided before any span exists (the cheap path); the spans recorded must still carry the
+    trace id the response reports, and about ``ratio`` of new traces must be recorded."""
+    tracing = make_tracing(exporter, ratio=0.25)
+    ids = []
+    for _ in range(4000):
+        trace_id, request = tracing.start_request(MODEL, "http", lambda name: None)
+        if request is not None:
+            request.finish(200, "1", "champion", None)
+            ids.append(trace_id)
+    recorded = [format(span.context.trace_id, "032x") for span in exporter.get_finished_spans()]
+    assert recorded == ids
+    assert abs(len(ids) - 1000) < 4 * (4000 * 0.25 * 0.75) ** 0.5, len(ids)
+    assert len(set(ids)) == len(ids)
