@@ -37,7 +37,8 @@ class ServerConfig(_Strict):
         1, ge=1, le=64, description="Gateway processes sharing the HTTP and gRPC ports (SO_REUSEPORT: the kernel "
         "spreads connections). The first starts Ray and deploys the models; the others join it, load nothing "
         "twice and only listen once their models are ready. Metrics of all of them are served by each one's "
-        "/metrics. More than one pays off when the gateway's own CPU (decode, encode, batching) is the limit.")
+        "/metrics. Meant for machines with cores to spare beyond Ray's replicas, where one process's CPU (decode, "
+        "encode, batching on one event loop) is the limit; each process batches on its own.")
 
 
 class RayConfig(_Strict):
