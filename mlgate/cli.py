@@ -178,7 +178,7 @@ def observe(
     scrape_interval: Annotated[float, typer.Option(help="Seconds between scrapes.")] = 5.0,
 ) -> None:
     """Run Prometheus (Debian package) against a running gateway, with mlgate's recording and alert rules."""
-    from telemetry.prometheus_server import PrometheusError, PrometheusServer
+    from telemetry.prometheus_server import RULES_FILE, PrometheusError, PrometheusServer
 
     cfg = _load_or_exit(config)
     host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::") else cfg.server.host
@@ -187,8 +187,8 @@ def observe(
         server = PrometheusServer([target], scrape_interval, port=port).start()
     except PrometheusError as exc:
         _fail(str(exc))
-    typer.echo(f"Prometheus {server.url} scrapes http://{target}/metrics every {scrape_interval:g} s, rules: "
-               f"{server.config_path.parent / 'prometheus.yml'}")
+    typer.echo(f"Prometheus {server.url} scrapes http://{target}/metrics every {scrape_interval:g} s "
+               f"(config {server.config_path}, rules {RULES_FILE})")
     typer.echo(f"  alerts:  {server.url}/alerts     rules: {server.url}/rules     targets: {server.url}/targets")
     typer.echo(f"  try:     {server.url}/graph?g0.expr=sum%20by%20(version)(rate(mlgate_requests_total[1m]))")
     typer.echo("  dashboards to import into Grafana: telemetry/grafana/ (README.md there says what each shows)")
