@@ -385,7 +385,7 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         trace_id, trace = NOT_TRACED if tracing is None else tracing.start_request(model, "grpc", metadata.get)
         target: Target | None = None
         result: InferResult | None = None
-        request_id = metadata.get("x-request-id")
+        request_id = metadata.get("x-request-id") if service.access_log_sample else None  # else on failure
         status = 500
         try:
             if trace_id is not None:  # initial metadata: it reaches the caller on errors too
@@ -423,6 +423,7 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             if trace is not None:
                 trace.fail(f"internal server error ({type(exc).__name__})",
                            {"rpc.grpc.status_code": grpc.StatusCode.INTERNAL.value[0]})
+            request_id = request_id or metadata.get("x-request-id")
             raise service.unexpected("grpc", model, request_id, trace_id) from None  # ``_rpc`` answers it
         finally:
             service.finished("grpc", model, target, result, status, started, trace, request_id, trace_id)

@@ -9,6 +9,7 @@ parse, one send. It also serves ``/metrics`` for Prometheus and hands
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -133,7 +134,7 @@ class OipHttpApp:
         trace_id, trace = tracing.start_request(model, "http", header) if tracing is not None else NOT_TRACED
         target: Target | None = None
         result: InferResult | None = None
-        request_id = header("x-request-id")
+        request_id = header("x-request-id") if service.access_log_sample else None  # else looked up on failure
         status = 500
         try:
             # 401/404/503/429 before reading a possibly large body
@@ -164,9 +165,15 @@ class OipHttpApp:
             if trace is not None:
                 trace.fail("the client went away before its body arrived")
             raise
+        except asyncio.CancelledError:  # the connection closed, or shutdown's grace ran out, while we worked
+            status = CLIENT_CLOSED
+            if trace is not None:
+                trace.fail("cancelled")
+            raise
         except Exception as exc:
             if trace is not None:
                 trace.fail(f"internal server error ({type(exc).__name__})")
+            request_id = request_id or header("x-request-id")
             response = _error_response(service.unexpected("http", model, request_id, trace_id))
         finally:
             service.finished("http", model, target, result, status, started, trace, request_id, trace_id)

@@ -67,9 +67,9 @@ class InferenceService:
         self.data_plane_auth = data_plane_auth
         """Set when inference needs a bearer token (``auth.require_token_for_inference``)."""
         self.request_metrics = RequestMetrics(registry.versions.__contains__) if request_metrics else None
+        """None when ``telemetry.request_metrics`` is off: nothing is counted per request."""
         self.access_log_sample = access_log_sample
         """Share of inference requests logged as one ``access`` event each (``telemetry.logs``)."""
-        """None when ``telemetry.request_metrics`` is off: nothing is counted per request."""
         self.tracing = tracing
         """None when ``telemetry.tracing`` is off: the front ends then start no trace."""
 

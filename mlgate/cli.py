@@ -74,9 +74,11 @@ def serve(
         typer.echo(f"error: model repository {cfg.repository} does not exist "
                    f"(build the demo one with: mlgate models build-demo {cfg.repository})", err=True)
         raise typer.Exit(2)
-    from mlgate.workers import LOG_LEVEL_ENV, shared_metrics_folder
+    from mlgate.workers import LOG_LEVEL_ENV, MULTIPROCESS_ENV, shared_metrics_folder
 
     os.environ[LOG_LEVEL_ENV] = log_level
+    if cfg.server.workers == 1:  # one process needs no folder; one left in the environment would add old counts
+        os.environ.pop(MULTIPROCESS_ENV, None)
     with shared_metrics_folder() if cfg.server.workers > 1 else contextlib.nullcontext():
         from mlgate.server import StartupError, run  # imports Ray (keep the other commands fast) and, after
         # the metrics folder is set, prometheus_client
@@ -174,7 +176,8 @@ def drift(
 @app.command()
 def observe(
     config: ConfigOption,
-    port: Annotated[int, typer.Option(help="Port of Prometheus's web UI and API (loopback).")] = 9090,
+    port: Annotated[int, typer.Option(help="Port of Prometheus's web UI and API (loopback; not 9090, which a "
+                                      "system Prometheus may hold).")] = 9091,
     scrape_interval: Annotated[float, typer.Option(help="Seconds between scrapes.")] = 5.0,
 ) -> None:
     """Run Prometheus (Debian package) against a running gateway, with mlgate's recording and alert rules."""

@@ -55,6 +55,7 @@ from telemetry.metrics import (
     ROLLOUT_TRANSITIONS,
     BatchMetrics,
     forget_process,
+    multiprocess_dir,
     record_build,
     record_drift,
     record_rollout,
@@ -311,7 +312,7 @@ class Gateway:
         if deploy:
             settings = {(e.model, e.version): replica_settings(self.config, e.model, e.version) for e in servable}
             await asyncio.to_thread(self.backend.deploy, servable, settings)
-        deployed = await asyncio.gather(*(self._wait_deployed(e) for e in servable))
+        deployed = await asyncio.gather(*(self._wait_deployed(e, owner=deploy) for e in servable))
         for entry, version in zip(servable, deployed, strict=True):
             if version is not None:
                 await self._warm_up_and_open(entry, version)
@@ -323,11 +324,11 @@ class Gateway:
         states = {e.label: e.state.value for e in self.registry.all_versions()}
         log.info("models loaded: %s; server ready: %s", states, self.service.ready())
 
-    async def _wait_deployed(self, entry: RepositoryEntry) -> DeployedVersion | None:
+    async def _wait_deployed(self, entry: RepositoryEntry, owner: bool) -> DeployedVersion | None:
         served = self.registry.get(entry.model, entry.version)
         timeout = self.config.deployment_for(entry.model).startup_timeout_s
         try:
-            return await self.backend.wait_ready(entry.model, entry.version, timeout)
+            return await self.backend.wait_ready(entry.model, entry.version, timeout, owner)
         except Exception as exc:
             served.mark_unavailable(str(exc))
             log.error("%s is unavailable: %s", served.label, exc, extra=_model_event(served, "model_unavailable"))
@@ -509,6 +510,9 @@ def run(config: MlgateConfig, worker: int = 0) -> None:
 
     server = config.server
     listeners = Listeners(worker)
+    if server.workers > 1 and multiprocess_dir() is None:
+        raise StartupError("server.workers > 1 needs a shared metrics folder set before prometheus_client is "
+                           "imported: start the gateway with 'mlgate serve', which sets it up")
     if worker == 0:
         check_ports_free(server.host, {"HTTP": server.http_port, "gRPC": server.grpc_port})
     if server.workers > 1:

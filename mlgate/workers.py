@@ -41,9 +41,14 @@ log = logging.getLogger("mlgate.workers")
 WORKER_ENV = "MLGATE_WORKER"
 """Index (1, 2, ...) of a worker process; unset in the supervisor."""
 CONFIG_ENV = "MLGATE_WORKER_CONFIG"
+SUPERVISOR_ENV = "MLGATE_SUPERVISOR_PID"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name for it
 LOG_LEVEL_ENV = "MLGATE_LOG_LEVEL"
 RESTART_DELAY_S = 1.0
+"""Delay before restarting a worker that died; doubled for each death in a row, up to ``MAX_RESTART_DELAY_S``."""
+MAX_RESTART_DELAY_S = 60.0
+HEALTHY_AFTER_S = 60.0
+"""A worker that lived this long before dying starts the backoff again from ``RESTART_DELAY_S``."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -102,6 +107,8 @@ class WorkerPool:
         self._on_exit = on_exit
         """Called with the pid of a worker that exited (its live gauges must leave the shared metrics)."""
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._started_at: dict[int, float] = {}
+        self._delay: dict[int, float] = {}
         self._stopping = False
 
     def start(self) -> None:
@@ -109,22 +116,41 @@ class WorkerPool:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        env = {**os.environ, WORKER_ENV: str(index), CONFIG_ENV: self._config_json}
-        self._workers[index] = subprocess.Popen(
-            [sys.executable, "-m", "mlgate.workers"], env=env, preexec_fn=_die_with_parent)
-        log.info("started gateway worker %d (pid %d)", index, self._workers[index].pid)
+        """No ``preexec_fn``: forking this multi-threaded process (Ray, gRPC, exporters) must go straight to exec."""
+        env = {**os.environ, WORKER_ENV: str(index), CONFIG_ENV: self._config_json, SUPERVISOR_ENV: str(os.getpid())}
+        self._workers[index] = subprocess.Popen([sys.executable, "-m", "mlgate.workers"], env=env)
+        self._started_at[index] = time.monotonic()
+        log.info("started gateway worker %d (pid %d)", index, self._workers[index].pid,
+                 extra={"event": "worker_started", "worker_index": index, "pid": self._workers[index].pid})
 
     async def supervise(self) -> None:
-        """Restart any worker that exits while the gateway runs, a second later (a crash loop stays slow)."""
+        """Restart any worker that exits while the gateway runs, after a delay that doubles while it keeps dying
+        young (a worker that cannot start must not spin: each start joins Ray and warms every model up)."""
+        restart_at: dict[int, float] = {}
         while not self._stopping:
-            await asyncio.sleep(RESTART_DELAY_S)
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
             for index, process in list(self._workers.items()):
+                if self._stopping:
+                    return
+                if index in restart_at:
+                    if now >= restart_at[index]:
+                        del restart_at[index]
+                        self._spawn(index)
+                    continue
                 code = process.poll()
-                if code is None or self._stopping:
+                if code is None:
                     continue
                 self._on_exit(process.pid)
-                log.error("gateway worker %d (pid %d) exited with %s; restarting it", index, process.pid, code)
-                self._spawn(index)
+                lived = now - self._started_at[index]
+                delay = RESTART_DELAY_S if lived >= HEALTHY_AFTER_S else \
+                    min(MAX_RESTART_DELAY_S, 2 * self._delay.get(index, RESTART_DELAY_S / 2))
+                self._delay[index] = delay
+                restart_at[index] = now + delay
+                log.error("gateway worker %d (pid %d) exited with %s after %.0f s; restarting it in %.0f s",
+                          index, process.pid, code, lived, delay,
+                          extra={"event": "worker_exited", "worker_index": index, "pid": process.pid,
+                                 "exit_code": code, "restart_in_s": delay})
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM every worker (each drains its in-flight requests), then SIGKILL what is left after the grace."""
@@ -143,16 +169,20 @@ class WorkerPool:
             self._on_exit(process.pid)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the supervisor dies, so no worker outlives it holding the ports."""
+def die_with_supervisor() -> None:
+    """Get SIGTERM when the supervisor dies, so that no worker outlives it holding the ports; and if it died
+    before this ran (the signal would never come), stop now."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(os.environ[SUPERVISOR_ENV]):
+        sys.exit(0)
 
 
 def worker_main() -> None:
     """Entry point of a worker process (``python -m mlgate.workers``), started only by a ``WorkerPool``."""
     from telemetry.logs import setup_logging
 
+    die_with_supervisor()
     index = int(os.environ[WORKER_ENV])
     config = MlgateConfig.model_validate_json(os.environ[CONFIG_ENV])
     setup_logging(config.telemetry.logs.format, os.environ.get(LOG_LEVEL_ENV, "info"), worker=index)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from serving.deployment import OnnxModel
@@ -129,8 +130,11 @@ class RayServeBackend:
         if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
 
-    async def wait_ready(self, model: str, version: str, timeout_s: float) -> DeployedVersion:
-        """Wait for one version's application; RuntimeError with Serve's own message if it fails or times out."""
+    async def wait_ready(self, model: str, version: str, timeout_s: float, owner: bool = True) -> DeployedVersion:
+        """Wait for one version's application; RuntimeError with Serve's own message if it fails or times out.
+
+        Only its ``owner`` (the process that deployed it) deletes a failed application: a gateway worker
+        that merely uses it must not take it away from the others."""
         name = app_name(model, version)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -138,14 +142,15 @@ class RayServeBackend:
             if status is not None and status[0] is ApplicationStatus.RUNNING:
                 break
             if status is not None and status[0] in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
-                await asyncio.to_thread(serve.delete, name, _blocking=False)
+                if owner:
+                    await asyncio.to_thread(serve.delete, name, _blocking=False)
                 raise RuntimeError(f"deployment failed: {_first_line(status[1])}")
             if time.monotonic() > deadline:
-                await asyncio.to_thread(serve.delete, name, _blocking=False)
+                if owner:
+                    await asyncio.to_thread(serve.delete, name, _blocking=False)
                 raise RuntimeError(f"not ready after {timeout_s:.0f} s")
             await asyncio.sleep(0.25)
-        handle = serve.get_app_handle(name).options(_by_reference=False)
-        description: dict[str, Any] = await handle.describe.remote()
+        handle, description = await _first_call(name)
         infer = handle.infer
 
         async def execute(inputs: Arrays) -> Arrays:
@@ -170,6 +175,26 @@ class RayServeBackend:
     def stop_ray(self) -> None:
         if self._started_ray:
             ray.shutdown()
+
+
+HANDLE_ATTEMPTS = 3
+
+
+async def _first_call(name: str) -> tuple[DeploymentHandle[Any], dict[str, Any]]:
+    """A handle to a running application and its replica's description, retried: the first call through a new
+    handle, made while several applications come up at once, has failed in Serve's own code (a pickling error
+    in its request router, seen once in a fresh-clone CI run), and a version must not stay unavailable for that."""
+    for attempt in range(1, HANDLE_ATTEMPTS + 1):
+        try:
+            handle = serve.get_app_handle(name).options(_by_reference=False)
+            description: dict[str, Any] = await handle.describe.remote()
+            return handle, description
+        except Exception as exc:
+            if attempt == HANDLE_ATTEMPTS:
+                raise
+            log.warning("first call to %s failed (%s); retrying", name, exc)
+            await asyncio.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _app_status(name: str) -> tuple[ApplicationStatus, str] | None:

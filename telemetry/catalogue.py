@@ -10,8 +10,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.metrics import MetricWrapperBase
-
 from telemetry import metrics
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -60,9 +58,7 @@ class MetricDoc:
 def documented() -> list[MetricDoc]:
     """Every metric object of ``telemetry.metrics``, in definition order, as exposed (counters with ``_total``)."""
     docs = []
-    for value in vars(metrics).values():
-        if not isinstance(value, MetricWrapperBase):
-            continue
+    for value in metrics._metric_objects():
         kind = str(value._type)  # prometheus_client keeps these as private attributes; they are stable across releases
         name = value._name + ("_total" if kind == "counter" else "")
         docs.append(MetricDoc(name, kind, unit_of(name), tuple(value._labelnames), value._documentation))

@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -58,7 +59,8 @@ ADMISSION_LIMIT = Gauge("mlgate_admission_limit_rows",
                         "Rows a deployment with a latency objective may hold (queued + executing) before it refuses.",
                         _labels, multiprocess_mode="livesum", registry=REGISTRY)
 MODEL_DEVICE = Gauge("mlgate_model_device_info",
-                     "1 for the device each ready model version runs on (label device: cpu or cuda).",
+                     "Gateway processes whose ready version runs on each device (label device: cpu or cuda): 1 with "
+                     "one process, summed over processes with server.workers.",
                      (*_labels, "device"), multiprocess_mode="livesum", registry=REGISTRY)
 MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed cost per batch.", _labels,
                     multiprocess_mode="livemax", registry=REGISTRY)
@@ -148,7 +150,8 @@ class _MergedProcesses:
 
     def __init__(self, path: str) -> None:
         self._merged = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
-        self._help = {family.name: family.documentation for family in REGISTRY.collect()}
+        # prometheus_client keeps names and help texts as (stable) private attributes
+        self._help = {str(metric._name): str(metric._documentation) for metric in _metric_objects()}
 
     def collect(self) -> Iterator[Metric]:
         for family in self._merged.collect():  # type: ignore[no-untyped-call]
@@ -157,15 +160,25 @@ class _MergedProcesses:
                 yield family
 
 
+_merged_registry: CollectorRegistry | None = None
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric (of every gateway process), and its content type."""
+    global _merged_registry
     path = multiprocess_dir()
     if path is None:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     refresh_sampled()
-    merged = CollectorRegistry()
-    merged.register(_MergedProcesses(path))
-    return generate_latest(merged), CONTENT_TYPE_LATEST
+    if _merged_registry is None:
+        _merged_registry = CollectorRegistry()
+        _merged_registry.register(_MergedProcesses(path))
+    return generate_latest(_merged_registry), CONTENT_TYPE_LATEST
+
+
+def _metric_objects() -> list[MetricWrapperBase]:
+    """Every metric defined in this module (the catalogue and the merged view's help texts read them)."""
+    return [value for value in globals().values() if isinstance(value, MetricWrapperBase)]
 
 
 # --------------------------------------------------------------------------- requests, models, build
@@ -178,8 +191,9 @@ REQUESTS = Counter("mlgate_requests", "Inference requests answered, by the versi
 REQUEST_DURATION = Histogram("mlgate_request_duration_seconds",
                              "Time from a request's arrival (headers read) to its answer being ready to send.",
                              _request_labels, buckets=REQUEST_BUCKETS, registry=REGISTRY)
-MODEL_STATE = Gauge("mlgate_model_state", "1 for the state each model version is in (loading, ready, unavailable), "
-                    "0 for the others.", (*_labels, "state"), multiprocess_mode="livesum", registry=REGISTRY)
+MODEL_STATE = Gauge("mlgate_model_state", "Gateway processes in which a model version is in each state (loading, "
+                    "ready, unavailable): 1 or 0 with one process, summed over processes with server.workers.",
+                    (*_labels, "state"), multiprocess_mode="livesum", registry=REGISTRY)
 BUILD_INFO = Gauge("mlgate_build_info", "Always 1; the labels say which mlgate and Python run.",
                    ("version", "python"), multiprocess_mode="livemax", registry=REGISTRY)
 

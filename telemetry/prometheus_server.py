@@ -70,16 +70,25 @@ class PrometheusServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> PrometheusServer:
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT)
+        """Start it and wait until it is ready; on failure nothing is left running or on disk."""
+        try:
+            with self.log_path.open("wb") as log:
+                self._process = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT)
+            self._wait_ready(self._process, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self._process.returncode}: {self.log_tail()}")
+            if process.poll() is not None:
+                raise PrometheusError(f"prometheus exited with {process.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)

@@ -5,7 +5,7 @@ on the request path is a single ``is None`` test: no context extraction, no
 span objects, no context variables. When on, a request continues the caller's
 W3C ``traceparent`` (or starts a trace, sampled at ``sampling_ratio``) and its
 trace id goes back in ``x-mlgate-trace-id`` whether or not it is recorded; an
-unrecorded request costs one non-recording span and nothing further down.
+unrecorded request costs a random id and a comparison (``start_request``), no span.
 
 A request's spans hang under its SERVER span (``REQUEST_SPAN``): ``route``,
 ``decode``, ``queue_wait`` and ``execute`` (one pair per batcher visit),
@@ -58,6 +58,9 @@ HeaderLookup = Callable[[str], "str | None"]
 REQUEST_SPAN = {"http": "POST /v2/models/{model_name}/infer", "grpc": "inference.GRPCInferenceService/ModelInfer"}
 """A request's SERVER span name: the route template, never the model name from the URL (span names must stay a
 small set; the model is the ``mlgate.model`` attribute)."""
+
+EXPORT_TIMEOUT_S = 3.0
+"""Longest one OTLP export (and the flush at shutdown) may take."""
 
 NOT_TRACED: tuple[None, None] = (None, None)
 """What a front end uses in place of ``Tracing.start_request`` when tracing is off."""
@@ -289,7 +292,10 @@ def build_tracing(enabled: bool, endpoint: str, headers: Mapping[str, str], samp
     logging.getLogger("opentelemetry.trace").setLevel(logging.ERROR)
     processor: SpanProcessor
     if exporter is None:
-        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=dict(headers)))
+        # Bounded so that a shutdown with the collector unreachable ends within a worker's stop deadline.
+        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=dict(headers),
+                                                        timeout=EXPORT_TIMEOUT_S),
+                                       export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000))
     else:
         processor = SimpleSpanProcessor(exporter)
     ids = _ChosenTraceIds()

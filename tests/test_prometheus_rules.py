@@ -24,6 +24,7 @@ import pytest
 import yaml
 from prometheus_client.utils import floatToGoString
 
+from telemetry import metrics
 from telemetry.prometheus import slo_rules
 from telemetry.prometheus.rules import (
     CATALOGUE,
@@ -217,7 +218,13 @@ def test_cli_reports_a_bad_threshold(capsys: pytest.CaptureFixture[str]) -> None
     assert "not a bucket bound" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bound", slo_rules.REQUEST_DURATION_BUCKETS)
+def test_threshold_bounds_are_the_request_histograms_own() -> None:
+    """The generator validates thresholds against ``metrics.REQUEST_BUCKETS`` (imported, not copied): the bounds
+    that mlgate_request_duration_seconds really exposes, so an SLI's ``le`` always names an existing bucket."""
+    assert metrics.REQUEST_DURATION._upper_bounds == [*metrics.REQUEST_BUCKETS, math.inf]
+
+
+@pytest.mark.parametrize("bound", metrics.REQUEST_BUCKETS)
 def test_every_bucket_bound_is_a_valid_threshold_written_as_the_client_writes_le(bound: float) -> None:
     """The SLI selects le="..." by string: it must be exactly what prometheus_client exposes (1.0, not 1)."""
     slo = slo_rules.Slo(latency_threshold_seconds=bound)

@@ -13,8 +13,11 @@ The gateway sees every feature at once — a split with a challenger that fails 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 from tritonclient.utils import InferenceServerException
 
@@ -35,7 +39,7 @@ from tests.conftest import RunningGateway, free_port, start_gateway, stop_gatewa
 
 MODEL = "breast-cancer"
 ADMIN_TOKEN = new_token()
-SCRAPE_S = 0.5
+SCRAPE_S = 1.0
 SHIFTED = (0, 3)  # features pushed far out of their training range: drift
 
 
@@ -79,8 +83,11 @@ def _wait_for_worker(gateway: RunningGateway, timeout_s: float = 120) -> None:
     """The supervisor is ready first; the second process listens once its models are warm."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if '"worker":1,"event":"listening"' in gateway.log_path.read_text(errors="replace"):
-            return
+        for line in gateway.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                doc = json.loads(line)
+                if doc.get("event") == "listening" and doc.get("worker") == 1:
+                    return
         time.sleep(0.5)
     raise AssertionError(f"worker 1 never listened:\n{gateway.log_tail()}")
 
@@ -179,18 +186,17 @@ def _rollout_state(gateway: RunningGateway) -> str:
     return str(doc["state"])
 
 
-def _settled_total(prometheus: PrometheusServer, expected: float, timeout_s: float = 15) -> float:
-    """``sum(mlgate_requests_total)`` once two scrapes agree (the last answers may land a scrape late)."""
+def _total_after(prometheus: PrometheusServer, stopped: float, timeout_s: float = 20) -> float:
+    """``sum(mlgate_requests_total)`` from a scrape that started after the load stopped (every answer, and so
+    every count, happened before: a caller counts a request only once its answer arrived)."""
     deadline = time.monotonic() + timeout_s
-    last = -1.0
     while time.monotonic() < deadline:
-        result = prometheus.query("sum(mlgate_requests_total)")
-        value = float(result[0]["value"][1]) if result else 0.0
-        if value == expected or (value == last and value > 0):
-            return value
-        last = value
-        time.sleep(SCRAPE_S * 2)
-    return last
+        scraped = prometheus.query("max(timestamp(mlgate_build_info))")
+        if scraped and float(scraped[0]["value"][1]) > stopped:
+            result = prometheus.query("sum(mlgate_requests_total)")
+            return float(result[0]["value"][1]) if result else 0.0
+        time.sleep(SCRAPE_S / 2)
+    raise AssertionError(f"no scrape of the gateway after the load stopped, in {timeout_s:.0f} s")
 
 
 def test_prometheus_sees_the_whole_gateway(gateway: RunningGateway) -> None:
@@ -206,7 +212,7 @@ def test_prometheus_sees_the_whole_gateway(gateway: RunningGateway) -> None:
 
         # Every request counted once, across both processes and both protocols, errors included.
         assert {"200", "404", "429"} <= set(sent.statuses), sent.statuses
-        assert _settled_total(prometheus, sent.count) == sent.count, sent.statuses
+        assert _total_after(prometheus, time.time()) == sent.count, sent.statuses
         by_protocol = {r["metric"]["protocol"]: float(r["value"][1])
                        for r in prometheus.query("sum by (protocol) (mlgate_requests_total)")}
         assert set(by_protocol) == {"http", "grpc"}
@@ -251,3 +257,35 @@ def test_logs_are_json_events(gateway: RunningGateway) -> None:
     assert any(e["champion"] == "1" for e in events["routing_changed"])
     assert any(e["state"] == "rolled_back" and e["challenger"] == "2" and e["reason"]
                for e in events["rollout_transition"])
+
+
+def _events(gateway: RunningGateway, event: str) -> list[dict[str, Any]]:
+    docs = (json.loads(line) for line in gateway.log_path.read_text(errors="replace").splitlines()
+            if line.startswith("{"))
+    return [doc for doc in docs if doc.get("event") == event]
+
+
+def _scraped_total(gateway: RunningGateway) -> float:
+    with urllib.request.urlopen(f"http://{gateway.http_url}/metrics", timeout=10) as response:
+        families = text_string_to_metric_families(response.read().decode())
+        return sum(s.value for f in families if f.name == "mlgate_requests" for s in f.samples
+                   if s.name == "mlgate_requests_total")
+
+
+def test_a_killed_worker_is_restarted_and_no_count_is_lost(gateway: RunningGateway) -> None:
+    """Runs after the tests above (same gateway). The supervisor restarts a worker that dies; the dead process's
+    counts stay in the merged view (they happened), and what the new one counts adds to them exactly."""
+    worker = max((e for e in _events(gateway, "worker_started") if e["worker_index"] == 1), key=lambda e: e["time"])
+    listening_before = sum(1 for e in _events(gateway, "listening") if e.get("worker") == 1)
+    before = _scraped_total(gateway)
+    os.kill(worker["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while sum(1 for e in _events(gateway, "listening") if e.get("worker") == 1) == listening_before:
+        assert time.monotonic() < deadline, gateway.log_tail()
+        time.sleep(0.5)
+    exited = [e for e in _events(gateway, "worker_exited") if e["pid"] == worker["pid"]]
+    assert exited and exited[0]["exit_code"] == -signal.SIGKILL
+    assert _scraped_total(gateway) == before
+    sent = Sent()
+    _drive(gateway, sent, seconds=3)
+    assert sent.count > 0 and _scraped_total(gateway) == before + sent.count

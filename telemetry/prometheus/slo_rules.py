@@ -37,13 +37,12 @@ from typing import Any
 
 import yaml
 
-REQUEST_DURATION_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-)
-"""Upper bounds of ``mlgate_request_duration_seconds``: the latency SLI counts requests at or under a
-threshold from the cumulative bucket of that bound, so the threshold must be one of them (anything else
-would need interpolation, which an SLI must not rely on)."""
+from telemetry.metrics import REQUEST_BUCKETS
+
+# The latency SLI counts requests at or under its threshold from the cumulative bucket of that bound of
+# mlgate_request_duration_seconds, so the threshold must be one of the gateway's own bounds (REQUEST_BUCKETS,
+# imported rather than copied so the two cannot drift apart); anything else would need interpolation, which an
+# SLI must not rely on.
 
 SLI_WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 """Every window a burn-rate alert reads, long or short."""
@@ -59,7 +58,8 @@ SHADOW_AGREEMENT_MIN = 0.9
 SHADOW_MIN_ROWS = 100
 """Compared rows over 5 minutes before a shadow's agreement ratio is trusted."""
 REJECTION_RATIO_MAX = 0.05
-"""Share of a model's requests the batcher may refuse (429/504) before someone should add capacity."""
+"""Share of a model's requests that may be answered with 429 (refused by the batcher) before someone should add
+capacity."""
 FALLBACK_RATIO_MAX = 0.01
 """Share of a model's requests answered by a fallback: a tenth of a 10% canary's traffic. Fallbacks succeed,
 so the availability SLO does not see a failing challenger; this alert does."""
@@ -101,8 +101,8 @@ class Slo:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:  # False for NaN too
                 raise ValueError(f"{name} must be strictly between 0 and 1 (a ratio such as 0.999), got {value!r}")
-        if self.latency_threshold_seconds not in REQUEST_DURATION_BUCKETS:
-            bounds = ", ".join(_number(b) for b in REQUEST_DURATION_BUCKETS)
+        if self.latency_threshold_seconds not in REQUEST_BUCKETS:
+            bounds = ", ".join(_number(b) for b in REQUEST_BUCKETS)
             raise ValueError(
                 f"latency threshold {self.latency_threshold_seconds!r} s is not a bucket bound of "
                 f"mlgate_request_duration_seconds; choose one of: {bounds}")
@@ -258,15 +258,23 @@ def _model_alerts() -> list[dict[str, Any]]:
             "default response."),
         _alert(
             "MlgateHighRejectionRate",
-            "sum by (model) (rate(mlgate_batcher_rejections_total[5m]))\n"
+            # What callers received, not mlgate_batcher_rejections_total: that counter also counts refusals no
+            # caller saw (a shadow's mirrored rows, which mlgate_requests_total does not count; a challenger's
+            # refusals the champion answered through a fallback with a 200), so it fired on an overloaded
+            # shadow. Every 429 comes from a batcher (admission limit, deadline unreachable, full queue). No
+            # traffic reads 0/0 = NaN, and NaN > x is false: an idle model stays quiet, as in the fallback alert.
+            'sum by (model) (rate(mlgate_requests_total{status="429"}[5m]))\n'
             "/\n"
             f"sum by (model) (rate(mlgate_requests_total[5m]))\n> {_number(REJECTION_RATIO_MAX)}",
             "5m",
-            "{{ $labels.model }}: the batcher refuses {{ $value | humanizePercentage }} of requests",
-            "Over 5 minutes the batcher refused {{ $value | humanizePercentage }} of the requests to "
-            "{{ $labels.model }} (admission limit, deadlines, full queue or expired requests; "
-            f"threshold {_percent(REJECTION_RATIO_MAX)}): the deployment lacks capacity for its traffic and "
-            "latency objective. See mlgate_batcher_rejections_total by reason."),
+            "{{ $labels.model }}: {{ $value | humanizePercentage }} of requests refused with 429",
+            "Over 5 minutes {{ $value | humanizePercentage }} of the requests to {{ $labels.model }} were answered "
+            f"with 429 (threshold {_percent(REJECTION_RATIO_MAX)}): its batcher refused them at the admission limit "
+            "for the latency objective, because they could not finish within their deadline, or because the queue "
+            "was full, and no fallback answered them. The deployment lacks capacity for its traffic and latency "
+            "objective. Which version and why: mlgate_batcher_rejections_total by version and reason, or the "
+            "Batching dashboard (these also count refusals callers never saw: shadow traffic, and challenger "
+            "requests a fallback answered)."),
         _alert(
             "MlgateFallbacksHigh",
             "sum by (model) (rate(mlgate_fallbacks_total[5m]))\n"
