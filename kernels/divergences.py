@@ -65,7 +65,9 @@ def _check_pair(a: Counts, b: Counts) -> None:
 
 
 @_njit
-def _psi(a: Counts, e: Counts) -> Result:
+def _floored(a: Counts, e: Counts, symmetric: bool) -> Result:
+    """PSI (``symmetric``: ``sum (a_j - e_j) ln(a_j / e_j)``) or KL (``sum a_j ln(a_j / e_j)``) per feature: the
+    same walk over epsilon-floored proportions, differing only in each bin's weight."""
     n_feat, n_bins = a.shape
     out = np.empty(n_feat, dtype=np.float64)
     for f in range(n_feat):
@@ -82,7 +84,7 @@ def _psi(a: Counts, e: Counts) -> Result:
             pa = max(a[f, j] / ta, EPSILON)
             pe = max(e[f, j] / te, EPSILON)
             if pa != pe:  # equal proportions (padding included) contribute exactly 0: skip the log
-                s += (pa - pe) * math.log(pa / pe)
+                s += (pa - pe if symmetric else pa) * math.log(pa / pe)
         out[f] = s
     return out
 
@@ -95,30 +97,7 @@ def psi(actual: Counts, expected: Counts) -> Result:
     moderate shift, > 0.25 major shift (decile bins).
     """
     _check_pair(actual, expected)
-    return _psi(actual, expected)
-
-
-@_njit
-def _kl(p: Counts, q: Counts) -> Result:
-    n_feat, n_bins = p.shape
-    out = np.empty(n_feat, dtype=np.float64)
-    for f in range(n_feat):
-        tp = 0.0
-        tq = 0.0
-        for j in range(n_bins):
-            tp += p[f, j]
-            tq += q[f, j]
-        if tp <= 0.0 or tq <= 0.0:
-            out[f] = np.nan
-            continue
-        s = 0.0
-        for j in range(n_bins):
-            pp = max(p[f, j] / tp, EPSILON)
-            pq = max(q[f, j] / tq, EPSILON)
-            if pp != pq:
-                s += pp * math.log(pp / pq)
-        out[f] = s
-    return out
+    return _floored(actual, expected, True)
 
 
 def kl(p: Counts, q: Counts) -> Result:
@@ -129,7 +108,7 @@ def kl(p: Counts, q: Counts) -> Result:
     traffic and ``q`` the reference.
     """
     _check_pair(p, q)
-    return _kl(p, q)
+    return _floored(p, q, False)
 
 
 # --- JS: raw proportions, 0 * log 0 = 0, NaN column included --------------------------------------------------
