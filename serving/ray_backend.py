@@ -184,17 +184,19 @@ async def _first_call(name: str) -> tuple[DeploymentHandle[Any], dict[str, Any]]
     """A handle to a running application and its replica's description, retried: the first call through a new
     handle, made while several applications come up at once, has failed in Serve's own code (a pickling error
     in its request router, seen once in a fresh-clone CI run), and a version must not stay unavailable for that."""
-    for attempt in range(1, HANDLE_ATTEMPTS + 1):
+    for attempt in range(1, HANDLE_ATTEMPTS):
         try:
-            handle = serve.get_app_handle(name).options(_by_reference=False)
-            description: dict[str, Any] = await handle.describe.remote()
-            return handle, description
+            return await _describe(name)
         except Exception as exc:
-            if attempt == HANDLE_ATTEMPTS:
-                raise
             log.warning("first call to %s failed (%s); retrying", name, exc)
             await asyncio.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
+    return await _describe(name)
+
+
+async def _describe(name: str) -> tuple[DeploymentHandle[Any], dict[str, Any]]:
+    handle = serve.get_app_handle(name).options(_by_reference=False)
+    description: dict[str, Any] = await handle.describe.remote()
+    return handle, description
 
 
 def _app_status(name: str) -> tuple[ApplicationStatus, str] | None:

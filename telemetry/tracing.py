@@ -112,7 +112,8 @@ class RequestTrace:
 
     Its steps (``route``, ``decode``, ``encode``) are timed between ``start_step`` and ``end_step``
     and written as child spans when they end, so that an untraced request pays one ``is None``
-    test per hook rather than a context manager (measured: 10 ns against 240 ns).
+    test per hook rather than a context manager (10⁶ iterations, loop included: 77 ns with the test, 311 ns
+    with a `with nullcontext()`).
     """
 
     __slots__ = ("_step", "_step_ns", "_tracer", "context", "protocol", "span")
