@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -53,7 +54,7 @@ import yaml
 from loadtests.bench_oip import environment_lines, mlgate_command
 from loadtests.loadgen import LoadConfig, run_load_sync
 from loadtests.payloads import json_body, load_rows
-from loadtests.procs import free_port, http_request, running, wait_ready
+from loadtests.procs import CLK_TCK, Server, free_port, http_request, read_proc, running, wait_ready
 
 BASE_MODELS = ("breast-cancer", "breast-cancer-wide")
 SERVE_DEFAULTS = "serve-defaults"
@@ -78,6 +79,12 @@ class Point:
     p99_ms: float
     refused: int
     failed: int
+    rows_per_batch: float
+    """Mean rows per executed batch over the point (warm-up included); nan for Serve defaults."""
+    gateway_cpu_pct: float
+    """The serving process's CPU over the point, percent of one core (its Ray threads included)."""
+    admission_limit_rows: float
+    """The deployment's admission limit at the end of the point (nan without a latency objective)."""
 
 
 def grid_policies(rows: list[int], waits_ms: list[float]) -> dict[str, dict[str, Any]]:
@@ -138,6 +145,17 @@ def capacity(port: int, model: str, args: argparse.Namespace) -> float:
     return run_load_sync(cfg).throughput
 
 
+def batch_totals(port: int, model: str) -> tuple[float, float, float]:
+    """(batches, rows) the gateway has executed for ``model`` so far, and its admission limit (nan if none)."""
+    _, body = http_request(port, "GET", "/metrics")
+    totals = {"mlgate_batch_rows_count": 0.0, "mlgate_batch_rows_sum": 0.0, "mlgate_admission_limit_rows": math.nan}
+    for line in body.decode().splitlines():
+        name = line.split("{", 1)[0]
+        if name in totals and f'model="{model}"' in line:
+            totals[name] = float(line.rsplit(" ", 1)[1])
+    return totals["mlgate_batch_rows_count"], totals["mlgate_batch_rows_sum"], totals["mlgate_admission_limit_rows"]
+
+
 def settle(port: int, mlgate: bool) -> None:
     """Wait until the last run's backlog has drained, so that it does not load the next run."""
     deadline = time.monotonic() + 60.0
@@ -151,15 +169,28 @@ def settle(port: int, mlgate: bool) -> None:
     time.sleep(0.5 if mlgate else 2.0)
 
 
-def sweep(port: int, served_name: str, base: str, policy: str, rates: dict[int, float],
+def sweep(server: Server, port: int, served_name: str, base: str, policy: str, rates: dict[int, float],
           args: argparse.Namespace, points: list[Point], trace: str, pct: int) -> None:
+    mlgate = policy != SERVE_DEFAULTS
+    before = batch_totals(port, served_name) if mlgate else (0.0, 0.0, math.nan)
+    cpu_before, started = _ticks(server.pid), time.monotonic()
     result = open_loop(port, served_name, trace, rates[pct], args)
-    settle(port, mlgate=policy != SERVE_DEFAULTS)
-    point = Point(base, trace, pct, policy, rates[pct], **result)
+    cpu_pct = (_ticks(server.pid) - cpu_before) * 100.0 / (CLK_TCK * (time.monotonic() - started))
+    after = batch_totals(port, served_name) if mlgate else (0.0, 0.0, math.nan)
+    settle(port, mlgate=mlgate)
+    batches = after[0] - before[0]
+    rows_per_batch = (after[1] - before[1]) / batches if batches else float("nan")
+    point = Point(base, trace, pct, policy, rates[pct], **result, rows_per_batch=rows_per_batch,
+                  gateway_cpu_pct=cpu_pct, admission_limit_rows=after[2])
     points.append(point)
     print(f"  {base:20s} {trace:8s} {pct:4d}% {policy:18s} good {point.goodput:7.0f}/s ok {point.ok_rps:7.0f}/s "
-          f"p50 {point.p50_ms:8.2f} p99 {point.p99_ms:8.2f} refused {point.refused} failed {point.failed}",
-          file=sys.stderr, flush=True)
+          f"p50 {point.p50_ms:8.2f} p99 {point.p99_ms:8.2f} refused {point.refused} failed {point.failed} "
+          f"rows/batch {rows_per_batch:6.1f} cpu {cpu_pct:4.0f}% limit {after[2]:.0f}", file=sys.stderr, flush=True)
+
+
+def _ticks(pid: int) -> int:
+    info = read_proc(pid)
+    return info.cpu_ticks if info is not None else 0
 
 
 def run_mlgate(args: argparse.Namespace, work: Path, policies: dict[str, dict[str, Any]],
@@ -188,7 +219,7 @@ def run_mlgate(args: argparse.Namespace, work: Path, policies: dict[str, dict[st
             for trace in args.traces:
                 for pct in args.loads:
                     for policy in policies:
-                        sweep(port, f"{base}--{policy}", base, policy, rates[base], args, points, trace, pct)
+                        sweep(server, port, f"{base}--{policy}", base, policy, rates[base], args, points, trace, pct)
     return rates
 
 
@@ -205,7 +236,7 @@ def run_serve_defaults(args: argparse.Namespace, work: Path, rates: dict[str, di
             for trace in args.traces:
                 for pct in args.loads:
                     # the baseline app serves whatever file it is given under the champion's name
-                    sweep(port, "breast-cancer", base, SERVE_DEFAULTS, rates[base], args, points, trace, pct)
+                    sweep(server, port, "breast-cancer", base, SERVE_DEFAULTS, rates[base], args, points, trace, pct)
 
 
 def at_slo(points: list[Point], slo_ms: float) -> float:
