@@ -391,8 +391,8 @@ class Batcher:
             self._record_batch(total_rows, elapsed)
             waiting = [p for p in batch if not p.future.done()]  # the others timed out: counted in submit
             _scatter(self.label, batch, outputs, total_rows)
-            if self.admission is not None:  # requests are in arrival order: the first is the oldest
-                self.admission.observe(finished - batch[0].enqueued_at, total_rows, finished)
+            if self.admission is not None:
+                self._steer_admission(self.admission, waiting, total_rows, finished)
         except InferenceError as exc:
             outcome = exc
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed
@@ -415,6 +415,16 @@ class Batcher:
                                                  finished)
         if self.tracing is not None:
             self._trace(self.tracing, batch, total_rows, started, outcome)
+
+    def _steer_admission(self, admission: AdmissionLimit, answered: list[_Pending], rows: int,
+                         finished: float) -> None:
+        late_before = finished - admission.objective_s  # requests are in arrival order: the late ones lead
+        late = 0
+        for pending in answered:
+            if pending.enqueued_at >= late_before:
+                break
+            late += 1
+        admission.observe(len(answered), late, rows, self._queued_rows + self._inflight_rows, finished)
 
     @staticmethod
     def _trace(tracing: BatchTracer, batch: list[_Pending], rows: int, started: float,

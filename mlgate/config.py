@@ -74,8 +74,8 @@ class BatchingConfig(_Strict):
         description=(
             "Latency objective (p99 target, from decode to answer) of each version of the model; unset = none. "
             "When set, it is the deadline of requests that set no timeout of their own (batch sizing), and an "
-            "adaptive limit on rows queued or running refuses requests with 429 before their body is read "
-            "when more than 1% of recent answers missed it (docs/architecture.md). A request's own OIP "
+            "adaptive limit on rows queued or running, steered to where 1% of answers miss the objective, "
+            "refuses requests with 429 before their body is read (docs/architecture.md). A request's own OIP "
             "'timeout' parameter or gRPC deadline always applies, objective or not."
         ),
     )
