@@ -49,6 +49,7 @@ from gateway.admission import AdmissionLimit
 from gateway.arrivals import ArrivalRate
 from gateway.errors import DeadlineExceeded, DeadlineUnreachable, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
+from gateway.loop_load import LoopLoad
 from telemetry.metrics import BatchMetrics
 from telemetry.tracing import BatchTracer, RequestTrace
 
@@ -74,6 +75,10 @@ FAILURE_LOG_INTERVAL_S = 10.0
 
 MIN_OBSERVATIONS = 8
 """Batches the latency model must have seen before it may refuse requests (the warm-up provides them)."""
+
+HOLD_BUDGET_S = 0.005
+"""Longest a partial batch is held for a starved event loop when the deployment has no objective; with
+one, a quarter of it (the rest is left for the queue ahead and the execution)."""
 
 
 @dataclass(slots=True)
@@ -127,6 +132,7 @@ class Batcher:
         self._failures_unlogged = 0
         self.latency = LatencyModel()
         self.arrivals = ArrivalRate(now=time.monotonic())
+        self._hold_budget_s = HOLD_BUDGET_S if policy.objective_s is None else policy.objective_s / 4
         self.admission: AdmissionLimit | None = None
         if policy.objective_s is not None:
             slots = policy.max_inflight
@@ -259,9 +265,12 @@ class Batcher:
         """Until when the partial batch at the head of the queue waits for company (``now`` = go).
 
         With a fixed ``max_wait_s`` it waits that long unless the batch is full. Otherwise it waits
-        only when waiting pays: the queue holds fewer rows than ``keep_up_rows``, and then only as
-        long as the rows should take to arrive, no longer than such a batch takes to run, and never
-        past the point where the head request could no longer make its deadline.
+        only when waiting pays: the queue holds fewer rows than ``keep_up_rows`` (the slots would fall
+        behind), or the event loop runs late (``LoopLoad``: the gateway's CPU is the bottleneck, and
+        every call saved is CPU for everyone) and more rows are expected within the hold that the
+        loop's pressure allows. It waits only as long as the rows should take to arrive, no longer
+        than such a batch takes to run or the hold, and never past the point where the head request
+        could no longer make its deadline.
         """
         policy = self._policy
         head = self._queue[0]
@@ -269,7 +278,11 @@ class Batcher:
             return now if self._queued_rows >= policy.max_batch_rows else head.enqueued_at + policy.max_wait_s
         if self.latency.observations < MIN_OBSERVATIONS:
             return now
+        rate = self.arrivals.rows_per_second(now)
         wanted = self.keep_up_rows(now)
+        hold_s = LoopLoad.of(asyncio.get_running_loop()).pressure * self._hold_budget_s
+        if hold_s > 0.0:
+            wanted = min(float(policy.max_batch_rows), max(wanted, rate * hold_s))
         if self.admission is not None:  # never wait for rows the admission limit would refuse
             wanted = min(wanted, self.admission.rows - self._inflight_rows)
         missing = wanted - self._queued_rows
@@ -279,8 +292,8 @@ class Batcher:
         deadline = head.deadline
         if policy.objective_s is not None:
             deadline = min(deadline, head.enqueued_at + policy.objective_s)
-        latest = min(head.enqueued_at + self.latency.mean(size), deadline - self.latency.bound(size))
-        return min(latest, now + missing / self.arrivals.rows_per_second(now))
+        latest = min(head.enqueued_at + max(self.latency.mean(size), hold_s), deadline - self.latency.bound(size))
+        return min(latest, now + missing / rate)
 
     async def warm_up(self, make_inputs: Callable[[int], Arrays], repeats: int = 3, priming: int = 3,
                       execute: BatchExecutor | None = None) -> None:
@@ -418,9 +431,15 @@ class Batcher:
 
     def _steer_admission(self, admission: AdmissionLimit, answered: list[_Pending], rows: int,
                          finished: float) -> None:
-        late_before = finished - admission.objective_s  # requests are in arrival order: the late ones lead
+        """Tell the admission limit how many of the batch's answers came after the objective.
+
+        Counting only answers late *because they queued* (waiting longer than their batch ran) was
+        tried: with two slots and a slow round trip, waiting for a slot is queueing too, and the limit
+        fell as far (champion, 4,000 req/s offered: 1,466 answers/s in time against 3,525).
+        """
+        late_before = finished - admission.objective_s
         late = 0
-        for pending in answered:
+        for pending in answered:  # in arrival order: the late ones lead
             if pending.enqueued_at >= late_before:
                 break
             late += 1

@@ -32,6 +32,7 @@ from gateway.auth import AuthState, Role, TokenRecord
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
+from gateway.loop_load import LoopLoad
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService
 from gateway.shadows import Comparison, ShadowMirror
@@ -61,6 +62,7 @@ from telemetry.metrics import (
     record_rollout,
     record_routing,
     refresh_sampled,
+    track_loop_load,
 )
 from telemetry.tracing import build_tracing
 
@@ -435,6 +437,8 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    load = LoopLoad.of(loop)
+    track_loop_load(lambda: load.lag_s, lambda: load.pressure)
 
     admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
                             gateway.drift if gateway.config.monitoring.drift else None,

@@ -67,6 +67,20 @@ MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed 
 MODEL_PER_ROW = Gauge("mlgate_latency_model_per_row_seconds", "Latency model: cost per row.", _labels,
                       multiprocess_mode="livemax", registry=REGISTRY)
 
+LOOP_LAG = Gauge("mlgate_event_loop_lag_seconds",
+                 "How late the gateway process's event loop runs a timer (smoothed): high when the process is busy "
+                 "or short of CPU; the largest over processes.", multiprocess_mode="livemax", registry=REGISTRY)
+HOLD_PRESSURE = Gauge("mlgate_batch_hold_pressure_ratio",
+                      "Share of its hold budget an adaptive batcher may hold a partial batch for, because the event "
+                      "loop runs late (0 = work-conserving); the largest over processes.",
+                      multiprocess_mode="livemax", registry=REGISTRY)
+
+
+def track_loop_load(read_lag_s: Callable[[], float], read_pressure: Callable[[], float]) -> None:
+    """The event loop of this process (one per process: ``gateway.loop_load``)."""
+    sample(LOOP_LAG, read_lag_s)
+    sample(HOLD_PRESSURE, read_pressure)
+
 
 @dataclass(frozen=True)
 class BatchMetrics:

@@ -17,6 +17,7 @@ import pytest
 from gateway.arrivals import ArrivalRate
 from gateway.batcher import Arrays, Batcher, BatchPolicy
 from gateway.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
+from gateway.loop_load import LoopLoad
 
 
 class RecordingExecutor:
@@ -227,6 +228,28 @@ def test_cancelled_requests_are_not_executed() -> None:
 
     asyncio.run(main())
     assert executor.batch_rows == [1, 2]
+
+
+def test_holds_for_company_while_the_event_loop_runs_late_and_not_when_it_is_on_time() -> None:
+    executor = RecordingExecutor()
+    policy = BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1, objective_s=0.02)
+    batcher = _trained(Batcher("m", executor, policy), 0.001)
+    _stream(batcher, rows_per_s=1000)  # 1 ms batches keep up with 1,000 rows/s one row at a time
+
+    async def hold_for(pressure: float) -> float:
+        LoopLoad.of(asyncio.get_running_loop()).pressure = pressure  # no tick runs before this returns
+        request = asyncio.ensure_future(batcher.submit(_rows(0, 1), 1))
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        held = batcher._hold_until(now) - now if batcher.queued_rows else 0.0
+        await request
+        return held
+
+    assert batcher.keep_up_rows(time.monotonic()) < 1
+    assert asyncio.run(hold_for(0.0)) == 0.0 and executor.batch_rows == [1]  # on time: sent at once
+    held = asyncio.run(hold_for(1.0))
+    assert 0.002 < held <= 0.005  # late: held for the 5 rows due within a quarter of the objective
+    assert executor.batch_rows == [1, 1]  # alone in the end, it still went
 
 
 def _trained(batcher: Batcher, seconds: float) -> Batcher:

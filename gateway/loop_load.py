@@ -1,0 +1,68 @@
+"""How starved this process's event loop is, as the pressure on batchers to hold partial batches.
+
+Work-conserving dispatch (a free slot takes whatever is queued) is right when
+the replica is the bottleneck. When the gateway's own CPU is — every Ray call
+costs it about a millisecond of CPU, the model microseconds (docs/architecture.md)
+— it is wrong: at 30-90% load on the 2-core bench box, batchers dispatching
+3-5 rows per call used 20-30% more gateway CPU than ones holding every batch
+10 ms, and had the worse p99 for it (loadtests/README.md). The symptom that
+tells the two cases apart is the event loop running late: a timer due every
+``TICK_S`` fires late when the loop is busy or the process is short of CPU.
+
+``pressure`` in [0, 1] rises by a factor while the smoothed lateness is above
+``HIGH_LAG_S`` and decays while it is below ``LOW_LAG_S``, so it settles at the
+least holding that keeps the loop on time; a batcher holds its head request for
+up to ``pressure`` times its own hold budget. At low load the loop is on time,
+the pressure is zero and a lone request goes at once. The lateness comes from
+one timer per loop (200 callbacks a second), not from anything per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+
+TICK_S = 0.005
+HIGH_LAG_S = 0.002
+"""Smoothed lateness above which the pressure rises (uvloop's timers have millisecond resolution)."""
+LOW_LAG_S = 0.00075
+"""Smoothed lateness below which the pressure decays."""
+SMOOTHING = 0.2
+"""Weight of each tick's lateness in the moving average (about five ticks, 25 ms, of memory)."""
+RISE = 1.25
+DECAY = 0.9
+START = 0.05
+"""Pressure a rise starts from: from zero to full in about 14 ticks (70 ms) of a lagging loop."""
+
+
+_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLoad] = weakref.WeakKeyDictionary()
+
+
+class LoopLoad:
+    """The lateness of one event loop and the holding pressure it implies; one per loop (``of``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.lag_s = 0.0
+        self.pressure = 0.0
+        self._due = time.monotonic() + TICK_S
+        loop.call_later(TICK_S, self._tick)
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopLoad:
+        """The monitor of ``loop``, started on first use."""
+        load = _BY_LOOP.get(loop)
+        if load is None:
+            load = _BY_LOOP[loop] = cls(loop)
+        return load
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.lag_s += SMOOTHING * (max(0.0, now - self._due) - self.lag_s)
+        if self.lag_s > HIGH_LAG_S:
+            self.pressure = min(1.0, max(START, self.pressure * RISE))
+        elif self.lag_s < LOW_LAG_S:
+            self.pressure = self.pressure * DECAY if self.pressure > START / 4 else 0.0
+        self._due = now + TICK_S
+        self._loop.call_later(TICK_S, self._tick)
