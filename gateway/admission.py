@@ -75,13 +75,21 @@ class AdmissionLimit:
         """Whether ``rows`` more fit; a deployment holding nothing admits any request, however large."""
         return rows_in_system == 0 or rows_in_system + rows <= self.rows
 
-    def observe(self, answered: int, late: int, rows: int, rows_in_system: int, now: float) -> None:
+    def observe(self, answered: int, late: int, rows: int, rows_in_system: int, queued_rows: int,
+                now: float) -> None:
         """Fold in one answered batch: how many requests it answered, how many of them after the objective,
-        its rows, and the rows the deployment held (queued or running, the batch included) when it finished."""
+        its rows, the rows the deployment held (queued or running, the batch included) when it finished,
+        and how many of those were still queued.
+
+        Late answers count only when rows were queued behind them: a late batch with nothing waiting is
+        a stall of the round trip (a pause of the replica, of Ray, of this process), which refusing
+        would not have shortened. Counted anyway, such stalls cut the limit at 10% load, where nothing
+        tests it back up, until it refused requests (wide model: a limit of 7 rows, 62 refused)."""
         self._count_served(rows, now)
         if rows_in_system >= self.rows / 2:
             self.rows *= math.exp(self._step * self.late_share * (answered - late))
-        self._late_uncut += late
+        if queued_rows:
+            self._late_uncut += late
         if self._late_uncut and now >= self._next_cut_at:
             cut = max(0.5, math.exp(-self._step * (1.0 - self.late_share) * self._late_uncut))
             self.rows *= cut

@@ -443,7 +443,8 @@ class Batcher:
             if pending.enqueued_at >= late_before:
                 break
             late += 1
-        admission.observe(len(answered), late, rows, self._queued_rows + self._inflight_rows, finished)
+        admission.observe(len(answered), late, rows, self._queued_rows + self._inflight_rows, self._queued_rows,
+                          finished)
 
     @staticmethod
     def _trace(tracing: BatchTracer, batch: list[_Pending], rows: int, started: float,
