@@ -18,16 +18,17 @@ each late one cuts it by ``exp(-η·(1-q))`` with ``q = late_share``, so the lim
 stops moving exactly where a share ``q`` of answers is late. ``η`` is set by how
 many late answers halve the limit (``halving_late`` = 5: about 500 answers in
 time double it). Slower steps (20 and 2,000) left the limit steadier but, at
-1.5x overload on the champion, answered 1,497 requests/s in time against 2,724
-(same gateway conditions, one run each): after each cut the limit came back too
-slowly to keep batches large. A cut needs time to show (what is already queued is late
-anyway), so cuts come at most once per objective: late answers in between add
-up into the next cut, which is at most a halving. A limit that no request tests
-does not grow (an answer from a deployment holding less than half of it says
-nothing about it): an idle spell must not leave a limit so high that the next
-overload takes many cuts to bring down. The floor of one row per execution slot
-means the deployment never stops serving, and a deployment holding nothing
-admits any request, so the limit can always recover.
+1.5x overload on the champion, answered 1,497 requests/s in time against 2,724:
+one run each, on a box where two runs of the same code at that load differed
+by up to 4x (loadtests/README.md), so the choice is weakly supported. A cut
+needs time to show (what is already queued is late anyway), so cuts come at
+most once per objective: late answers in between add up into the next cut,
+which is at most a halving. A limit that no request tests does not grow (an
+answer from a deployment holding less than half of it says nothing about it):
+an idle spell must not leave a limit so high that the next overload takes many
+cuts to bring down. ``floor_rows`` keeps at least one row per execution slot,
+so the deployment never stops serving, and a deployment holding nothing admits
+any request, so the limit can always recover.
 
 The first version cut by 20% on any late batch (at most once per objective) and
 grew by a row per limit's worth of rows: its equilibrium sat far below a 1% late

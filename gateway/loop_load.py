@@ -43,7 +43,7 @@ class LoopLoad:
     """The lateness of one event loop and the holding pressure it implies; one per loop (``of``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # no reference to the loop is kept: the registry's weak key would never die (a closed test loop)
         self.lag_s = 0.0
         self.pressure = 0.0
         self._due = time.monotonic() + TICK_S
@@ -65,4 +65,4 @@ class LoopLoad:
         elif self.lag_s < LOW_LAG_S:
             self.pressure = self.pressure * DECAY if self.pressure > START / 4 else 0.0
         self._due = now + TICK_S
-        self._loop.call_later(TICK_S, self._tick)
+        asyncio.get_running_loop().call_later(TICK_S, self._tick)

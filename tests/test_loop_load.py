@@ -8,31 +8,43 @@ import time
 from gateway.loop_load import LoopLoad
 
 
-async def _watch(load: LoopLoad, seconds: float, block_s: float) -> float:
-    """Run the loop for ``seconds``, blocking it ``block_s`` at a time (0 = idle); the highest pressure seen."""
+async def _busy(load: LoopLoad, seconds: float, block_s: float) -> float:
+    """Run the loop for ``seconds``, blocking it ``block_s`` at a time; the highest pressure seen."""
     highest = 0.0
     until = time.monotonic() + seconds
     while time.monotonic() < until:
-        if block_s:
-            time.sleep(block_s)  # a callback hogging the loop, as a CPU-starved gateway's work does
+        time.sleep(block_s)  # a callback hogging the loop, as a CPU-starved gateway's work does
         await asyncio.sleep(0.001)
         highest = max(highest, load.pressure)
     return highest
 
 
+async def _until_relaxed(load: LoopLoad, within_s: float) -> float | None:
+    """Seconds until the pressure is back to zero on an unblocked loop, None if not within ``within_s``.
+
+    (A deadline, not a fixed wait: on a 2-core box shared with Ray, the loop of an idle test can still
+    run late for a while when Ray's processes are busy.)"""
+    started = time.monotonic()
+    while time.monotonic() - started < within_s:
+        if load.pressure == 0.0:
+            return time.monotonic() - started
+        await asyncio.sleep(0.005)
+    return None
+
+
 def test_pressure_rises_while_the_loop_runs_late_and_falls_back_to_zero_when_it_is_on_time() -> None:
-    async def main() -> tuple[float, float, float, float]:
+    async def main() -> tuple[float | None, float, float, float | None]:
         load = LoopLoad.of(asyncio.get_running_loop())
         assert LoopLoad.of(asyncio.get_running_loop()) is load  # one monitor per loop
-        idle = await _watch(load, 0.2, 0.0)
-        busy = await _watch(load, 0.3, 0.006)
+        await asyncio.sleep(0.05)
+        calm = await _until_relaxed(load, 5.0)
+        busy = await _busy(load, 0.3, 0.006)
         lag_when_busy = load.lag_s
-        await _watch(load, 0.6, 0.0)
-        return idle, busy, lag_when_busy, load.pressure
+        relaxed = await _until_relaxed(load, 5.0)
+        return calm, busy, lag_when_busy, relaxed
 
-    idle, busy, lag_when_busy, after = asyncio.run(main())
-    # (bounds, not zeros: on a 2-core box shared with Ray, an idle loop may still run a tick or two late)
-    assert idle < 0.1  # an on-time loop does not ask anyone to hold
+    calm, busy, lag_when_busy, relaxed = asyncio.run(main())
+    assert calm is not None  # an on-time loop does not ask anyone to hold
     assert lag_when_busy > 0.002
     assert busy == 1.0  # 300 ms of a loop blocked 6 ms at a time: full pressure
-    assert after < 0.1  # and 600 ms on time again take it back
+    assert relaxed is not None and relaxed > 0.1  # on time again, it decays (42 ticks from full), not at once
