@@ -10,8 +10,10 @@ takes a larger batch. It waits for more requests only when waiting pays: when
 the queue holds fewer rows than the batch size the deployment needs to keep up
 with the current arrival rate (``keep_up_rows``: with ``S`` slots and batches
 costing ``a + b·n``, it keeps up with ``λ`` rows/s only if
-``S·n / (a + b·n) ≥ λ``), and the oldest request's deadline leaves room. At
-low load that size is below one row, so nothing waits. ``max_wait_s`` instead
+``S·n / (a + b·n) ≥ λ``), or when the process's event loop runs late
+(``LoopLoad``: every Ray call saved is CPU for everyone), and the oldest
+request's deadline leaves room. At low load that size is below one row and the
+loop is on time, so nothing waits. ``max_wait_s`` instead
 fixes the wait, as Triton and Ray Serve do; it exists for comparison
 (loadtests/bench_batching.py).
 
