@@ -84,8 +84,7 @@ class AdmissionLimit:
 
         Late answers count only when rows were queued behind them: a late batch with nothing waiting is
         a stall of the round trip (a pause of the replica, of Ray, of this process), which refusing
-        would not have shortened. Counted anyway, such stalls cut the limit at 10% load, where nothing
-        tests it back up, until it refused requests (wide model: a limit of 7 rows, 62 refused)."""
+        would not have shortened, and at low load nothing would test the cut limit back up."""
         self._count_served(rows, now)
         if rows_in_system >= self.rows / 2:
             self.rows *= math.exp(self._step * self.late_share * (answered - late))
