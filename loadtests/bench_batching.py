@@ -52,9 +52,10 @@ from typing import Any
 import yaml
 
 from loadtests.bench_oip import environment_lines, mlgate_command
+from loadtests.bench_routing import metric_sum, scrape
 from loadtests.loadgen import LoadConfig, run_load_sync
 from loadtests.payloads import json_body, load_rows
-from loadtests.procs import CLK_TCK, Server, free_port, http_request, read_proc, running, wait_ready
+from loadtests.procs import CLK_TCK, Server, free_port, read_proc, running, wait_ready
 
 BASE_MODELS = ("breast-cancer", "breast-cancer-wide")
 SERVE_DEFAULTS = "serve-defaults"
@@ -147,24 +148,17 @@ def capacity(port: int, model: str, args: argparse.Namespace) -> float:
 
 def batch_totals(port: int, model: str) -> tuple[float, float, float]:
     """(batches, rows) the gateway has executed for ``model`` so far, and its admission limit (nan if none)."""
-    _, body = http_request(port, "GET", "/metrics")
-    totals = {"mlgate_batch_rows_count": 0.0, "mlgate_batch_rows_sum": 0.0, "mlgate_admission_limit_rows": math.nan}
-    for line in body.decode().splitlines():
-        name = line.split("{", 1)[0]
-        if name in totals and f'model="{model}"' in line:
-            totals[name] = float(line.rsplit(" ", 1)[1])
-    return totals["mlgate_batch_rows_count"], totals["mlgate_batch_rows_sum"], totals["mlgate_admission_limit_rows"]
+    samples = scrape(port)
+    limits = [v for (name, labels), v in samples.items()
+              if name == "mlgate_admission_limit_rows" and ("model", model) in labels]
+    return (metric_sum(samples, "mlgate_batch_rows_count", model=model),
+            metric_sum(samples, "mlgate_batch_rows_sum", model=model), sum(limits) if limits else math.nan)
 
 
 def settle(port: int, mlgate: bool) -> None:
     """Wait until the last run's backlog has drained, so that it does not load the next run."""
     deadline = time.monotonic() + 60.0
-    while mlgate and time.monotonic() < deadline:
-        _, body = http_request(port, "GET", "/metrics")
-        queued = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
-                     if line.startswith("mlgate_queued_rows{"))
-        if queued == 0:
-            break
+    while mlgate and time.monotonic() < deadline and metric_sum(scrape(port), "mlgate_queued_rows") > 0:
         time.sleep(0.2)
     time.sleep(0.5 if mlgate else 2.0)
 
