@@ -23,17 +23,15 @@ one run each, on a box where two runs of the same code at that load differed
 by up to 4x (loadtests/README.md), so the choice is weakly supported. A cut
 needs time to show (what is already queued is late anyway), so cuts come at
 most once per objective: late answers in between add up into the next cut,
-which is at most a halving. Only answers that tested the limit move it: those
-to requests admitted while the deployment held at least half of it. An answer
-from a deployment far below its limit says nothing about the limit either way:
-in time, it must not leave a limit so high after an idle spell that the next
-overload takes many cuts to bring down; late, it is a stall of the round trip
-(a pause of the replica, of Ray, of this process) that refusing would not have
-shortened. The late ones matter most: in the issue-3 benchmark the wide model,
-idle for minutes before its turn, ended its 10%-load point with a limit of 6-7
-rows and had refused 131 of 1,126 requests; late answers while it held little,
-each cutting a limit that nothing at that load tested back up, are the likely
-cause (loadtests/README.md). ``floor_rows`` keeps at least one row per execution slot,
+which is at most a halving. A limit that no request tests does not grow (an
+answer from a deployment holding less than half of it says nothing about it):
+an idle spell must not leave a limit so high that the next overload takes many
+cuts to bring down. Extending that rule to cuts (only answers to requests admitted while the
+deployment held half the limit count, late or not) was tried and reverted: it cured the wide model's
+refusals at 10% load, but the champion's limit starts at 512 rows and the batcher never held 256
+when its backlog built up, so nothing ever cut it; at 1.2x and 1.5x load it refused nothing and
+answered 293 and 0 requests/s within the objective (loadtests/README.md). ``floor_rows`` keeps at
+least one row per execution slot,
 so the deployment never stops serving, and a deployment holding nothing admits
 any request, so the limit can always recover.
 
@@ -88,17 +86,20 @@ class AdmissionLimit:
         """Whether ``rows`` more fit; a deployment holding nothing admits any request, however large."""
         return rows_in_system == 0 or rows_in_system + rows <= self.rows
 
-    def tested_by(self, rows_in_system: int) -> bool:
-        """Whether the answer to a request admitted into a deployment holding ``rows_in_system`` rows (its
-        own included) will say anything about the limit: only if the limit was at least half used."""
-        return rows_in_system >= self.rows / 2
+    def observe(self, answered: int, late: int, rows: int, rows_in_system: int, queued_rows: int,
+                now: float) -> None:
+        """Fold in one answered batch: how many requests it answered, how many of them after the objective,
+        its rows, the rows the deployment held (queued or running, the batch included) when it finished,
+        and how many of those were still queued.
 
-    def observe(self, in_time: int, late: int, rows: int, now: float) -> None:
-        """Fold in one answered batch: how many of its answers that tested the limit (``tested_by``)
-        came within the objective and how many after it, and its rows (all of them: the throughput shown)."""
+        Late answers count only when rows were queued behind them: a late batch with nothing waiting is
+        a stall of the round trip (a pause of the replica, of Ray, of this process), which refusing
+        would not have shortened, and at low load nothing would test the cut limit back up."""
         self._count_served(rows, now)
-        self.rows *= math.exp(self._step * self.late_share * in_time)
-        self._late_uncut += late
+        if rows_in_system >= self.rows / 2:
+            self.rows *= math.exp(self._step * self.late_share * (answered - late))
+        if queued_rows:
+            self._late_uncut += late
         if self._late_uncut and now >= self._next_cut_at:
             cut = max(0.5, math.exp(-self._step * (1.0 - self.late_share) * self._late_uncut))
             self.rows *= cut

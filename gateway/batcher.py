@@ -95,8 +95,6 @@ class _Pending:
     enqueued_at: float = field(default_factory=time.monotonic)
     trace: RequestTrace | None = None
     """Set when the request is traced and recorded: its batch writes the request's queue and execute spans."""
-    tests_limit: bool = False
-    """Whether its answer moves the admission limit (``AdmissionLimit.tested_by``, decided at admission)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +165,7 @@ class Batcher:
         deadline = min(own_deadline, now + objective) if objective is not None else own_deadline
         self._admit(rows, now, deadline, own_deadline)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        tests_limit = self.admission is not None and self.admission.tested_by(
-            self._queued_rows + self._inflight_rows + rows)
-        self._queue.append(_Pending(inputs, rows, future, own_deadline, now, trace, tests_limit))
+        self._queue.append(_Pending(inputs, rows, future, own_deadline, now, trace))
         self._queued_rows += rows
         self.arrivals.add(rows, now)
         self._dispatch()
@@ -437,21 +433,20 @@ class Batcher:
 
     def _steer_admission(self, admission: AdmissionLimit, answered: list[_Pending], rows: int,
                          finished: float) -> None:
-        """Tell the admission limit how many of the batch's answers that tested it came after the objective.
+        """Tell the admission limit how many of the batch's answers came after the objective.
 
         Counting only answers late *because they queued* (waiting longer than their batch ran) was
         tried: with two slots and a slow round trip, waiting for a slot is queueing too, and the limit
         fell as far (champion, 4,000 req/s offered: 1,466 answers/s in time against 3,525).
         """
         late_before = finished - admission.objective_s
-        late = in_time = 0
-        for pending in answered:
-            if pending.tests_limit:
-                if pending.enqueued_at < late_before:
-                    late += 1
-                else:
-                    in_time += 1
-        admission.observe(in_time, late, rows, finished)
+        late = 0
+        for pending in answered:  # in arrival order: the late ones lead
+            if pending.enqueued_at >= late_before:
+                break
+            late += 1
+        admission.observe(len(answered), late, rows, self._queued_rows + self._inflight_rows, self._queued_rows,
+                          finished)
 
     @staticmethod
     def _trace(tracing: BatchTracer, batch: list[_Pending], rows: int, started: float,

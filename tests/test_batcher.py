@@ -156,27 +156,6 @@ def test_objective_limit_recovers_after_a_slow_spell() -> None:
     assert sum(isinstance(r, dict) for r in results) > 5
 
 
-def test_late_answers_cut_the_limit_only_when_it_was_near_full() -> None:
-    executor = RecordingExecutor(delay_s=0.03)  # every batch takes 30 ms, over the objective
-    policy = BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1, objective_s=0.02)
-    batcher = _trained(Batcher("m", executor, policy), 0.001)
-    assert batcher.admission is not None
-    initial = batcher.admission.rows
-
-    async def few() -> None:
-        await asyncio.gather(*(batcher.submit(_rows(i, 1), 1) for i in range(3)))
-
-    for _ in range(10):  # three at a time, all late, two queued behind the first: a stall, not the limit
-        asyncio.run(few())
-    assert batcher.admission.rows == initial
-
-    async def fill() -> None:
-        await asyncio.gather(*(batcher.submit(_rows(i, 1), 1) for i in range(int(initial))))
-
-    asyncio.run(fill())  # the same lateness with the limit full: now it is the limit's doing
-    assert batcher.admission.rows < initial
-
-
 def test_max_wait_holds_a_partial_batch_to_collect_more() -> None:
     executor = RecordingExecutor()
     batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.05, max_inflight=2))
