@@ -26,13 +26,14 @@ most once per objective: late answers in between add up into the next cut,
 which is at most a halving. A limit that no request tests does not grow (an
 answer from a deployment holding less than half of it says nothing about it):
 an idle spell must not leave a limit so high that the next overload takes many
-cuts to bring down. Extending that rule to cuts (only answers to requests admitted while the
-deployment held half the limit count, late or not) was tried and reverted: it cured the wide model's
-refusals at 10% load, but the champion's limit starts at 512 rows and the batcher never held 256
-when its backlog built up, so nothing ever cut it; at 1.2x and 1.5x load it refused nothing and
-answered 293 and 0 requests/s within the objective (loadtests/README.md). ``floor_rows`` keeps at
-least one row per execution slot,
-so the deployment never stops serving, and a deployment holding nothing admits
+cuts to bring down. Extending that rule to cuts (only answers to requests
+admitted while the deployment held half the limit count, late or not) was
+tried and reverted: it cured the wide model's refusals at 10% load, but the
+champion's limit starts at 512 rows and the batcher never held 256 while its
+backlog built up, so nothing ever cut it; at 1.2x and 1.5x load it refused
+nothing and answered 293 and 0 requests/s within the objective
+(loadtests/README.md). ``floor_rows`` keeps at least one row per execution
+slot, so the deployment never stops serving, and a deployment holding nothing admits
 any request, so the limit can always recover.
 
 The first version cut by 20% on any late batch (at most once per objective) and
