@@ -31,6 +31,12 @@ What it measures (issue 3's benchmark):
   4x the mean rate, see ``loadtests.loadgen``).
 * Goodput is answers within the SLO per second. A policy's throughput at the
   SLO is its best goodput over the load levels where its p99 met the SLO.
+* ``--repeats N`` runs the whole sweep N times, interleaved (every level and
+  policy once, then again), and reports each point's median: on a 2-core box a
+  single 3 s point moves by 10-50% between runs. ``--capacity`` fixes the rates
+  instead of measuring them, so that runs on different days offer the same
+  loads (the closed-loop figure read 3,998-5,123 req/s for the champion in one
+  evening).
 
 The demo's two models are the champion (logistic regression) and the "heavy"
 wide MLP (1536x1536 hidden).
@@ -49,6 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from loadtests.bench_oip import environment_lines, mlgate_command
@@ -78,14 +85,35 @@ class Point:
     goodput: float
     p50_ms: float
     p99_ms: float
-    refused: int
-    failed: int
+    refused: float
+    failed: float
+    """Counts over the point (medians over repeats, so not always whole)."""
     rows_per_batch: float
     """Mean rows per executed batch over the point (warm-up included); nan for Serve defaults."""
     gateway_cpu_pct: float
     """The serving process's CPU over the point, percent of one core (its Ray threads included)."""
     admission_limit_rows: float
     """The deployment's admission limit at the end of the point (nan without a latency objective)."""
+    repeat: int = 0
+    """Which run of the sweep it came from (``--repeats``); medians carry 0."""
+
+
+def medians(points: list[Point]) -> list[Point]:
+    """One point per (model, trace, load, policy): the median of each figure over its repeats."""
+    groups: dict[tuple[str, str, int, str], list[Point]] = {}
+    for point in points:
+        groups.setdefault((point.model, point.trace, point.load_pct, point.policy), []).append(point)
+    return [_median_point(group) for group in groups.values()]
+
+
+def _median_point(group: list[Point]) -> Point:
+    def median(name: str) -> float:
+        return float(np.median([getattr(p, name) for p in group]))
+
+    first = group[0]
+    return Point(first.model, first.trace, first.load_pct, first.policy, median("offered_rps"), median("ok_rps"),
+                 median("goodput"), median("p50_ms"), median("p99_ms"), median("refused"), median("failed"),
+                 median("rows_per_batch"), median("gateway_cpu_pct"), median("admission_limit_rows"))
 
 
 def grid_policies(rows: list[int], waits_ms: list[float]) -> dict[str, dict[str, Any]]:
@@ -164,7 +192,7 @@ def settle(port: int, mlgate: bool) -> None:
 
 
 def sweep(server: Server, port: int, served_name: str, base: str, policy: str, rates: dict[int, float],
-          args: argparse.Namespace, points: list[Point], trace: str, pct: int) -> None:
+          args: argparse.Namespace, points: list[Point], trace: str, pct: int, repeat: int) -> None:
     mlgate = policy != SERVE_DEFAULTS
     before = batch_totals(port, served_name) if mlgate else (0.0, 0.0, math.nan)
     cpu_before, started = _ticks(server.pid), time.monotonic()
@@ -175,7 +203,7 @@ def sweep(server: Server, port: int, served_name: str, base: str, policy: str, r
     batches = after[0] - before[0]
     rows_per_batch = (after[1] - before[1]) / batches if batches else float("nan")
     point = Point(base, trace, pct, policy, rates[pct], **result, rows_per_batch=rows_per_batch,
-                  gateway_cpu_pct=cpu_pct, admission_limit_rows=after[2])
+                  gateway_cpu_pct=cpu_pct, admission_limit_rows=after[2], repeat=repeat)
     points.append(point)
     print(f"  {base:20s} {trace:8s} {pct:4d}% {policy:18s} good {point.goodput:7.0f}/s ok {point.ok_rps:7.0f}/s "
           f"p50 {point.p50_ms:8.2f} p99 {point.p99_ms:8.2f} refused {point.refused} failed {point.failed} "
@@ -205,15 +233,20 @@ def run_mlgate(args: argparse.Namespace, work: Path, policies: dict[str, dict[st
         print(f"--- mlgate with {len(policies) * len(BASE_MODELS)} deployments ready after {startup:.0f} s",
               file=sys.stderr, flush=True)
         for base in BASE_MODELS:
-            cap = capacity(port, f"{base}--{CAPACITY_POLICY}", args)
-            settle(port, mlgate=True)
+            cap = args.capacity.get(base)
+            if cap is None:
+                cap = capacity(port, f"{base}--{CAPACITY_POLICY}", args)
+                settle(port, mlgate=True)
+                source = f"closed loop, 64 callers, {CAPACITY_POLICY}"
+            else:
+                source = "given with --capacity"
             rates[base] = {pct: cap * pct / 100 for pct in args.loads}
-            print(f"--- {base}: capacity {cap:.0f} req/s (closed loop, 64 callers, {CAPACITY_POLICY})",
-                  file=sys.stderr, flush=True)
+            print(f"--- {base}: capacity {cap:.0f} req/s ({source})", file=sys.stderr, flush=True)
             for trace in args.traces:
-                for pct in args.loads:
+                for repeat, pct in levels(args):
                     for policy in policies:
-                        sweep(server, port, f"{base}--{policy}", base, policy, rates[base], args, points, trace, pct)
+                        sweep(server, port, f"{base}--{policy}", base, policy, rates[base], args, points, trace, pct,
+                              repeat)
     return rates
 
 
@@ -228,9 +261,15 @@ def run_serve_defaults(args: argparse.Namespace, work: Path, rates: dict[str, di
         with running(SERVE_DEFAULTS, command, work / f"serve-{base}.log") as server:
             wait_ready(server, port, "/v2/models/breast-cancer/infer", probe, 300.0)
             for trace in args.traces:
-                for pct in args.loads:
+                for repeat, pct in levels(args):
                     # the baseline app serves whatever file it is given under the champion's name
-                    sweep(server, port, "breast-cancer", base, SERVE_DEFAULTS, rates[base], args, points, trace, pct)
+                    sweep(server, port, "breast-cancer", base, SERVE_DEFAULTS, rates[base], args, points, trace, pct,
+                          repeat)
+
+
+def levels(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(repeat, load %) in the order they run: every level once, then every level again."""
+    return [(repeat, pct) for repeat in range(args.repeats) for pct in args.loads]
 
 
 def at_slo(points: list[Point], slo_ms: float) -> float:
@@ -242,7 +281,8 @@ def render(args: argparse.Namespace, argv: list[str], rates: dict[str, dict[int,
            points: list[Point]) -> str:
     lines = ["# Adaptive batching vs fixed settings", "", environment_lines(argv, "loadtests.bench_batching"), "",
              f"SLO: p99 <= {args.slo_ms:g} ms; goodput = answers within the SLO per second; "
-             f"{args.duration:g} s measured after {args.warmup:g} s warm-up per point.", ""]
+             f"{args.duration:g} s measured after {args.warmup:g} s warm-up per point"
+             + (f"; every figure is the median of {args.repeats} repeats." if args.repeats > 1 else "."), ""]
     for base in BASE_MODELS:
         for trace in args.traces:
             mine = [p for p in points if p.model == base and p.trace == trace]
@@ -281,6 +321,21 @@ def render(args: argparse.Namespace, argv: list[str], rates: dict[str, dict[int,
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _capacities(text: str) -> dict[str, float]:
+    pairs = dict(item.split("=", 1) for item in text.split(",") if item)
+    unknown = set(pairs) - set(BASE_MODELS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {sorted(unknown)}; the models are {list(BASE_MODELS)}")
+    return {model: float(rate) for model, rate in pairs.items()}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench_batching", description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=Path("models"), help="demo model repository")
@@ -295,6 +350,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slo-ms", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-serve", action="store_true", help="leave out the plain Ray Serve baseline")
+    p.add_argument("--repeats", type=_positive_int, default=1, help="run the sweep this many times; report medians")
+    p.add_argument("--capacity", type=_capacities, default={},
+                   help="MODEL=REQ_PER_S,... instead of measuring (the same offered rates across runs)")
     return p.parse_args(argv)
 
 
@@ -308,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = run_mlgate(args, work, policies, points)
         if not args.skip_serve:
             run_serve_defaults(args, work, rates, points)
-    report = render(args, argv, rates, points)
+    report = render(args, argv, rates, medians(points))
     print(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
