@@ -35,8 +35,8 @@ What it measures (issue 3's benchmark):
   policy once, then again), and reports each point's median: on a 2-core box a
   single 3 s point moves by 10-50% between runs. ``--capacity`` fixes the rates
   instead of measuring them, so that runs on different days offer the same
-  loads (the closed-loop figure read 3,998-5,123 req/s for the champion in one
-  evening).
+  loads (the closed-loop figure read 3,998-5,123 req/s for the champion in
+  three runs within 40 minutes).
 
 The demo's two models are the champion (logistic regression) and the "heavy"
 wide MLP (1536x1536 hidden).
