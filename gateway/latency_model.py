@@ -7,8 +7,9 @@ drift (a noisy neighbour, a GPU warming up) without a window to tune. The
 batcher plans with ``bound(rows)``: the mean plus a margin taken from the
 recent residuals' upper quantile, because deadlines are about tail latency,
 not the average. Residuals age out after ``residual_max_age_s``, so a burst of
-bad luck (a stalled event loop, a noisy neighbour) inflates the margin for
-seconds, not forever.
+bad luck (a noisy neighbour, a replica's garbage collection) inflates the
+margin for seconds, not forever. Round trips the gateway's own event loop
+delayed are not fed in at all (``batcher.MAX_LOOP_SHARE``).
 """
 
 from __future__ import annotations

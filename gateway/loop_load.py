@@ -46,6 +46,7 @@ class LoopLoad:
         # no reference to the loop is kept: the registry's weak key would never die (a closed test loop)
         self.lag_s = 0.0
         self.pressure = 0.0
+        self._late_total_s = 0.0
         self._due = time.monotonic() + TICK_S
         loop.call_later(TICK_S, self._tick)
 
@@ -57,9 +58,20 @@ class LoopLoad:
             load = _BY_LOOP[loop] = cls(loop)
         return load
 
+    def late_clock(self) -> float:
+        """Seconds this loop's timer has run late in all, the tick overdue right now included.
+
+        The difference between two readings is how long the loop kept callbacks waiting in between:
+        what a round trip timed on this loop measured of the gateway's own backlog rather than of
+        the work it waited for.
+        """
+        return self._late_total_s + max(0.0, time.monotonic() - self._due)
+
     def _tick(self) -> None:
         now = time.monotonic()
-        self.lag_s += SMOOTHING * (max(0.0, now - self._due) - self.lag_s)
+        late = max(0.0, now - self._due)
+        self._late_total_s += late
+        self.lag_s += SMOOTHING * (late - self.lag_s)
         if self.lag_s > HIGH_LAG_S:
             self.pressure = min(1.0, max(START, self.pressure * RISE))
         elif self.lag_s < LOW_LAG_S:

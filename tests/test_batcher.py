@@ -434,3 +434,22 @@ def test_observer_hears_of_each_request_once() -> None:
 
     assert all(isinstance(r, Unavailable) for r in asyncio.run(fail_three()))
     assert failing.failures == 3 and failing.answered == []
+
+
+def test_a_round_trip_the_event_loop_delayed_does_not_teach_the_latency_model() -> None:
+    """The loop kept busy 80 ms while a 2 ms batch was out (a burst's requests being parsed): that
+    round trip timed the gateway's backlog, and a tail margin made of it would refuse good requests."""
+    executor = RecordingExecutor(delay_s=0.002)
+    batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1))
+
+    async def main() -> tuple[int, int]:
+        await batcher.submit(_rows(0, 1), 1)
+        learned = batcher.latency.observations
+        asyncio.get_running_loop().call_later(0.001, time.sleep, 0.08)  # once the batch is out
+        await batcher.submit(_rows(0, 1), 1)
+        return learned, batcher.latency.observations
+
+    learned, after_stall = asyncio.run(main())
+    assert learned == 1  # a clean round trip is learned...
+    assert after_stall == 1  # ...the delayed one is not
+    assert len(executor.batch_rows) == 2

@@ -48,3 +48,19 @@ def test_pressure_rises_while_the_loop_runs_late_and_falls_back_to_zero_when_it_
     assert lag_when_busy > 0.002
     assert busy == 1.0  # 300 ms of a loop blocked 6 ms at a time: full pressure
     assert relaxed is not None and relaxed > 0.1  # on time again, it decays (42 ticks from full), not at once
+
+
+def test_the_late_clock_counts_how_long_the_loop_kept_callbacks_waiting() -> None:
+    async def main() -> tuple[float, float]:
+        load = LoopLoad.of(asyncio.get_running_loop())
+        await asyncio.sleep(0.02)
+        before = load.late_clock()
+        await asyncio.sleep(0.1)  # on time: only the timer's own resolution
+        on_time = load.late_clock() - before
+        before = load.late_clock()
+        time.sleep(0.1)  # a callback hogging the loop: read straight after, before any tick could run
+        return on_time, load.late_clock() - before
+
+    on_time, blocked = asyncio.run(main())
+    assert blocked >= 0.09  # the tick overdue right now counts, not only ticks that already ran
+    assert on_time < blocked / 2
