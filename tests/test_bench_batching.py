@@ -30,6 +30,7 @@ def test_repeats_interleave_every_level_and_capacities_name_known_models() -> No
                        "--capacity", "breast-cancer=3600,breast-cancer-wide=3750"])
     assert levels(args) == [(0, 10), (0, 30), (1, 10), (1, 30)]
     assert args.capacity == {"breast-cancer": 3600.0, "breast-cancer-wide": 3750.0}
-    for bad in (["--capacity", "champion=3600"], ["--repeats", "0"]):
+    for bad in (["--capacity", "champion=3600"], ["--capacity", "breast-cancer=0"],
+                ["--capacity", "breast-cancer=nan"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
