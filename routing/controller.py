@@ -4,7 +4,10 @@ The decisions are ``routing.rollout``'s (pure); this module is the loop and the
 persistence around them. Every change goes through ``StateStore.write_rollout``:
 the record, the routing it implies and their audit entries commit together, with
 optimistic concurrency on both (the controller and an operator acting at the
-same moment cannot overwrite each other; the loser re-reads next tick). Gateways
+same moment cannot overwrite each other). The controller, when it loses, judges
+the new record next tick; an operator's action, which names no revision, is
+re-read and applied again at once, so the controller's bookkeeping write each
+tick never turns an operator's pause into a conflict. Gateways
 pick the routing up through the state file like any other routing change.
 
 Exactly one controller acts, however many gateway processes share the state
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from routing.policy import RoutingPolicy
 from routing.rollout import (
@@ -46,8 +49,11 @@ from routing.store import AuditNote, StaleRevision, StateStore, StoredRollout, S
 from telemetry.drift import DriftReport
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 LEASE = "rollout-controller"
+OPERATOR_ATTEMPTS = 5
+"""How often an operator's action is re-read and applied again when another writer committed in between."""
 RUNNING = frozenset({RolloutState.SHADOW.value, RolloutState.CANARY.value, RolloutState.INCONCLUSIVE.value})
 """States the controller judges (a paused rollout waits for its operator, a terminal one is done)."""
 
@@ -101,6 +107,30 @@ class RolloutController:
     def start(self, spec: RolloutSpec, actor: str, now: float,
               reason: str | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
         """Begin shadowing ``spec.challenger``; refused while another rollout of the model is running."""
+        return self._as_operator(spec.model, lambda: self._start(spec, actor, now, reason))
+
+    def act(self, model: str, action: str, actor: str, now: float,
+            reason: str | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
+        """pause, resume, promote or abort the model's rollout, as ``actor``."""
+        return self._as_operator(model, lambda: self._act(model, action, actor, now, reason))
+
+    @staticmethod
+    def _as_operator(model: str, attempt: Callable[[], _T]) -> _T:
+        """Run an operator's read-decide-write, again from a fresh read while another writer wins the race.
+
+        The operator named no revision: what they asked for ("pause it") is judged against the
+        record as it stands, not the one the controller's last tick replaced a moment before.
+        """
+        for _ in range(OPERATOR_ATTEMPTS):
+            try:
+                return attempt()
+            except StaleRevision as exc:
+                log.info("rollout of model '%s' changed under an operator's action (%s); applying it again", model, exc)
+        raise RolloutRefused(f"the rollout of model '{model}' changed {OPERATOR_ATTEMPTS} times while this action "
+                             "was being applied; try again", 409)
+
+    def _start(self, spec: RolloutSpec, actor: str, now: float,
+               reason: str | None) -> tuple[RolloutRecord, StoredRouting | None]:
         current = self.store.rollout(spec.model)
         previous = RolloutRecord.model_validate(current.record) if current is not None else None
         if previous is not None and not previous.state.terminal:
@@ -112,9 +142,8 @@ class RolloutController:
             raise RolloutRefused(str(exc), 422) from None
         return self._commit(current, previous, record, actor, "rollout.start", reason, strict=True, routing=routing)
 
-    def act(self, model: str, action: str, actor: str, now: float,
-            reason: str | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
-        """pause, resume, promote or abort the model's rollout, as ``actor``."""
+    def _act(self, model: str, action: str, actor: str, now: float,
+             reason: str | None) -> tuple[RolloutRecord, StoredRouting | None]:
         current = self.store.rollout(model)
         if current is None:
             raise RolloutRefused(f"model '{model}' has no rollout", 404)

@@ -269,7 +269,7 @@ def test_operator_actions_and_refusals(routed: RunningGateway) -> None:
         again = client.post(f"/models/{MODEL}/rollout", json={"challenger": "3"})
         assert again.status_code == 409 and "abort or finish it first" in again.json()["error"]
         paused = client.post(f"/models/{MODEL}/rollout/pause", json={"reason": "lunch"})
-        assert paused.status_code == 200 and paused.json()["state"] == "paused"
+        assert paused.status_code == 200 and paused.json()["state"] == "paused", paused.text
         assert client.post(f"/models/{MODEL}/rollout/pause").status_code == 409
         assert client.post(f"/models/{MODEL}/rollout/resume").json()["state"] in ("shadow", "inconclusive")
         aborted = client.post(f"/models/{MODEL}/rollout/abort", json={"reason": "changed my mind"})

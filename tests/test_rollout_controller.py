@@ -1,0 +1,70 @@
+"""The rollout controller against a real state file: operators' actions survive the controller's own writes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from routing.controller import OPERATOR_ATTEMPTS, RolloutController, RolloutRefused
+from routing.rollout import CONTROLLER_ACTOR, RolloutSpec, RolloutState
+from routing.store import StateStore, StoredRollout
+from telemetry import audit
+
+
+class RacedStore(StateStore):
+    """The real state file, with a hook that runs right after a rollout is read: the window an operator loses in."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.after_read: Callable[[], object] | None = None
+        self.races = 0
+
+    def rollout(self, model: str) -> StoredRollout | None:
+        stored = super().rollout(model)
+        if self.after_read is not None:
+            self.races += 1
+            self.after_read()
+        return stored
+
+
+def _controller(store: StateStore) -> RolloutController:
+    return RolloutController(store, lambda model, policy: [], lambda *args: None)
+
+
+def test_an_operator_action_is_applied_again_when_the_controller_ticked_in_between(tmp_path: Path) -> None:
+    store = RacedStore(tmp_path / "state.db")
+    store.seed_routing("m", {"champion": "1"}, "config")
+    controller = _controller(store)
+    controller.start(RolloutSpec(model="m", challenger="2"), "otto", now=100.0)
+
+    def controller_ticks_once() -> None:
+        store.after_read = None
+        controller.tick_all(store.all_rollouts(), now=101.0)
+
+    store.after_read = controller_ticks_once
+    record, _ = controller.act("m", "pause", "otto", now=101.5, reason="lunch")
+    assert store.races == 1  # the race happened: the first attempt read a record the tick then replaced
+    assert record.state is RolloutState.PAUSED and record.reason == "paused by otto: lunch"
+    stored = store.rollout("m")
+    assert stored is not None and stored.record["state"] == "paused"
+    with store.reading() as conn:
+        actions = [(e.actor, e.action) for e in audit.read_entries(conn, target="rollout/m")]
+    assert actions == [("otto", "rollout.start"), (CONTROLLER_ACTOR, "rollout.transition"), ("otto", "rollout.pause")]
+    store.close()
+
+
+def test_an_operator_action_that_keeps_losing_is_refused_as_a_conflict(tmp_path: Path) -> None:
+    store = RacedStore(tmp_path / "state.db")
+    store.seed_routing("m", {"champion": "1"}, "config")
+    controller = _controller(store)
+    controller.start(RolloutSpec(model="m", challenger="2"), "otto", now=100.0)
+    ticks = iter(range(1, 100))
+    store.after_read = lambda: controller.tick_all(store.all_rollouts(), now=100.0 + next(ticks))
+    with pytest.raises(RolloutRefused, match=f"changed {OPERATOR_ATTEMPTS} times .* try again") as refused:
+        controller.act("m", "pause", "otto", now=101.0)
+    assert refused.value.status == 409 and store.races == OPERATOR_ATTEMPTS
+    stored = store.rollout("m")
+    assert stored is not None and stored.record["state"] != "paused"  # nothing half-applied
+    store.close()
