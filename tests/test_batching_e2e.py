@@ -83,13 +83,26 @@ def test_a_lone_request_pays_no_batching_wait(gateway: RunningGateway, dataset: 
         f"+ gateway fixed cost {statistics.median(metadata_s) * 1e3:.2f} ms + 2 ms")
 
 
+class TimedSink(FutureSink):
+    """Notes when each connection's answer arrived, before its future wakes anyone: awaiting the answers in
+    order would charge a quick one with the wait for a slower one sent before it (a longer timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered_at: dict[HttpConnection, float] = {}
+
+    def on_response(self, conn: HttpConnection, status: int, body: bytes) -> None:
+        self.answered_at[conn] = time.perf_counter()
+        super().on_response(conn, status, body)
+
+
 async def _bursts(host: str, port: int,
                   dataset: np.ndarray) -> list[tuple[int, int, int, int, float, int, bytes]]:
     """Quiet gaps, then bursts: small ones the gateway can absorb, and one far beyond what it can
     answer in time (300 requests of 64 rows, 10 ms each), so that refusals must happen."""
     rng = random.Random(11)
     loop = asyncio.get_running_loop()
-    sink = FutureSink()
+    sink = TimedSink()
     connections = [(await loop.create_connection(lambda: HttpConnection(sink), host, port))[1] for _ in range(300)]
     results = []
     try:
@@ -108,9 +121,9 @@ async def _bursts(host: str, port: int,
                 sink.pending[conn] = future = loop.create_future()
                 conn.send(request)
                 futures.append(future)
-            for future, (_, start, rows, timeout_us) in zip(futures, requests, strict=True):
+            for conn, future, (_, start, rows, timeout_us) in zip(connections, futures, requests, strict=False):
                 status, body = await future
-                results.append((burst, start, rows, timeout_us, time.perf_counter() - sent, status, body))
+                results.append((burst, start, rows, timeout_us, sink.answered_at.pop(conn) - sent, status, body))
             await asyncio.sleep(0.3)
     finally:
         for conn in connections:
