@@ -176,9 +176,10 @@ def start_server(name: str, command: list[str], log_path: Path, env: dict[str, s
 
 
 @contextlib.contextmanager
-def running(name: str, command: list[str], log_path: Path, grace_s: float = 30.0) -> Iterator[Server]:
+def running(name: str, command: list[str], log_path: Path, grace_s: float = 30.0,
+            env: dict[str, str] | None = None) -> Iterator[Server]:
     """Context manager: the server is stopped (and verified gone) however the block exits."""
-    server = start_server(name, command, log_path)
+    server = start_server(name, command, log_path, env)
     try:
         yield server
     finally:

@@ -1,0 +1,165 @@
+"""A/B of two revisions of the gateway under the same open-loop load points, alternating, round after round.
+
+Where loadtests/README.md's A/B tables come from. On the 2-core box two runs of
+one code at one overload point differ by up to 4x, so a change is only credited
+when it wins in every round, and ``--baseline`` equal to ``--candidate`` (an
+A/A run) shows how far rounds of one code drift apart.
+
+Each side is a git revision checked out in a temporary worktree (``.``: the
+working tree as it is), served by this environment's ``mlgate`` with
+``PYTHONPATH`` pointing at that tree, so Ray's workers import it too. Both sides
+serve the demo champion and the wide model with the same latency objective;
+each point is one ``loadtests.loadgen`` open-loop run, optionally beside a
+``loadtests.cpu_neighbour``. Per point and round it reports goodput (answers
+within the objective per second), refusals per second and the p99 of answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtests.bench_batching import open_loop, settle
+from loadtests.bench_oip import mlgate_command
+from loadtests.payloads import json_body, load_rows
+from loadtests.procs import free_port, running, wait_ready
+
+MODELS = ("breast-cancer", "breast-cancer-wide")
+ARRIVALS = ("poisson", "bursty", "constant")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_point(text: str) -> tuple[str, float, str]:
+    """``MODEL:RATE:ARRIVAL``, e.g. ``breast-cancer-wide:1130:poisson``."""
+    try:
+        model, rate, arrival = text.split(":")
+        value = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"point {text!r} is not MODEL:RATE:ARRIVAL") from None
+    if model not in MODELS or arrival not in ARRIVALS or not value > 0:
+        raise argparse.ArgumentTypeError(f"point {text!r}: model one of {MODELS}, a rate above 0, "
+                                         f"arrival one of {ARRIVALS}")
+    return model, value, arrival
+
+
+@contextlib.contextmanager
+def checked_out(revision: str, tree: Path) -> Iterator[Path]:
+    """The tree of ``revision`` at ``tree`` (``.``: the working tree itself), removed afterwards."""
+    if revision == ".":
+        yield REPO
+        return
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), revision], check=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def write_config(path: Path, models: Path, objective_ms: float) -> int:
+    """Both demo models with one objective, a sliver of a CPU each; returns the HTTP port."""
+    port = free_port()
+    deployment = {"batching": {"latency_objective_ms": objective_ms}, "deployment": {"num_cpus": 0.05}}
+    config = {"server": {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port()},
+              "repository": str(models.resolve()), "models": {m: deployment for m in MODELS}}
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return port
+
+
+def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Serve ``tree`` and run every point once against it."""
+    config = work / f"{name}.yaml"
+    port = write_config(config, args.models, args.slo_ms)
+    command = mlgate_command(config)
+    if command is None:
+        raise SystemExit("error: no mlgate CLI in this environment")
+    results = []
+    with running(name, command, work / f"{name}.log", env={"PYTHONPATH": str(tree)}) as server:
+        probe = json_body(load_rows()[:1]).body
+        wait_ready(server, port, f"/v2/models/{MODELS[-1]}/infer", probe, 300.0, "/v2/health/ready")
+        time.sleep(3.0)
+        for model, rate, arrival in args.points:
+            neighbour = None
+            if args.neighbour is not None:
+                busy, period = args.neighbour
+                neighbour = subprocess.Popen([sys.executable, "-m", "loadtests.cpu_neighbour", "--busy-ms", str(busy),
+                                              "--period-ms", str(period), "--duration",
+                                              str(args.warmup + args.duration + 1)], cwd=REPO)
+            result = open_loop(port, model, arrival, rate, args)
+            if neighbour is not None:
+                neighbour.wait()
+            settle(port, mlgate=True)
+            results.append({"model": model, "rate": rate, "arrival": arrival, **result})
+            print(f"  {name:9s} {model:20s} {rate:7.0f} {arrival:8s} good {result['goodput']:7.0f}/s "
+                  f"refused {result['refused']:6d} p99 {result['p99_ms']:8.1f} ms", file=sys.stderr, flush=True)
+    return results
+
+
+def render(args: argparse.Namespace, rounds: list[dict[str, list[dict[str, Any]]]]) -> str:
+    seconds = args.duration
+    lines = [f"A/B: baseline `{args.baseline}` vs candidate `{args.candidate}`, {len(rounds)} rounds, objective "
+             f"{args.slo_ms:g} ms, neighbour {args.neighbour or 'none'}; per round: goodput/s (refused/s, p99 ms)",
+             "", "| model | offered | arrivals | baseline | candidate |", "|---|---:|---|---|---|"]
+    for i, (model, rate, arrival) in enumerate(args.points):
+        cells = []
+        for side in ("baseline", "candidate"):
+            cells.append("; ".join(f"{r[side][i]['goodput']:,.0f} ({r[side][i]['refused'] / seconds:,.0f}, "
+                                   f"{r[side][i]['p99_ms']:,.0f})" for r in rounds))
+        lines.append(f"| {model} | {rate:,.0f} | {arrival} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtests.ab_gateway", description=__doc__.split("\n")[0])
+    p.add_argument("--baseline", required=True, help="git revision (or . for the working tree)")
+    p.add_argument("--candidate", default=".", help="git revision (default: the working tree)")
+    p.add_argument("--points", required=True, type=lambda s: [parse_point(x) for x in s.split(",")],
+                   help="MODEL:RATE:ARRIVAL,... (models: breast-cancer, breast-cancer-wide)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--models", type=Path, default=Path("models"), help="demo model repository")
+    p.add_argument("--slo-ms", type=float, default=25.0, help="latency objective of both models and loadgen's SLO")
+    p.add_argument("--neighbour", type=lambda s: tuple(float(x) for x in s.split("/")), default=None,
+                   help="BUSY_MS/PERIOD_MS: run loadtests.cpu_neighbour beside every point")
+    p.add_argument("--duration", type=float, default=6.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="discarded seconds per point")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here (and .json beside it)")
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    if args.neighbour is not None and (len(args.neighbour) != 2 or not 0 < args.neighbour[0] < args.neighbour[1]):
+        p.error("--neighbour must be BUSY_MS/PERIOD_MS with 0 < BUSY_MS < PERIOD_MS")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rounds: list[dict[str, list[dict[str, Any]]]] = []
+    with tempfile.TemporaryDirectory(prefix="mlgate-ab-") as tmp:
+        work = Path(tmp)
+        with checked_out(args.baseline, work / "baseline-tree") as baseline, \
+                checked_out(args.candidate, work / "candidate-tree") as candidate:
+            trees = {"baseline": baseline, "candidate": candidate}
+            for number in range(args.rounds):
+                order = ("baseline", "candidate") if number % 2 == 0 else ("candidate", "baseline")
+                print(f"--- round {number + 1}: {' then '.join(order)}", file=sys.stderr, flush=True)
+                rounds.append({side: run_side(side, trees[side], args, work) for side in order})
+    table = render(args, rounds)
+    print(table)
+    if args.out is not None:
+        args.out.write_text(table, encoding="utf-8")
+        args.out.with_suffix(".json").write_text(json.dumps(rounds, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
