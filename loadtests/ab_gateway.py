@@ -26,17 +26,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
-from loadtests.bench_batching import open_loop, settle
+from loadtests.bench_batching import BASE_MODELS, open_loop, settle
 from loadtests.bench_oip import mlgate_command
+from loadtests.loadgen import Arrival
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import free_port, running, wait_ready
 
-MODELS = ("breast-cancer", "breast-cancer-wide")
-ARRIVALS = ("poisson", "bursty", "constant")
+MODELS = BASE_MODELS
+ARRIVALS = get_args(Arrival)
+NEIGHBOUR_MAX_S = 3600.0
+"""The neighbour is stopped when its point ends; this only bounds it if the tool itself dies."""
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -67,11 +70,16 @@ def checked_out(revision: str, tree: Path) -> Iterator[Path]:
 
 
 def write_config(path: Path, models: Path, objective_ms: float) -> int:
-    """Both demo models with one objective, a sliver of a CPU each; returns the HTTP port."""
+    """Both demo models with one objective, a sliver of a CPU each; returns the HTTP port.
+
+    The state file is the side's own (beside ``path``, named after it): the two revisions may not
+    agree on its schema, and routing left by one side must not steer the other.
+    """
     port = free_port()
     deployment = {"batching": {"latency_objective_ms": objective_ms}, "deployment": {"num_cpus": 0.05}}
     config = {"server": {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port()},
-              "repository": str(models.resolve()), "models": {m: deployment for m in MODELS}}
+              "repository": str(models.resolve()), "state": {"path": f".{path.stem}-state/state.db"},
+              "models": {m: deployment for m in MODELS}}
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return port
 
@@ -90,14 +98,17 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
         time.sleep(3.0)
         for model, rate, arrival in args.points:
             neighbour = None
-            if args.neighbour is not None:
+            if args.neighbour is not None:  # busy for the whole point, however long loadgen takes to prepare
                 busy, period = args.neighbour
                 neighbour = subprocess.Popen([sys.executable, "-m", "loadtests.cpu_neighbour", "--busy-ms", str(busy),
-                                              "--period-ms", str(period), "--duration",
-                                              str(args.warmup + args.duration + 1)], cwd=REPO)
-            result = open_loop(port, model, arrival, rate, args)
-            if neighbour is not None:
-                neighbour.wait()
+                                              "--period-ms", str(period), "--duration", str(NEIGHBOUR_MAX_S)],
+                                             cwd=REPO)
+            try:
+                result = open_loop(port, model, arrival, rate, args)
+            finally:
+                if neighbour is not None:
+                    neighbour.terminate()
+                    neighbour.wait()
             settle(port, mlgate=True)
             results.append({"model": model, "rate": rate, "arrival": arrival, **result})
             print(f"  {name:9s} {model:20s} {rate:7.0f} {arrival:8s} good {result['goodput']:7.0f}/s "
