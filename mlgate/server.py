@@ -240,7 +240,14 @@ class Gateway:
                 log.exception("rollout controller tick failed; retrying")
 
     def _rollout_tick(self, now: float) -> list[RolloutRecord]:
-        """The lease is only taken (written) while some rollout runs: an idle controller writes nothing."""
+        """The lease is only taken (written) while some rollout runs: an idle controller writes nothing.
+
+        Nor by a process still loading its models: it has no monitors yet, so it cannot read the
+        evidence, and judging without it would flip a running rollout to inconclusive (and back once
+        loaded), audited, every time a supervisor restarts.
+        """
+        if not self.service.started:
+            return []
         rollouts = self.store.all_rollouts()
         if not any(r.record["state"] in RUNNING for r in rollouts.values()):
             return []

@@ -179,11 +179,20 @@ def _start_rollout(gateway: RunningGateway) -> None:
         assert response.status_code == 201, response.text
 
 
-def _rollout_state(gateway: RunningGateway) -> str:
+def _rollout(gateway: RunningGateway) -> dict[str, Any]:
     with httpx.Client(base_url=f"http://{gateway.http_url}/admin/v1", timeout=10,
                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
         doc: dict[str, Any] = admin.get(f"/models/{MODEL}/rollout").json()
-    return str(doc["state"])
+    return doc
+
+
+def _rollout_story(gateway: RunningGateway, doc: dict[str, Any]) -> str:
+    """Why a rollout is where it is: its transitions and the gateway's errors from the log (not the injected
+    batch failures), then its latest reason and verdicts."""
+    moves = [line for line in gateway.log_path.read_text(errors="replace").splitlines()
+             if '"rollout_transition"' in line or ('"level":"error"' in line and "injected failure" not in line)]
+    return "\n".join([*moves, f"now {doc.get('state')}: {doc.get('reason')}",
+                      *(str(verdict) for verdict in doc.get("last_judgement", []))])
 
 
 def _total_after(prometheus: PrometheusServer, stopped: float, timeout_s: float = 20) -> float:
@@ -204,10 +213,11 @@ def test_prometheus_sees_the_whole_gateway(gateway: RunningGateway) -> None:
     with PrometheusServer([gateway.http_url], scrape_interval_s=SCRAPE_S) as prometheus:
         _drive(gateway, sent, seconds=12)  # split, shadow, fallback, drift, rejections, 404s, both protocols
         _start_rollout(gateway)
-        deadline = time.monotonic() + 30
-        while _rollout_state(gateway) != "rolled_back" and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while _rollout(gateway)["state"] != "rolled_back" and time.monotonic() < deadline:
             _drive(gateway, sent, seconds=2)
-        assert _rollout_state(gateway) == "rolled_back", gateway.log_tail()
+        rollout = _rollout(gateway)
+        assert rollout["state"] == "rolled_back", _rollout_story(gateway, rollout)
         _drive(gateway, sent, seconds=3)
 
         # Every request counted once, across both processes and both protocols, errors included.
