@@ -445,7 +445,7 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     load = LoopLoad.of(loop)
-    track_loop_load(lambda: load.lag_s, lambda: load.pressure)
+    track_loop_load(lambda: load.lag_s, lambda: load.pressure, lambda: load.busy_share)
 
     admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
                             gateway.drift if gateway.config.monitoring.drift else None,

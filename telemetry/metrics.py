@@ -75,11 +75,18 @@ HOLD_PRESSURE = Gauge("mlgate_batch_hold_pressure_ratio",
                       "loop runs late (0 = work-conserving); the largest over processes.",
                       multiprocess_mode="livemax", registry=REGISTRY)
 
+LOOP_BUSY = Gauge("mlgate_event_loop_busy_ratio",
+                  "Share of a core the gateway process's event-loop thread spends on the CPU (smoothed): near 1 "
+                  "when the process's own work is the bottleneck; the largest over processes.",
+                  multiprocess_mode="livemax", registry=REGISTRY)
 
-def track_loop_load(read_lag_s: Callable[[], float], read_pressure: Callable[[], float]) -> None:
+
+def track_loop_load(read_lag_s: Callable[[], float], read_pressure: Callable[[], float],
+                    read_busy: Callable[[], float]) -> None:
     """The event loop of this process (one per process: ``gateway.loop_load``)."""
     sample(LOOP_LAG, read_lag_s)
     sample(HOLD_PRESSURE, read_pressure)
+    sample(LOOP_BUSY, read_busy)
 
 
 @dataclass(frozen=True)

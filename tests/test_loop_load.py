@@ -64,3 +64,31 @@ def test_the_late_clock_counts_how_long_the_loop_kept_callbacks_waiting() -> Non
     on_time, blocked = asyncio.run(main())
     assert blocked >= 0.09  # the tick overdue right now counts, not only ticks that already ran
     assert on_time < blocked / 2
+
+
+def test_busy_share_follows_the_loop_threads_cpu_time_not_its_lateness() -> None:
+    """Spinning on the CPU makes the thread busy; blocking without CPU (a sleep, as when a neighbour takes the
+    core) makes the loop late but not busy; idle, the share decays."""
+
+    async def spin(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            chunk = time.monotonic() + 0.001
+            while time.monotonic() < chunk:
+                pass
+            await asyncio.sleep(0)
+
+    async def main() -> tuple[float, float, float, float]:
+        load = LoopLoad.of(asyncio.get_running_loop())
+        await asyncio.sleep(0.6)
+        idle = load.busy_share
+        await spin(0.6)
+        spinning = load.busy_share
+        await _busy(load, 0.6, 0.006)  # blocked in sleeps: late, not on the CPU
+        blocked_lag, blocked = load.lag_s, load.busy_share
+        return idle, spinning, blocked, blocked_lag
+
+    idle, spinning, blocked, blocked_lag = asyncio.run(main())
+    assert idle < 0.2
+    assert spinning > 0.6  # a 2-core box shared with Ray: the thread gets most, not all, of a core
+    assert blocked < 0.3 and blocked_lag > 0.002
