@@ -20,9 +20,9 @@ one timer per loop (200 callbacks a second), not from anything per request.
 operators (``mlgate_event_loop_busy_ratio``): it shows a process whose own work is the bottleneck
 while its loop still runs on time (at 1.5x overload on the wide demo model, a median 0.84 of a core
 with the timer 0.1-3.6 ms late). Only the thread's own CPU time counts, so a neighbour taking the
-core lowers it. It is not a saturation signal for admission or holding: on the 2-core bench box the
-thread is already busy 0.63-0.76 of the time at 30% load, against 0.74-0.96 at overload
-(loadtests/README.md).
+core lowers it. It is not a saturation signal for admission or holding: on the 2-core bench box its
+median was 0.61-0.72 at 30% load and 0.71-0.90 from 90% load up, so no threshold tells noise from
+overload on both demo models (loadtests/README.md).
 """
 
 from __future__ import annotations

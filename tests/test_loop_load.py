@@ -82,7 +82,7 @@ def test_busy_share_follows_the_loop_threads_cpu_time_not_its_lateness() -> None
         load = LoopLoad.of(asyncio.get_running_loop())
         await asyncio.sleep(0.6)
         idle = load.busy_share
-        await spin(0.6)
+        await spin(1.0)
         spinning = load.busy_share
         await _busy(load, 0.6, 0.006)  # blocked in sleeps: late, not on the CPU
         blocked_lag, blocked = load.lag_s, load.busy_share
@@ -90,5 +90,5 @@ def test_busy_share_follows_the_loop_threads_cpu_time_not_its_lateness() -> None
 
     idle, spinning, blocked, blocked_lag = asyncio.run(main())
     assert idle < 0.2
-    assert spinning > 0.6  # a 2-core box shared with Ray: the thread gets most, not all, of a core
+    assert spinning > 0.5  # a 2-core box shared with Ray: the thread gets most, not all, of a core
     assert blocked < 0.3 and blocked_lag > 0.002
