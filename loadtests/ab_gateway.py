@@ -36,7 +36,6 @@ from loadtests.loadgen import Arrival
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import free_port, running, wait_ready
 
-MODELS = BASE_MODELS
 ARRIVALS = get_args(Arrival)
 NEIGHBOUR_MAX_S = 3600.0
 """The neighbour is stopped when its point ends; this only bounds it if the tool itself dies."""
@@ -50,8 +49,8 @@ def parse_point(text: str) -> tuple[str, float, str]:
         value = float(rate)
     except ValueError:
         raise argparse.ArgumentTypeError(f"point {text!r} is not MODEL:RATE:ARRIVAL") from None
-    if model not in MODELS or arrival not in ARRIVALS or not value > 0:
-        raise argparse.ArgumentTypeError(f"point {text!r}: model one of {MODELS}, a rate above 0, "
+    if model not in BASE_MODELS or arrival not in ARRIVALS or not value > 0:
+        raise argparse.ArgumentTypeError(f"point {text!r}: model one of {BASE_MODELS}, a rate above 0, "
                                          f"arrival one of {ARRIVALS}")
     return model, value, arrival
 
@@ -79,7 +78,7 @@ def write_config(path: Path, models: Path, objective_ms: float) -> int:
     deployment = {"batching": {"latency_objective_ms": objective_ms}, "deployment": {"num_cpus": 0.05}}
     config = {"server": {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port()},
               "repository": str(models.resolve()), "state": {"path": f".{path.stem}-state/state.db"},
-              "models": {m: deployment for m in MODELS}}
+              "models": {m: deployment for m in BASE_MODELS}}
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return port
 
@@ -94,7 +93,7 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
     results = []
     with running(name, command, work / f"{name}.log", env={"PYTHONPATH": str(tree)}) as server:
         probe = json_body(load_rows()[:1]).body
-        wait_ready(server, port, f"/v2/models/{MODELS[-1]}/infer", probe, 300.0, "/v2/health/ready")
+        wait_ready(server, port, f"/v2/models/{BASE_MODELS[-1]}/infer", probe, 300.0, "/v2/health/ready")
         time.sleep(3.0)
         for model, rate, arrival in args.points:
             neighbour = None
