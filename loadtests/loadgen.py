@@ -73,6 +73,7 @@ class LoadConfig:
     warmup_s: float = 5.0
     rows: int = 1
     payload: Payload = "json"
+    binary_outputs: bool = False
     timeout_s: float = 10.0
     check_every: int = 0
     bodies: int = 256
@@ -90,6 +91,8 @@ class LoadConfig:
             raise ValueError("--rate must be > 0 and --connections >= 1")
         if self.rows < 1 or self.bodies < 1 or self.check_every < 0:
             raise ValueError("--rows and --bodies must be >= 1, --check-every >= 0")
+        if self.binary_outputs and self.check_every:
+            raise ValueError("--check-every parses outputs as JSON numbers; it cannot check --binary-outputs")
 
 
 @dataclass(frozen=True)
@@ -485,10 +488,18 @@ async def _progress(rec: Recorder, t0_ns: int, measure_from_ns: int, stream: Tex
 
 async def run_load(cfg: LoadConfig) -> Report:
     """Run one bounded load test against a loopback OIP server and return its report."""
+    report, _ = await run_load_keeping_latencies(cfg)
+    return report
+
+
+async def run_load_keeping_latencies(cfg: LoadConfig) -> tuple[Report, np.ndarray]:
+    """:func:`run_load`, plus every measured ok answer's latency in ns (from the intended send time), so that
+    several generator processes driving one server can be merged into one honest p99."""
     cfg.validate()
     target = parse_target(cfg.url)
     requests = build_requests(
-        target.host_header, cfg.model, cfg.version, cfg.rows, cfg.payload, cfg.bodies, prefix=target.prefix
+        target.host_header, cfg.model, cfg.version, cfg.rows, cfg.payload, cfg.bodies, prefix=target.prefix,
+        binary_outputs=cfg.binary_outputs,
     )
     rec = Recorder(check_every=cfg.check_every, expected_rows=cfg.rows)
     driver: _Driver
@@ -510,7 +521,7 @@ async def run_load(cfg: LoadConfig) -> Report:
     finally:
         if progress is not None:
             progress.cancel()
-    return _build_report(cfg, driver, rec, cpu.percent())
+    return _build_report(cfg, driver, rec, cpu.percent()), np.asarray(rec.latencies, dtype=np.int64)
 
 
 class _CpuMeter:
@@ -557,6 +568,13 @@ def run_load_sync(cfg: LoadConfig) -> Report:
     return uvloop.run(run_load(cfg))
 
 
+def run_load_sync_keeping_latencies(cfg: LoadConfig) -> tuple[Report, np.ndarray]:
+    """:func:`run_load_keeping_latencies` on a fresh uvloop event loop (one generator process of several)."""
+    import uvloop
+
+    return uvloop.run(run_load_keeping_latencies(cfg))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags; defaults come from :class:`LoadConfig`."""
     d = LoadConfig()
@@ -577,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of load discarded first")
     p.add_argument("--rows", type=int, default=d.rows, help="rows per request")
     p.add_argument("--payload", choices=["json", "binary"], default=d.payload)
+    p.add_argument("--binary-outputs", action="store_true", help="ask for outputs as raw bytes (binary_data_output)")
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="per-request timeout, seconds")
     p.add_argument("--check-every", type=int, default=d.check_every, help="fully parse every Nth ok response")
     p.add_argument("--bodies", type=int, default=d.bodies, help="distinct pre-built request bodies")
@@ -594,6 +613,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         rate=args.rate, arrival=args.arrival, connections=args.connections, duration_s=args.duration,
         warmup_s=args.warmup, rows=args.rows, payload=args.payload, timeout_s=args.timeout,
         check_every=args.check_every, bodies=args.bodies, seed=args.seed, quiet=args.quiet, slo_ms=args.slo_ms,
+        binary_outputs=args.binary_outputs,
     )
 
 

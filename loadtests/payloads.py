@@ -7,6 +7,7 @@ caching a single answer -- every request carries real, varying rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +37,16 @@ def load_rows() -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float64)
 
 
-def json_body(rows: np.ndarray) -> EncodedBody:
+def _request(tensor: Mapping[str, object], binary_outputs: bool) -> dict[str, object]:
+    """The request object; ``binary_outputs`` asks for every output as raw bytes after the JSON (as tritonclient
+    does by default), which spares the server from printing large outputs as JSON numbers."""
+    request: dict[str, object] = {"inputs": [tensor]}
+    if binary_outputs:
+        request["parameters"] = {"binary_data_output": True}
+    return request
+
+
+def json_body(rows: np.ndarray, binary_outputs: bool = False) -> EncodedBody:
     """OIP JSON: one FP32 input ``features`` of shape [R, 30], data flattened row-major.
 
     Values are sent as the dataset's own decimals (float64 repr), as a client
@@ -48,10 +58,10 @@ def json_body(rows: np.ndarray) -> EncodedBody:
         "shape": [int(rows.shape[0]), N_FEATURES],
         "data": rows.reshape(-1).tolist(),
     }
-    return EncodedBody(orjson.dumps({"inputs": [tensor]}), {"Content-Type": "application/json"})
+    return EncodedBody(orjson.dumps(_request(tensor, binary_outputs)), {"Content-Type": "application/json"})
 
 
-def binary_body(rows: np.ndarray) -> EncodedBody:
+def binary_body(rows: np.ndarray, binary_outputs: bool = False) -> EncodedBody:
     """Triton binary tensor extension: JSON header + raw little-endian FP32 bytes.
 
     ``Inference-Header-Content-Length`` tells the server where the JSON header
@@ -64,7 +74,7 @@ def binary_body(rows: np.ndarray) -> EncodedBody:
         "shape": [int(rows.shape[0]), N_FEATURES],
         "parameters": {"binary_data_size": len(raw)},
     }
-    header = orjson.dumps({"inputs": [tensor]})
+    header = orjson.dumps(_request(tensor, binary_outputs))
     headers = {
         "Content-Type": "application/octet-stream",
         "Inference-Header-Content-Length": str(len(header)),
@@ -97,6 +107,7 @@ def build_requests(
     payload: Payload,
     count: int = 256,
     prefix: str = "",
+    binary_outputs: bool = False,
 ) -> list[bytes]:
     """Complete, pre-encoded HTTP requests (head + body) ready for ``transport.write``."""
     if rows_per_request < 1:
@@ -105,6 +116,6 @@ def build_requests(
     path = prefix + infer_path(model, version)
     requests = []
     for rows in row_batches(load_rows(), rows_per_request, count):
-        enc = encode(rows)
+        enc = encode(rows, binary_outputs)
         requests.append(build_request("POST", host_header, path, enc.body, enc.headers))
     return requests
