@@ -11,6 +11,10 @@ the device once, outputs are allocated there by ORT and copied back once, and
 no intermediate host buffers are made per call. The same path runs on the CPU
 (where binding to "cpu" is a no-copy pass-through) so that it is tested on
 every machine, not only on one with a GPU.
+
+Large batches from a gateway on the same node arrive as a shared-memory layout
+(``infer_shared``, see ``serving.shared_batch``): the replica reads its inputs
+from the segment and writes its outputs into it, and only the layout crosses Ray.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ import onnxruntime as ort
 
 from serving.device import Device, choose_providers, device_of
 from serving.repository import verify_model_file
+from serving.shared_batch import Layout, Mappings, RowSpec, write_outputs
+
+# ONNX tensor element types (as ORT names them) that a shared-memory segment can hold as numpy arrays
+_NUMPY_OF_ONNX = {
+    "tensor(float)": "<f4", "tensor(double)": "<f8", "tensor(float16)": "<f2", "tensor(int64)": "<i8",
+    "tensor(int32)": "<i4", "tensor(int16)": "<i2", "tensor(int8)": "|i1", "tensor(uint8)": "|u1",
+    "tensor(uint16)": "<u2", "tensor(uint32)": "<u4", "tensor(uint64)": "<u8", "tensor(bool)": "|b1",
+}
 
 
 class OnnxModel:
@@ -50,6 +62,8 @@ class OnnxModel:
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._device = device_of(self._session.get_providers())
         self._pid = os.getpid()
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self._mappings = Mappings()
         self._bind = io_binding_runner(self._session, self._output_names, self._device)
         self._inject_delay_s = inject_delay_s
         self._inject_error_rate = inject_error_rate
@@ -70,8 +84,35 @@ class OnnxModel:
         outputs = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, outputs, strict=True))
 
+    async def infer_shared(self, layout: Layout) -> dict[str, np.ndarray] | None:
+        """Run one batch laid out in a shared-memory segment. None: the segment is on another node (the
+        gateway then sends the batch through Ray); {}: the outputs are in the segment; otherwise the outputs
+        themselves, when they do not fit the room left for them (a model whose outputs are not one row per
+        input row)."""
+        if layout.node_id != self._node_id:
+            return None
+        try:
+            inputs, room = self._mappings.views(layout)
+        except FileNotFoundError:  # same Ray node, different /dev/shm (another container)
+            return None
+        outputs = await self.infer(inputs)
+        return {} if write_outputs(outputs, room) else outputs
+
     def describe(self) -> dict[str, Any]:
-        return {"device": self._device, "providers": self._session.get_providers(), "pid": self._pid}
+        return {"device": self._device, "providers": self._session.get_providers(), "pid": self._pid,
+                "node_id": self._node_id, "output_rows": output_row_specs(self._session)}
+
+
+def output_row_specs(session: ort.InferenceSession) -> dict[str, RowSpec] | None:
+    """Each output's dtype and row shape, if every output has one row per input row (a dynamic first
+    dimension, fixed others) of a type numpy holds; None otherwise (outputs then travel through Ray)."""
+    specs: dict[str, RowSpec] = {}
+    for output in session.get_outputs():
+        shape, dtype = list(output.shape), _NUMPY_OF_ONNX.get(output.type)
+        if dtype is None or not shape or isinstance(shape[0], int) or not all(isinstance(d, int) for d in shape[1:]):
+            return None
+        specs[output.name] = (dtype, tuple(shape[1:]))
+    return specs
 
 
 def io_binding_runner(session: ort.InferenceSession, output_names: list[str], device: str,

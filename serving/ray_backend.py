@@ -6,7 +6,9 @@ router on the caller's own event loop and results passed by value it costs
 ~1.1 ms, close to a raw actor call (~0.8 ms). So handles are created on the
 gateway's event loop, with ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`` set
 before Serve is imported and ``_by_reference=False``. Serve's HTTP proxy is
-disabled: the gateway is the front door.
+disabled: the gateway is the front door. Large batches are another matter:
+there moving the bytes costs more than the call, so they go through shared
+memory to a replica on the same node, else by reference (``execute`` below).
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
+from serving import shared_batch
 from serving.deployment import OnnxModel
 from serving.device import Device, gpus_per_replica
 from serving.repository import RepositoryEntry
+from serving.shared_batch import RowSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ class RayServeBackend:
         self._num_cpus = num_cpus
         self._object_store_bytes = object_store_bytes
         self._started_ray = False
+        self._pools: list[shared_batch.SegmentPool] = []
 
     def start(self) -> None:
         """Join the configured cluster, or start a local Ray in this process; then start Serve without its proxy."""
@@ -97,6 +102,9 @@ class RayServeBackend:
                 )
                 self._started_ray = True
         serve.start(proxy_location="Disabled")
+        orphans = shared_batch.remove_orphans()
+        if orphans:
+            log.warning("removed %d shared-memory segments left by gateway processes that died", orphans)
 
     @staticmethod
     def gcs_address() -> str:
@@ -152,9 +160,28 @@ class RayServeBackend:
             await asyncio.sleep(0.25)
         handle, description = await _first_call(name)
         infer = handle.infer
+        infer_by_reference = handle.options(_by_reference=True).infer
+        infer_shared = handle.infer_shared
+        node_id = ray.get_runtime_context().get_node_id()
+        output_rows: dict[str, RowSpec] | None = description.get("output_rows")
+        # Only where a replica shares this node; with replicas elsewhere too, a call that lands on one of
+        # them is told so and goes through Ray instead.
+        pool = None
+        if shared_batch.available() and output_rows is not None and description.get("node_id") == node_id:
+            pool = shared_batch.SegmentPool(node_id)
+            self._pools.append(pool)
 
         async def execute(inputs: Arrays) -> Arrays:
-            result: Arrays = await infer.remote(inputs)
+            nbytes = sum(array.nbytes for array in inputs.values())
+            if pool is not None and output_rows is not None and nbytes >= SHARED_MEMORY_BYTES:
+                try:
+                    with pool.batch(inputs, output_rows) as batch:
+                        answer: Arrays | None = await infer_shared.remote(batch.layout)
+                        if answer is not None:
+                            return answer or batch.read_outputs()
+                except shared_batch.NoSharedMemory as exc:  # /dev/shm full or gone: this batch goes through Ray
+                    log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)
+            result: Arrays = await (infer_by_reference if sends_by_reference(nbytes) else infer).remote(inputs)
             return result
 
         async def warm_up(inputs: Arrays) -> Arrays:
@@ -169,6 +196,8 @@ class RayServeBackend:
         Only when this process started Ray: on a joined cluster, serve.shutdown would delete every
         application there, other gateways' included, so the deployments are left to the cluster.
         """
+        for pool in self._pools:
+            pool.close()
         if self._started_ray:
             await serve.shutdown_async()  # type: ignore[no-untyped-call]
 
@@ -178,6 +207,20 @@ class RayServeBackend:
 
 
 HANDLE_ATTEMPTS = 3
+
+SHARED_MEMORY_BYTES = 256 << 10
+"""Batches whose inputs reach this size go to a replica on the same node through shared memory: on the 2-core
+box it took 2.3-2.5 ms from 120 KiB to 1.9 MiB and 7 ms at 7.5 MiB (``python -m loadtests.bench_transport``)."""
+
+BY_REFERENCE_BYTES = 1 << 20
+"""Without shared memory, batches whose inputs reach this size travel through Ray's object store instead of
+Serve's gRPC channel: by value, the 2-core box took 3.0-3.9 ms up to 480 KiB, then 20 ms at 1.9 MiB and 83 ms
+at 7.5 MiB; by reference 8.4-17 ms up to 1.9 MiB but 10 ms at 7.5 MiB (loadtests/README.md, "GPU")."""
+
+
+def sends_by_reference(batch_bytes: int) -> bool:
+    """Whether a batch of ``batch_bytes`` input bytes goes by reference (object store) rather than by value."""
+    return batch_bytes >= BY_REFERENCE_BYTES
 
 
 async def _first_call(name: str) -> tuple[DeploymentHandle[Any], dict[str, Any]]:

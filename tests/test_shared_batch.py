@@ -1,0 +1,101 @@
+"""Shared-memory batches: both sides in one process over real /dev/shm segments (the Ray round trip is in
+test_ray_backend.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import shared_batch
+from serving.shared_batch import Mappings, NoSharedMemory, SegmentPool, remove_orphans, write_outputs
+
+OUTPUT_ROWS = {"probabilities": ("<f4", (2,)), "label": ("<i8", ())}
+
+
+def _replica(mappings: Mappings, layout: shared_batch.Layout) -> bool:
+    """What a replica does: read the inputs from the segment, write its outputs into it."""
+    inputs, room = mappings.views(layout)
+    x = inputs["features"]
+    outputs = {"probabilities": np.stack([x[:, 0], -x[:, 0]], axis=1), "label": (x[:, 0] > 0).astype(np.int64)}
+    return write_outputs(outputs, room)
+
+
+def _names(pool_pid: int) -> set[str]:
+    return {p.name for p in shared_batch.SHM_DIR.glob(f"{shared_batch.PREFIX}{pool_pid}-*")}
+
+
+def test_a_batch_goes_in_and_its_outputs_come_back_through_one_reused_segment() -> None:
+    pool, mappings = SegmentPool(node_id="n1"), Mappings()
+    rng = np.random.default_rng(0)
+    try:
+        names = []
+        for rows in (1000, 700, 1000):  # the smaller batch fits the first batch's segment
+            x = rng.standard_normal((rows, 30)).astype(np.float32)
+            with pool.batch({"features": x}, OUTPUT_ROWS) as batch:
+                assert _replica(mappings, batch.layout)
+                outputs = batch.read_outputs()
+                names.append(batch.layout.segment)
+            np.testing.assert_array_equal(outputs["probabilities"][:, 0], x[:, 0])
+            np.testing.assert_array_equal(outputs["label"], (x[:, 0] > 0).astype(np.int64))
+        assert len(set(names)) == 1
+        assert _names(os.getpid()) == set(names)
+    finally:
+        pool.close()
+    assert _names(os.getpid()) == set()
+
+
+def test_a_segment_whose_call_failed_is_unlinked_and_never_reused() -> None:
+    """A replica running late could still write into it: reusing it could hand one batch another's outputs."""
+    pool = SegmentPool(node_id="n1")
+    x = np.ones((10, 30), np.float32)
+    try:
+        with pytest.raises(TimeoutError), pool.batch({"features": x}, OUTPUT_ROWS) as batch:
+            failed = batch.layout.segment
+            raise TimeoutError
+        assert failed not in _names(os.getpid())
+        with pool.batch({"features": x}, OUTPUT_ROWS) as batch:
+            assert batch.layout.segment != failed
+    finally:
+        pool.close()
+
+
+def test_outputs_that_do_not_fit_the_room_are_not_written() -> None:
+    pool, mappings = SegmentPool(node_id="n1"), Mappings()
+    try:
+        with pool.batch({"features": np.ones((4, 30), np.float32)}, OUTPUT_ROWS) as batch:
+            _, room = mappings.views(batch.layout)
+            assert not write_outputs({"probabilities": np.ones((5, 2), np.float32),
+                                      "label": np.ones(5, np.int64)}, room)
+            assert not write_outputs({"probabilities": np.ones((4, 2), np.float64),
+                                      "label": np.ones(4, np.int64)}, room)
+            assert not np.any(batch.read_outputs()["probabilities"])  # nothing was written
+    finally:
+        pool.close()
+
+
+def test_no_shared_memory_is_a_distinct_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(shared_batch, "SHM_DIR", tmp_path / "missing")
+    with pytest.raises(NoSharedMemory), SegmentPool(node_id="n1").batch({"x": np.ones((1, 1))}, {}):
+        pass
+
+
+def test_orphans_of_dead_gateways_are_removed_and_live_ones_kept() -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    orphan = shared_batch.SHM_DIR / f"{shared_batch.PREFIX}{int(dead.stdout)}-0"
+    pool = SegmentPool(node_id="n1")
+    try:
+        with pool.batch({"features": np.ones((1, 30), np.float32)}, OUTPUT_ROWS) as batch:
+            live = shared_batch.SHM_DIR / batch.layout.segment
+        orphan.write_bytes(b"left by a gateway that died")
+        assert remove_orphans() >= 1
+        assert not orphan.exists()
+        assert live.exists()
+    finally:
+        orphan.unlink(missing_ok=True)
+        pool.close()
