@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install prometheus observe models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels bench-telemetry proto clean
+.PHONY: help install prometheus observe models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels bench-telemetry bench-transport bench-gpu proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
@@ -21,6 +21,8 @@ help:
 	@echo "make bench-drift    - drift monitoring on vs off: in-process CPU per request, end-to-end p50/p99 (~5 min)"
 	@echo "make bench-kernels  - drift kernels: histogram updates, window ring, PSI/KL/JS/KS/W1 (~1 min, no models needed)"
 	@echo "make bench-telemetry - request metrics + tracing (1% sampled) on vs off, side by side (~5 min)"
+	@echo "make bench-transport - batches to a replica: shared memory vs by value vs by reference (~1 min)"
+	@echo "make bench-gpu      - on an NVIDIA GPU: the gateway against ONNX Runtime's offline peak (~5 min)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +85,13 @@ bench-batching: models
 bench-telemetry: models
 	$(BIN)/python -m loadtests.bench_telemetry --models $(MODELS) --duration 15 --repeats 4 --rate 300 \
 		--out loadtests/results/bench_telemetry.md
+
+bench-transport: install
+	$(BIN)/python -m loadtests.bench_transport
+
+bench-gpu: models
+	$(BIN)/python -m loadtests.bench_gpu --models $(MODELS) --workers 8 --rows 1,1024,16384,65536 --growth 1.6 \
+		--out loadtests/results/bench_gpu.md
 
 bench-kernels: install
 	$(BIN)/python -m loadtests.bench_kernels --out loadtests/results/bench_kernels.md
