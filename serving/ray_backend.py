@@ -168,14 +168,14 @@ class RayServeBackend:
         # them is told so and goes through Ray instead.
         pool = None
         if shared_batch.available() and output_rows is not None and description.get("node_id") == node_id:
-            pool = shared_batch.SegmentPool(node_id)
+            pool = shared_batch.SegmentPool(node_id, output_rows)
             self._pools.append(pool)
 
         async def execute(inputs: Arrays) -> Arrays:
             nbytes = sum(array.nbytes for array in inputs.values())
-            if pool is not None and output_rows is not None and nbytes >= SHARED_MEMORY_BYTES:
+            if pool is not None and nbytes >= SHARED_MEMORY_BYTES:
                 try:
-                    with pool.batch(inputs, output_rows) as batch:
+                    with pool.batch(inputs) as batch:
                         answer: Arrays | None = await infer_shared.remote(batch.layout)
                         if answer is not None:
                             return answer or batch.read_outputs()

@@ -132,17 +132,18 @@ class SegmentPool:
     unlinked instead and never reused.
     """
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, output_rows: dict[str, RowSpec]) -> None:
         self._node_id = node_id
+        self._output_rows = output_rows
         self._free: list[Segment] = []
         self._leased: set[Segment] = set()
 
     @contextmanager
-    def batch(self, inputs: Arrays, output_rows: dict[str, RowSpec]) -> Iterator[SharedBatch]:
+    def batch(self, inputs: Arrays) -> Iterator[SharedBatch]:
         """A segment holding ``inputs`` and room for the outputs; NoSharedMemory if /dev/shm cannot give one."""
         rows = len(next(iter(inputs.values())))
         input_slots, end = _place([(n, a.dtype.str, a.shape) for n, a in inputs.items()], 0)
-        output_slots, size = _place([(n, dtype, (rows, *row)) for n, (dtype, row) in output_rows.items()], end)
+        output_slots, size = _place([(n, dtype, (rows, *row)) for n, (dtype, row) in self._output_rows.items()], end)
         segment = self._take(max(size, 1))
         returned = False
         try:
@@ -186,8 +187,8 @@ def _view(buffer: mmap.mmap, slot: Slot) -> np.ndarray:
 
 class Mappings:
     """The replica's side: the segments it has mapped, kept mapped between calls (mapping and faulting the
-    pages in is what costs), the ``keep`` most recently used of them: enough for every gateway process's
-    segments in flight (``server.workers`` x ``max_inflight_batches``) to stay mapped."""
+    pages in is what costs), the ``keep`` most recently used of them: enough for 32 gateway processes
+    (``server.workers``) with two batches in flight each (the default ``max_inflight_batches``)."""
 
     def __init__(self, keep: int = 64) -> None:
         self._keep = keep

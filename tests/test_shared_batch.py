@@ -30,13 +30,13 @@ def _names(pool_pid: int) -> set[str]:
 
 
 def test_a_batch_goes_in_and_its_outputs_come_back_through_one_reused_segment() -> None:
-    pool, mappings = SegmentPool(node_id="n1"), Mappings()
+    pool, mappings = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS), Mappings()
     rng = np.random.default_rng(0)
     try:
         names = []
         for rows in (1000, 700, 1000):  # the smaller batch fits the first batch's segment
             x = rng.standard_normal((rows, 30)).astype(np.float32)
-            with pool.batch({"features": x}, OUTPUT_ROWS) as batch:
+            with pool.batch({"features": x}) as batch:
                 assert _replica(mappings, batch.layout)
                 outputs = batch.read_outputs()
                 names.append(batch.layout.segment)
@@ -51,23 +51,23 @@ def test_a_batch_goes_in_and_its_outputs_come_back_through_one_reused_segment() 
 
 def test_a_segment_whose_call_failed_is_unlinked_and_never_reused() -> None:
     """A replica running late could still write into it: reusing it could hand one batch another's outputs."""
-    pool = SegmentPool(node_id="n1")
+    pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
     x = np.ones((10, 30), np.float32)
     try:
-        with pytest.raises(TimeoutError), pool.batch({"features": x}, OUTPUT_ROWS) as batch:
+        with pytest.raises(TimeoutError), pool.batch({"features": x}) as batch:
             failed = batch.layout.segment
             raise TimeoutError
         assert failed not in _names(os.getpid())
-        with pool.batch({"features": x}, OUTPUT_ROWS) as batch:
+        with pool.batch({"features": x}) as batch:
             assert batch.layout.segment != failed
     finally:
         pool.close()
 
 
 def test_outputs_that_do_not_fit_the_room_are_not_written() -> None:
-    pool, mappings = SegmentPool(node_id="n1"), Mappings()
+    pool, mappings = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS), Mappings()
     try:
-        with pool.batch({"features": np.ones((4, 30), np.float32)}, OUTPUT_ROWS) as batch:
+        with pool.batch({"features": np.ones((4, 30), np.float32)}) as batch:
             _, room = mappings.views(batch.layout)
             assert not write_outputs({"probabilities": np.ones((5, 2), np.float32),
                                       "label": np.ones(5, np.int64)}, room)
@@ -80,7 +80,7 @@ def test_outputs_that_do_not_fit_the_room_are_not_written() -> None:
 
 def test_no_shared_memory_is_a_distinct_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(shared_batch, "SHM_DIR", tmp_path / "missing")
-    with pytest.raises(NoSharedMemory), SegmentPool(node_id="n1").batch({"x": np.ones((1, 1))}, {}):
+    with pytest.raises(NoSharedMemory), SegmentPool(node_id="n1", output_rows={}).batch({"x": np.ones((1, 1))}):
         pass
 
 
@@ -88,9 +88,9 @@ def test_orphans_of_dead_gateways_are_removed_and_live_ones_kept() -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     orphan = shared_batch.SHM_DIR / f"{shared_batch.PREFIX}{int(dead.stdout)}-0"
-    pool = SegmentPool(node_id="n1")
+    pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
     try:
-        with pool.batch({"features": np.ones((1, 30), np.float32)}, OUTPUT_ROWS) as batch:
+        with pool.batch({"features": np.ones((1, 30), np.float32)}) as batch:
             live = shared_batch.SHM_DIR / batch.layout.segment
         orphan.write_bytes(b"left by a gateway that died")
         assert remove_orphans() >= 1
