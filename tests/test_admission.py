@@ -10,7 +10,7 @@ from gateway.arrivals import ArrivalRate
 
 
 def test_five_late_answers_halve_the_limit_and_cuts_come_once_per_objective() -> None:
-    limit = AdmissionLimit(objective_s=0.02, initial_rows=100, min_rows=2)
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=100, min_rows=2, late_allowance=0.0)
     limit.observe(answered=5, late=5, rows=5, rows_in_system=100, queued_rows=1, now=1.0)
     assert limit.rows == pytest.approx(50)
     # the cut has not had time to show yet
@@ -65,12 +65,49 @@ def test_late_answers_never_cut_below_half_an_objective_of_the_throughput_shown(
 
 
 def test_a_late_batch_with_nothing_queued_behind_it_does_not_cut() -> None:
-    limit = AdmissionLimit(objective_s=0.02, initial_rows=50, min_rows=2)
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=50, min_rows=2, late_allowance=0.0)
     for step in range(100):  # round-trip stalls at low load: late, but no queue to shorten
         limit.observe(answered=1, late=1, rows=1, rows_in_system=1, queued_rows=0, now=step * 0.1)
     assert limit.rows == 50
     limit.observe(answered=1, late=1, rows=1, rows_in_system=30, queued_rows=29, now=11.0)
     assert limit.rows < 50
+
+
+def _low_load(limit: AdmissionLimit, late_every: int, answers: int = 20_000) -> None:
+    """One answer per batch, with 2 rows held (the limit is never tested), a round-trip stall every
+    ``late_every`` answers that makes 4 answers late with requests queued behind them."""
+    for step in range(answers):
+        late = 1 if step % late_every < 4 else 0
+        limit.observe(answered=1, late=late, rows=1, rows_in_system=2, queued_rows=late, now=step * 0.01)
+
+
+def test_stalls_rarer_than_the_objectives_late_share_do_not_ratchet_an_untested_limit_down() -> None:
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=50, min_rows=2)
+    _low_load(limit, late_every=800)  # 0.5% late: within a p99 objective
+    assert limit.rows == 50
+    without_allowance = AdmissionLimit(objective_s=0.02, initial_rows=50, min_rows=2, late_allowance=0.0)
+    _low_load(without_allowance, late_every=800)
+    assert without_allowance.rows < 5  # down to where the 2 rows held test it
+
+
+def test_late_answers_are_first_paid_from_the_allowance() -> None:
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=100, min_rows=2, late_allowance=20.0)
+    limit.observe(answered=20, late=20, rows=20, rows_in_system=100, queued_rows=1, now=1.0)
+    assert limit.rows == 100
+    limit.observe(answered=5, late=5, rows=5, rows_in_system=100, queued_rows=1, now=1.1)
+    assert limit.rows == pytest.approx(50)
+    for step in range(990):  # 990 answers in time earn back 10 late answers' worth
+        limit.observe(answered=1, late=0, rows=1, rows_in_system=1, queued_rows=0, now=2.0 + step * 0.01)
+    limit.observe(answered=10, late=10, rows=10, rows_in_system=1, queued_rows=1, now=20.0)
+    assert limit.rows == pytest.approx(50)
+    limit.observe(answered=1, late=1, rows=1, rows_in_system=1, queued_rows=1, now=21.0)
+    assert limit.rows < 50
+
+
+def test_a_late_share_above_the_objectives_cuts_even_an_untested_limit() -> None:
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=50, min_rows=2)
+    _low_load(limit, late_every=200)  # 2% late: down until the 2 rows held test it (and answers in time raise it)
+    assert limit.rows < 5
 
 
 def test_answers_in_time_raise_only_a_limit_they_tested() -> None:
