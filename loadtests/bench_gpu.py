@@ -71,10 +71,10 @@ from loadtests.payloads import json_body, load_rows
 from loadtests.procs import free_port, http_request, running, wait_ready
 from serving.deployment import io_binding_runner
 from serving.device import CPU, CUDA
+from serving.shared_batch import Arrays
 
 MODEL = "breast-cancer-wide"
 PACED = "run, 5 ms apart"
-Arrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

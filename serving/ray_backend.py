@@ -40,7 +40,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -50,11 +49,9 @@ from serving import shared_batch
 from serving.deployment import OnnxModel
 from serving.device import Device, gpus_per_replica
 from serving.repository import RepositoryEntry
-from serving.shared_batch import RowSpec
+from serving.shared_batch import Arrays, RowSpec
 
 log = logging.getLogger(__name__)
-
-Arrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

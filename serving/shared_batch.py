@@ -37,8 +37,26 @@ SHM_DIR = Path("/dev/shm")
 PREFIX = "mlgate-batch-"
 _ALIGN = 64
 _GRAIN = 1 << 20  # segments are sized in whole MiB, so that batches of similar size share them
-_NAME = re.compile(re.escape(PREFIX) + r"(\d+)-\d+$")
+_NAME = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-\d+$")
 _serial = count()
+
+
+def _pid_namespace() -> int:
+    """This process's PID namespace (0 where /proc does not tell). Segment names carry it, because a pid means
+    something only inside its namespace: two containers can share a /dev/shm (the containers of one Kubernetes
+    pod do) without sharing pids, and a live gateway there must not look dead here."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+PID_NAMESPACE = _pid_namespace()
+
+
+def segment_prefix(pid: int) -> str:
+    """How the names of the segments of gateway process ``pid`` (in this PID namespace) begin."""
+    return f"{PREFIX}{PID_NAMESPACE}-{pid}-"
 
 
 @dataclass(frozen=True)
@@ -91,7 +109,7 @@ class Segment:
     """One shared-memory file the gateway created, mapped in the gateway; unlinked on ``close``."""
 
     def __init__(self, size: int) -> None:
-        self.name = f"{PREFIX}{os.getpid()}-{next(_serial)}"
+        self.name = f"{segment_prefix(os.getpid())}{next(_serial)}"
         self.size = size
         self.path = SHM_DIR / self.name
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -223,13 +241,14 @@ def write_outputs(results: Arrays, room: Arrays) -> bool:
 
 
 def remove_orphans() -> int:
-    """Remove segments whose gateway process no longer exists (it died mid-call); returns how many."""
+    """Remove segments whose gateway process no longer exists (it died mid-call); returns how many. Only
+    segments made in this PID namespace are judged: another namespace's pids cannot be checked from here."""
     removed = 0
     if not available():
         return 0
     for path in SHM_DIR.glob(PREFIX + "*"):
         match = _NAME.match(path.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or int(match.group(1)) != PID_NAMESPACE or _alive(int(match.group(2))):
             continue
         with suppress(FileNotFoundError):
             path.unlink()

@@ -49,7 +49,7 @@ def _identity_repository(root: Path) -> Path:
 
 def _segments() -> list[str]:
     """This process's shared-memory segments."""
-    return sorted(p.name for p in shared_batch.SHM_DIR.glob(f"{shared_batch.PREFIX}{os.getpid()}-*"))
+    return sorted(p.name for p in shared_batch.SHM_DIR.glob(shared_batch.segment_prefix(os.getpid()) + "*"))
 
 
 def test_batches_go_by_reference_from_the_threshold_up() -> None:

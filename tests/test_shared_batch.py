@@ -26,7 +26,7 @@ def _replica(mappings: Mappings, layout: shared_batch.Layout) -> bool:
 
 
 def _names(pool_pid: int) -> set[str]:
-    return {p.name for p in shared_batch.SHM_DIR.glob(f"{shared_batch.PREFIX}{pool_pid}-*")}
+    return {p.name for p in shared_batch.SHM_DIR.glob(shared_batch.segment_prefix(pool_pid) + "*")}
 
 
 def test_a_batch_goes_in_and_its_outputs_come_back_through_one_reused_segment() -> None:
@@ -87,15 +87,20 @@ def test_no_shared_memory_is_a_distinct_error(monkeypatch: pytest.MonkeyPatch, t
 def test_orphans_of_dead_gateways_are_removed_and_live_ones_kept() -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
-    orphan = shared_batch.SHM_DIR / f"{shared_batch.PREFIX}{int(dead.stdout)}-0"
+    orphan = shared_batch.SHM_DIR / (shared_batch.segment_prefix(int(dead.stdout)) + "0")
+    # the same pid in another PID namespace (a container sharing this /dev/shm) may be alive there
+    foreign = shared_batch.SHM_DIR / f"{shared_batch.PREFIX}{shared_batch.PID_NAMESPACE + 1}-{int(dead.stdout)}-0"
     pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
     try:
         with pool.batch({"features": np.ones((1, 30), np.float32)}) as batch:
             live = shared_batch.SHM_DIR / batch.layout.segment
         orphan.write_bytes(b"left by a gateway that died")
+        foreign.write_bytes(b"a gateway in another PID namespace")
         assert remove_orphans() >= 1
         assert not orphan.exists()
         assert live.exists()
+        assert foreign.exists()
     finally:
         orphan.unlink(missing_ok=True)
+        foreign.unlink(missing_ok=True)
         pool.close()
