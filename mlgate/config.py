@@ -93,6 +93,11 @@ class DeploymentConfig(_Strict):
     startup_timeout_s: float = Field(
         120.0, gt=0, description="How long a version may take to become ready before it is marked unavailable."
     )
+    direct_channel: bool = Field(
+        True, description="Send batches to the replicas over a Unix socket instead of through Ray Serve's router "
+        "(about a tenth of the CPU per batch), while every replica of the version runs on the gateway's node; "
+        "Serve still starts, checks and restarts them. Off: every batch goes through Ray."
+    )
 
 
 class FaultConfig(_Strict):

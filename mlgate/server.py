@@ -138,6 +138,7 @@ def replica_settings(config: MlgateConfig, model: str, version: str) -> ReplicaS
         max_ongoing_requests=config.batching_for(model, version).max_inflight_batches + 1,
         inject_delay_s=faults.delay_ms / 1000.0 if faults else 0.0,
         inject_error_rate=faults.error_rate if faults else 0.0,
+        direct_channel=deployment.direct_channel,
     )
 
 

@@ -15,6 +15,9 @@ every machine, not only on one with a GPU.
 Large batches from a gateway on the same node arrive as a shared-memory layout
 (``infer_shared``, see ``serving.shared_batch``): the replica reads its inputs
 from the segment and writes its outputs into it, and only the layout crosses Ray.
+The other batches from such a gateway bypass Ray altogether: the replica listens
+on a Unix socket (``serving.direct_channel``) and runs them on that channel's
+threads.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import asyncio
 import math
 import os
 import random
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from serving.device import Device, choose_providers, device_of
+from serving.direct_channel import ReplicaListener
 from serving.repository import verify_model_file
 from serving.shared_batch import Layout, Mappings, RowSpec, write_outputs
 
@@ -45,9 +51,8 @@ class OnnxModel:
     """One replica: an ONNX Runtime session sized to the CPUs Ray gave it."""
 
     def __init__(self, model_path: str, sha256: str, device: Device, num_cpus: float,
-                 inject_delay_s: float = 0.0, inject_error_rate: float = 0.0) -> None:
-        from pathlib import Path
-
+                 inject_delay_s: float = 0.0, inject_error_rate: float = 0.0,
+                 direct_directory: str | None = None) -> None:
         import ray
 
         verify_model_file(Path(model_path), sha256)
@@ -67,16 +72,31 @@ class OnnxModel:
         self._bind = io_binding_runner(self._session, self._output_names, self._device)
         self._inject_delay_s = inject_delay_s
         self._inject_error_rate = inject_error_rate
+        self._direct: ReplicaListener | None = None
+        numeric = all(t.type in _NUMPY_OF_ONNX for t in [*self._session.get_inputs(), *self._session.get_outputs()])
+        if direct_directory is not None and numeric:  # the channel carries raw numeric bytes only
+            listener = ReplicaListener(Path(direct_directory), self._run_direct)
+            self._direct = listener if listener.start() else None
 
     async def infer(self, inputs: dict[str, np.ndarray], warm_up: bool = False) -> dict[str, np.ndarray]:
-        """Run one batch. Async on purpose: Serve runs sync methods through a thread pool, a hop that
-        costs more than a small model's whole execution; ORT releases the GIL while it computes.
+        """Run one batch sent through Ray. Async on purpose: Serve runs sync methods through a thread
+        pool, a hop that costs more than a small model's whole execution; ORT releases the GIL while it
+        computes.
 
         Injected faults (``FaultConfig``) make a version slow or failing on demand. Warm-up calls
         get the delay (the latency model must learn it) but not the errors: the version has to
         become ready before it can fail real traffic."""
         if self._inject_delay_s > 0:
             await asyncio.sleep(self._inject_delay_s)
+        return self._run(inputs, warm_up)
+
+    def _run_direct(self, inputs: dict[str, np.ndarray], warm_up: bool) -> dict[str, np.ndarray]:
+        """Run one batch sent over the direct channel, on that connection's thread."""
+        if self._inject_delay_s > 0:
+            time.sleep(self._inject_delay_s)
+        return self._run(inputs, warm_up)
+
+    def _run(self, inputs: dict[str, np.ndarray], warm_up: bool) -> dict[str, np.ndarray]:
         if not warm_up and self._inject_error_rate > 0 and random.random() < self._inject_error_rate:
             raise RuntimeError("injected failure (version_faults.error_rate in the config)")
         if self._bind is not None:
@@ -100,7 +120,15 @@ class OnnxModel:
 
     def describe(self) -> dict[str, Any]:
         return {"device": self._device, "providers": self._session.get_providers(), "pid": self._pid,
-                "node_id": self._node_id, "output_rows": output_row_specs(self._session)}
+                "node_id": self._node_id, "output_rows": output_row_specs(self._session),
+                "direct": self._direct is not None}
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: the socket goes with it (a killed replica's
+        stays behind, and the gateway that finds it refusing removes it)."""
+        direct: ReplicaListener | None = getattr(self, "_direct", None)
+        if direct is not None:
+            direct.close()
 
 
 def output_row_specs(session: ort.InferenceSession) -> dict[str, RowSpec] | None:

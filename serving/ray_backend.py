@@ -6,9 +6,12 @@ router on the caller's own event loop and results passed by value it costs
 ~1.1 ms, close to a raw actor call (~0.8 ms). So handles are created on the
 gateway's event loop, with ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`` set
 before Serve is imported and ``_by_reference=False``. Serve's HTTP proxy is
-disabled: the gateway is the front door. Large batches are another matter:
-there moving the bytes costs more than the call, so they go through shared
-memory to a replica on the same node, else by reference (``execute`` below).
+disabled: the gateway is the front door. Even so, that call costs more than
+everything else a small batch needs, in the gateway and again in the replica;
+so when every replica of a version runs on the gateway's node, batches bypass
+Ray over a Unix socket to the replica (``serving.direct_channel``). Large
+batches go through shared memory to a replica on the same node, else by
+reference (``execute`` below).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ for _name, _value in REPLICA_ENV.items():
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,12 +46,14 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve._private.common import ReplicaState
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from serving import shared_batch
 from serving.deployment import OnnxModel
 from serving.device import Device, gpus_per_replica
+from serving.direct_channel import ChannelDown, DirectReplicas, channel_directory
 from serving.repository import RepositoryEntry
 from serving.shared_batch import Arrays, RowSpec
 
@@ -62,6 +68,7 @@ class ReplicaSettings:
     max_ongoing_requests: int
     inject_delay_s: float = 0.0
     inject_error_rate: float = 0.0
+    direct_channel: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class RayServeBackend:
         self._object_store_bytes = object_store_bytes
         self._started_ray = False
         self._pools: list[shared_batch.SegmentPool] = []
+        self._channels: list[DirectReplicas] = []
 
     def start(self) -> None:
         """Join the configured cluster, or start a local Ray in this process; then start Serve without its proxy."""
@@ -129,9 +137,11 @@ class RayServeBackend:
                 },
                 logging_config={"enable_access_log": False},
             )(OnnxModel)
+            name = app_name(entry.model, entry.version)
+            direct = str(channel_directory(self.gcs_address(), name)) if s.direct_channel else None
             app = deployment.bind(str(entry.model_file), entry.manifest.sha256, s.device, s.num_cpus,
-                                  s.inject_delay_s, s.inject_error_rate)
-            targets.append(serve.RunTarget(app, name=app_name(entry.model, entry.version), route_prefix=None))
+                                  s.inject_delay_s, s.inject_error_rate, direct)
+            targets.append(serve.RunTarget(app, name=name, route_prefix=None))
         if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
 
@@ -145,6 +155,7 @@ class RayServeBackend:
         while True:
             status = await asyncio.to_thread(_app_status, name)
             if status is not None and status[0] is ApplicationStatus.RUNNING:
+                replicas = status[2]
                 break
             if status is not None and status[0] in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
                 if owner:
@@ -167,9 +178,20 @@ class RayServeBackend:
         if shared_batch.available() and output_rows is not None and description.get("node_id") == node_id:
             pool = shared_batch.SegmentPool(node_id, output_rows)
             self._pools.append(pool)
+        direct = None
+        if description.get("direct"):
+            direct = DirectReplicas(channel_directory(self.gcs_address(), name), replicas)
+            self._channels.append(direct)
+            log.info("%s: batches go over the direct channel while its %d replica(s) run on this node%s", name,
+                     replicas, "" if direct.usable() else " (not all of them do yet)")
 
         async def execute(inputs: Arrays) -> Arrays:
             nbytes = sum(array.nbytes for array in inputs.values())
+            if direct is not None and nbytes < DIRECT_MAX_BYTES and direct.usable():
+                try:
+                    return await direct.call(inputs)
+                except ChannelDown as exc:  # the replica died or was replaced: Serve knows where to go
+                    log.warning("direct channel to %s failed (%s); sending the batch through Ray", name, exc)
             if pool is not None and nbytes >= SHARED_MEMORY_BYTES:
                 try:
                     with pool.batch(inputs) as batch:
@@ -182,6 +204,9 @@ class RayServeBackend:
             return result
 
         async def warm_up(inputs: Arrays) -> Arrays:
+            if direct is not None and direct.usable():
+                with contextlib.suppress(ChannelDown):
+                    return await direct.call(inputs, warm_up=True)
             result: Arrays = await infer.remote(inputs, True)
             return result
 
@@ -195,8 +220,13 @@ class RayServeBackend:
         """
         for pool in self._pools:
             pool.close()
+        for channel in self._channels:
+            channel.close()
         if self._started_ray:
             await serve.shutdown_async()  # type: ignore[no-untyped-call]
+            for channel in self._channels:  # the replicas removed their sockets as they stopped
+                with contextlib.suppress(OSError):
+                    channel.directory.rmdir()
 
     def stop_ray(self) -> None:
         if self._started_ray:
@@ -205,9 +235,15 @@ class RayServeBackend:
 
 HANDLE_ATTEMPTS = 3
 
+DIRECT_MAX_BYTES = 1 << 20
+"""Batches whose inputs are smaller go over the direct channel where it is usable; larger ones through shared memory
+or Ray. On the 2-core box (``python -m loadtests.bench_transport``) the channel took 0.2-0.3 ms up to 120 KiB and
+1.1 ms at 480 KiB, against 2.1-2.4 ms through shared memory; but 5.5 ms at 1.9 MiB and 33 ms at 7.5 MiB (against
+3.5 and 6.7), where streaming the bytes through the event loop costs more than the call."""
+
 SHARED_MEMORY_BYTES = 256 << 10
-"""Batches whose inputs reach this size go to a replica on the same node through shared memory: on the 2-core
-box it took 2.3-2.5 ms from 120 KiB to 1.9 MiB and 7 ms at 7.5 MiB (``python -m loadtests.bench_transport``)."""
+"""Otherwise, batches whose inputs reach this size go to a replica on the same node through shared memory: on the
+2-core box it took 2.3-2.5 ms from 120 KiB to 1.9 MiB and 7 ms at 7.5 MiB (``python -m loadtests.bench_transport``)."""
 
 BY_REFERENCE_BYTES = 1 << 20
 """Without shared memory, batches whose inputs reach this size travel through Ray's object store instead of
@@ -239,12 +275,14 @@ async def _describe(name: str) -> tuple[DeploymentHandle[Any], dict[str, Any]]:
     return handle, description
 
 
-def _app_status(name: str) -> tuple[ApplicationStatus, str] | None:
+def _app_status(name: str) -> tuple[ApplicationStatus, str, int] | None:
+    """The application's status, Serve's message about it, and how many replicas it runs."""
     app = serve.status().applications.get(name)
     if app is None:
         return None
     message = app.message or "; ".join(d.message for d in app.deployments.values() if d.message)
-    return ApplicationStatus(app.status), message
+    running = sum(d.replica_states.get(ReplicaState.RUNNING, 0) for d in app.deployments.values())
+    return ApplicationStatus(app.status), message, running
 
 
 def _first_line(message: str) -> str:

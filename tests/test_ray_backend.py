@@ -1,7 +1,8 @@
-"""The serving backend on a real local Ray: large batches travel both ways, all three ways a batch can go.
+"""The serving backend on a real local Ray: large batches travel both ways, all four ways a batch can go.
 
 Large batches go to a replica on the same node through shared memory
-(``serving.shared_batch``); without it, small batches go by value over Serve's
+(``serving.shared_batch``), the others to such a replica over the direct
+channel (``serving.direct_channel``); without either, small batches go by value over Serve's
 replica gRPC channel, which Serve caps at 4 MiB by default, and batches from
 ``BY_REFERENCE_BYTES`` up through Ray's object store, where the replica
 receives read-only arrays. The by-value round trip below forces a 12 MB batch
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from serving import ray_backend, shared_batch
+from serving.direct_channel import ChannelDown, DirectReplicas, channel_directory
 from serving.manifest import Manifest, TensorSpec, write_manifest
 from serving.ray_backend import RayServeBackend, ReplicaSettings, sends_by_reference
 from serving.repository import scan_repository, sha256_file
@@ -27,18 +31,18 @@ from serving.repository import scan_repository, sha256_file
 WIDTH = 1_500_000  # one FP32 row = 6 MB
 
 
-def _identity_repository(root: Path) -> Path:
+def _identity_repository(root: Path, width: int = WIDTH) -> Path:
     version_dir = root / "echo" / "1"
     version_dir.mkdir(parents=True)
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "echo",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDTH])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     (version_dir / "model.onnx").write_bytes(model.SerializeToString())
-    spec = (-1, WIDTH)
+    spec = (-1, width)
     write_manifest(Manifest(
         name="echo", version="1", sha256=sha256_file(version_dir / "model.onnx"),
         inputs=(TensorSpec(name="x", datatype="FP32", shape=spec),),
@@ -57,8 +61,28 @@ def test_batches_go_by_reference_from_the_threshold_up() -> None:
     assert sends_by_reference(ray_backend.BY_REFERENCE_BYTES)
 
 
-def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def _channel_down(channel: DirectReplicas, inputs: dict[str, np.ndarray],
+                        warm_up: bool = False) -> dict[str, np.ndarray]:
+    raise ChannelDown("the replica's socket refused the connection")
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per batch the backend hands the direct channel (the real call runs)."""
+    made: list[int] = []
+    direct_call = DirectReplicas.call
+
+    async def counted_call(channel: DirectReplicas, inputs: dict[str, np.ndarray],
+                           warm_up: bool = False) -> dict[str, np.ndarray]:
+        made.append(len(inputs))
+        return await direct_call(channel, inputs, warm_up)
+
+    monkeypatch.setattr(DirectReplicas, "call", counted_call)
+    return made
+
+
+def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  calls: list[int]) -> None:
     entries = scan_repository(_identity_repository(tmp_path))
     assert [e.error for e in entries] == [None]
     backend = RayServeBackend(address=None, num_cpus=1, object_store_bytes=128 * 1024 * 1024)
@@ -77,6 +101,13 @@ def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path
                 segments = _segments()  # the pool keeps its segment for the next batch
                 echoed["shared memory, reused"] = (await deployed.execute({"x": batch[::-1].copy()}))["y"][::-1]
                 assert _segments() == segments
+                assert calls == []  # a batch this large is not sent over the direct channel...
+                monkeypatch.setattr(ray_backend, "DIRECT_MAX_BYTES", 2 * batch.nbytes)  # ...unless told to
+                direct_calls = len(calls)
+                echoed["direct channel"] = (await deployed.execute({"x": batch}))["y"]
+                assert len(calls) == direct_calls + 1
+                # As when the replica died: the channel gives up on the batch and Ray carries it.
+                monkeypatch.setattr(DirectReplicas, "call", _channel_down)
                 monkeypatch.setattr(ray_backend, "SHARED_MEMORY_BYTES", 2 * batch.nbytes)
                 echoed["by reference"] = (await deployed.execute({"x": batch}))["y"]
                 monkeypatch.setattr(ray_backend, "BY_REFERENCE_BYTES", 2 * batch.nbytes)
@@ -91,5 +122,50 @@ def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path
         assert len(segments) == 1
         assert _segments() == []  # stopping unlinks them
         assert device == "cpu"
+    finally:
+        backend.stop_ray()
+
+
+def test_a_killed_replica_is_replaced_and_the_direct_channel_finds_the_new_one(tmp_path: Path,
+                                                                              calls: list[int]) -> None:
+    """SIGKILL leaves the replica's socket behind and breaks the gateway's connection: the batch in hand goes
+    through Ray (failing until Serve has replaced the replica, as it would without the channel), the dead
+    socket is removed, and batches go over the channel again to the replacement."""
+    entries = scan_repository(_identity_repository(tmp_path, width=4))
+    backend = RayServeBackend(address=None, num_cpus=1, object_store_bytes=128 * 1024 * 1024)
+    backend.start()
+    batch = {"x": np.arange(8, dtype=np.float32).reshape(2, 4)}
+    try:
+        backend.deploy(entries, {("echo", "1"): ReplicaSettings(replicas=1, num_cpus=0.5, device="cpu",
+                                                                  max_ongoing_requests=2)})
+
+        async def scenario() -> tuple[Path, list[Path], int]:
+            try:
+                deployed = await backend.wait_ready("echo", "1", timeout_s=120)
+                np.testing.assert_array_equal((await deployed.execute(batch))["y"], batch["x"])
+                assert calls, "the batch did not go over the direct channel"
+                directory = channel_directory(backend.gcs_address(), ray_backend.app_name("echo", "1"))
+                (killed,) = directory.glob("*.sock")
+                os.kill(int(killed.stem), signal.SIGKILL)  # sockets are named after their replica's pid
+                failures, deadline = 0, time.monotonic() + 120
+                while True:
+                    assert time.monotonic() < deadline, f"no direct answer from a replacement ({failures} failures)"
+                    before = len(calls)
+                    try:
+                        outputs = await asyncio.wait_for(deployed.execute(batch), 30)
+                    except Exception:  # the replica is dead and not replaced yet
+                        failures += 1
+                        await asyncio.sleep(0.5)
+                        continue
+                    np.testing.assert_array_equal(outputs["y"], batch["x"])
+                    sockets = sorted(directory.glob("*.sock"))
+                    if len(calls) > before and killed not in sockets and sockets:
+                        return killed, sockets, failures
+                    await asyncio.sleep(0.5)
+            finally:
+                await backend.stop_serve()
+
+        killed, sockets, _ = asyncio.run(scenario())
+        assert [s.name for s in sockets] != [killed.name] and len(sockets) == 1
     finally:
         backend.stop_ray()

@@ -1,0 +1,226 @@
+"""The direct channel between a gateway and its co-located replicas, over real Unix sockets.
+
+The replica's end runs in this process here (its threads stand in for a replica process); the
+backend's use of it against a real Ray replica is in test_ray_backend.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from serving import direct_channel
+from serving.direct_channel import (
+    MAX_CONNECTIONS,
+    ChannelDown,
+    DirectReplicas,
+    ReplicaError,
+    ReplicaListener,
+    channel_directory,
+    decode_arrays,
+    encode,
+)
+from serving.shared_batch import Arrays
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o700)
+    return tmp_path / "channel"
+
+
+def _double(inputs: Arrays, warm_up: bool) -> Arrays:
+    if "fail" in inputs:
+        raise ValueError(f"cannot run {inputs['fail'].shape[0]} rows")
+    return {"y": inputs["x"] * 2, "warm_up": np.array(warm_up)}
+
+
+@pytest.fixture
+def listener(directory: Path) -> Iterator[ReplicaListener]:
+    replica = ReplicaListener(directory, _double)
+    assert replica.start()
+    yield replica
+    replica.close()
+
+
+def _frame_arrays(arrays: Arrays) -> Arrays:
+    """``arrays`` through encode and decode, as the other end sees them."""
+    frame = b"".join(bytes(b) for b in encode(arrays, warm_up=True))
+    header_bytes, payload_bytes = direct_channel._PREFIX.unpack(frame[:12])
+    header = orjson.loads(frame[12:12 + header_bytes])
+    assert header["warm_up"] is True
+    payload = frame[12 + header_bytes:]
+    assert len(payload) == payload_bytes
+    return decode_arrays(header, payload)
+
+
+def test_frames_carry_every_numeric_dtype_and_shape_exactly() -> None:
+    rng = np.random.default_rng(0)
+    arrays: Arrays = {
+        "f4": rng.random((5, 3), dtype=np.float32),
+        "f2": rng.random((2, 7)).astype(np.float16),
+        "i8": rng.integers(-2**62, 2**62, (3, 2, 2)),
+        "u1": rng.integers(0, 255, (9,), dtype=np.uint8),
+        "b1": rng.random((4, 1)) > 0.5,
+        "scalar": np.array(2.5),
+        "no_rows": np.zeros((0, 30), dtype=np.float32),
+        "strided": rng.random((6, 6))[::2, ::3],  # not contiguous: sent as a contiguous copy
+    }
+    decoded = _frame_arrays(arrays)
+    assert decoded.keys() == arrays.keys()
+    for name, array in arrays.items():
+        assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape, name
+        np.testing.assert_array_equal(decoded[name], array, err_msg=name)
+        assert decoded[name].ctypes.data % 8 == 0 or decoded[name].size == 0, f"{name} misaligned"
+
+
+def test_a_batch_goes_to_the_replica_and_back(directory: Path, listener: ReplicaListener) -> None:
+    async def run() -> tuple[Arrays, Arrays]:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        x = np.arange(12, dtype=np.float32).reshape(4, 3)
+        try:
+            return await channel.call({"x": x}), await channel.call({"x": x[:1]}, warm_up=True)
+        finally:
+            channel.close()
+
+    outputs, warm = asyncio.run(run())
+    np.testing.assert_array_equal(outputs["y"], np.arange(12, dtype=np.float32).reshape(4, 3) * 2)
+    assert outputs["warm_up"] == np.array(False) and warm["warm_up"] == np.array(True)
+    assert warm["y"].shape == (1, 3)
+
+
+def test_a_failing_model_comes_back_as_a_replica_error_and_the_connection_lives_on(
+        directory: Path, listener: ReplicaListener) -> None:
+    async def run() -> Arrays:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        try:
+            with pytest.raises(ReplicaError, match=r"ValueError: cannot run 3 rows"):
+                await channel.call({"x": np.zeros((3, 1)), "fail": np.zeros((3, 1))})
+            return await channel.call({"x": np.ones((2, 1))})
+        finally:
+            channel.close()
+
+    np.testing.assert_array_equal(asyncio.run(run())["y"], np.full((2, 1), 2.0))
+
+
+def test_the_channel_is_used_only_while_every_replica_listens_on_this_node(directory: Path,
+                                                                           listener: ReplicaListener) -> None:
+    assert not DirectReplicas(directory, replicas=2).usable()  # the other replica is elsewhere
+    assert DirectReplicas(directory, replicas=1).usable()
+    assert not DirectReplicas(directory.parent / "other-app", replicas=1).usable()
+
+
+def test_a_stale_socket_is_removed_when_found_and_never_counted(directory: Path) -> None:
+    assert direct_channel._private_directory(directory)
+    stale = directory / "12345.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))  # bound once, never listening: what a killed replica leaves behind
+    dead.close()
+    assert not DirectReplicas(directory, replicas=1).usable()
+    assert not stale.exists()
+
+
+def test_a_replica_killed_between_calls_sends_the_batch_through_ray_and_its_socket_goes(directory: Path) -> None:
+    assert direct_channel._private_directory(directory)
+    path = directory / "12345.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    async def run() -> bool:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        server.close()  # SIGKILL: nobody listens any more, the file stays
+        with pytest.raises(ChannelDown, match=r"12345\.sock"):
+            await channel.call({"x": np.ones((1, 1))})
+        return channel.usable()
+
+    assert asyncio.run(run()) is False
+    assert not path.exists()
+
+
+def test_a_replica_that_dies_mid_batch_is_forgotten(directory: Path) -> None:
+    assert direct_channel._private_directory(directory)
+    path = directory / f"{os.getpid()}.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def die_after_reading() -> None:
+        while True:  # the gateway's probe first (connects, sends nothing), then the batch
+            connection, _ = server.accept()
+            received = connection.recv(1 << 16)
+            connection.close()  # with a batch received: the replica's process died with it
+            if received:
+                return
+
+    threading.Thread(target=die_after_reading, daemon=True).start()
+
+    async def run() -> bool:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        with pytest.raises(ChannelDown):
+            await channel.call({"x": np.ones((1, 1))})
+        return len(channel._known) == 0
+
+    try:
+        assert asyncio.run(run())
+    finally:
+        server.close()
+
+
+def test_concurrent_batches_share_a_bounded_number_of_connections(directory: Path) -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow(inputs: Arrays, warm_up: bool) -> Arrays:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return {"y": inputs["x"] + 1}
+
+    replica = ReplicaListener(directory, slow)
+    assert replica.start()
+
+    async def run() -> list[Arrays]:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        try:
+            return await asyncio.gather(*(channel.call({"x": np.full((1, 1), float(i))}) for i in range(40)))
+        finally:
+            channel.close()
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        replica.close()
+    assert [float(a["y"][0, 0]) for a in answers] == [i + 1.0 for i in range(40)]  # each its own answer
+    assert 1 < most <= MAX_CONNECTIONS
+
+
+def test_no_channel_where_the_directory_is_not_private(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)  # others may write there: they could plant a socket the gateway would trust
+    assert not ReplicaListener(tmp_path / "channel", _double).start()
+
+
+def test_clusters_and_applications_get_their_own_directories() -> None:
+    first = channel_directory("127.0.0.1:6379", "breast-cancer--v1")
+    assert first == channel_directory("127.0.0.1:6379", "breast-cancer--v1")
+    assert first != channel_directory("127.0.0.1:6380", "breast-cancer--v1")
+    assert first != channel_directory("127.0.0.1:6379", "breast-cancer--v2")
+    assert len(str(first / f"{2**22}.sock")) < 100  # within a Unix socket path's 108 bytes
