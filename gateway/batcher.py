@@ -163,7 +163,8 @@ class Batcher:
                      trace: RequestTrace | None = None) -> Arrays:
         """Queue one request's rows and wait for its own slice of the batch's outputs.
 
-        ``timeout_s`` is the caller's own time budget; without one the latency objective applies
+        ``timeout_s`` is what is left of the caller's own time budget (0: nothing, refused at once);
+        without one the latency objective applies
         to admission and batch sizing, but the request is never cut off. ``trace``: the recorded
         request (or shadow call) whose spans its batch writes; kept on the queued entry, because
         the batch runs in a task of its own.
@@ -204,6 +205,10 @@ class Batcher:
             raise Overloaded(f"{self.label}: queue full ({self._queued_rows} rows waiting)",
                              retry_after_s=self.latency.bound(policy.max_batch_rows))
         self._check_objective(rows)
+        if own_deadline <= now:  # spent before the request got here (``timeout_s`` counts from its arrival)
+            self._count_rejection("deadline")
+            raise DeadlineUnreachable(f"{self.label}: cannot answer within the request's timeout: none of it was "
+                                      "left when the request reached the batcher", retry_after_s=0.0)
         if own_deadline == math.inf or self.latency.observations < MIN_OBSERVATIONS:
             return
         if self._queue or self._inflight >= policy.max_inflight:

@@ -21,6 +21,7 @@ import orjson
 
 from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response, error_body, json_body
+from gateway.http_protocol import RECEIVED_AT
 from gateway.service import CLIENT_CLOSED, InferenceService, InferResult
 from gateway.traffic import Target
 from telemetry.metrics import exposition
@@ -149,7 +150,8 @@ class OipHttpApp:
             request_id = request_id or request.id
             if trace is not None:
                 trace.end_step()
-            result = await service.infer(target, request.tensors, request.requested_outputs, request.timeout_s,
+            timeout_s = None if request.timeout_s is None else _remaining_budget(request.timeout_s, scope)
+            result = await service.infer(target, request.tensors, request.requested_outputs, timeout_s,
                                          request.routing_key, trace)
             if trace is not None:
                 trace.start_step("encode")  # ended with the request's span, in ``finished``
@@ -278,6 +280,15 @@ def _allow(method: str, allowed: str) -> None:
 
 def _json(status: int, doc: Any) -> Response:
     return status, list(JSON_HEADERS), json_body(doc)
+
+
+def _remaining_budget(timeout_s: float, scope: Scope) -> float:
+    """What is left of a request's ``timeout`` since its first bytes arrived (``gateway.http_protocol``),
+    at least 0; the whole ``timeout`` where no protocol stamped the request."""
+    received_at: float | None = scope.get(RECEIVED_AT)
+    if received_at is None:
+        return timeout_s
+    return max(0.0, timeout_s - (time.monotonic() - received_at))
 
 
 def _error_response(exc: InferenceError) -> Response:

@@ -32,6 +32,7 @@ from gateway.auth import AuthState, Role, TokenRecord
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
+from gateway.http_protocol import StampingHttpToolsProtocol
 from gateway.loop_load import LoopLoad
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService
@@ -453,7 +454,7 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
                             gateway.rollouts if gateway.config.monitoring.drift else None)
     http = _QuietUvicorn(uvicorn.Config(
         OipHttpApp(gateway.service, config.max_request_bytes, admin),
-        host=config.host, port=config.http_port, http="httptools", lifespan="off",
+        host=config.host, port=config.http_port, http=StampingHttpToolsProtocol, lifespan="off",
         access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))

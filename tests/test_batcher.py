@@ -267,6 +267,16 @@ def test_request_that_cannot_meet_its_deadline_is_refused_at_once() -> None:
     assert executor.batch_rows == []  # refused before it reached the model
 
 
+def test_request_with_no_time_left_is_refused_even_before_the_model_is_learned() -> None:
+    executor = RecordingExecutor(delay_s=0.001)
+    batcher = Batcher("m", executor, BatchPolicy(64, 0.0, 1))
+    assert batcher.latency.observations == 0
+
+    with pytest.raises(Overloaded, match="none of it was left when the request reached the batcher"):
+        asyncio.run(batcher.submit(_rows(0, 1), 1, timeout_s=0.0))
+    assert executor.batch_rows == []
+
+
 def test_objective_sheds_load_when_the_queue_would_make_everyone_late() -> None:
     executor = RecordingExecutor(delay_s=0.02)
     policy = BatchPolicy(max_batch_rows=4, max_wait_s=0.0, max_inflight=1, objective_s=0.07)

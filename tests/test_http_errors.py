@@ -185,7 +185,9 @@ def test_malformed_timeout_parameter(http: httpx.Client) -> None:
 
 def test_impossible_timeout_is_refused_at_once_with_429(http: httpx.Client) -> None:
     response = http.post(INFER, json={**_body(), "parameters": {"timeout": 1}})  # one microsecond
-    _assert_error(response, 429, "cannot answer within 0.0 ms", "predicted")
+    # The budget counts from the request's arrival, so it is gone before the request reaches the batcher
+    # (refusals the latency model predicts: test_batcher.py).
+    _assert_error(response, 429, "cannot answer within the request's timeout", "none of it was left")
     assert int(response.headers["retry-after"]) >= 1
 
 

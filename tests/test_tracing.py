@@ -114,11 +114,11 @@ def body(rows: int = 1, start: float = 0.0) -> bytes:
                                      "data": data.reshape(-1).tolist()}]})
 
 
-async def post(app: OipHttpApp, path: str, payload: bytes,
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+async def post(app: OipHttpApp, path: str, payload: bytes, headers: dict[str, str] | None = None,
+               extra_scope: dict[str, Any] | None = None) -> tuple[int, dict[str, str], Any]:
     """One request through the ASGI app, as uvicorn would deliver it: (status, headers, JSON body)."""
     scope = {"type": "http", "method": "POST", "path": path,
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()], **(extra_scope or {})}
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
