@@ -15,9 +15,9 @@ every machine, not only on one with a GPU.
 Large batches from a gateway on the same node arrive as a shared-memory layout
 (``infer_shared``, see ``serving.shared_batch``): the replica reads its inputs
 from the segment and writes its outputs into it, and only the layout crosses Ray.
-The other batches from such a gateway bypass Ray altogether: the replica listens
-on a Unix socket (``serving.direct_channel``) and runs them on that channel's
-threads.
+Smaller batches bypass Ray altogether where every replica of the version shares
+the gateway's node: the replica listens on a Unix socket (``serving.direct_channel``)
+and runs them on that channel's threads.
 """
 
 from __future__ import annotations

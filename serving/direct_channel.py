@@ -186,7 +186,7 @@ class ReplicaListener:
                     payload = _receive(connection, payload_bytes, required=True) or b""
                     reply = self._answer(header, payload)
                     _send(connection, reply)
-                except (OSError, ValueError, ConnectionError) as exc:
+                except (OSError, ValueError) as exc:  # ConnectionError is an OSError
                     log.warning("direct channel connection dropped: %s", exc)
                     return
 

@@ -182,8 +182,9 @@ class RayServeBackend:
         if description.get("direct"):
             direct = DirectReplicas(channel_directory(self.gcs_address(), name), replicas)
             self._channels.append(direct)
-            log.info("%s: batches go over the direct channel while its %d replica(s) run on this node%s", name,
-                     replicas, "" if direct.usable() else " (not all of them do yet)")
+            log.info("%s: batches under %d KiB go over the direct channel while all its %d replica(s) run on this "
+                     "node (%s now)", name, DIRECT_MAX_BYTES >> 10, replicas,
+                     "they do" if direct.usable() else "they do not: through Ray")
 
         async def execute(inputs: Arrays) -> Arrays:
             nbytes = sum(array.nbytes for array in inputs.values())
