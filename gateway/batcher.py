@@ -164,8 +164,8 @@ class Batcher:
         """Queue one request's rows and wait for its own slice of the batch's outputs.
 
         ``timeout_s`` is what is left of the caller's own time budget (0: nothing, refused at once);
-        without one the latency objective applies
-        to admission and batch sizing, but the request is never cut off. ``trace``: the recorded
+        without one the latency objective applies to admission and batch sizing, but the request is
+        never cut off. ``trace``: the recorded
         request (or shadow call) whose spans its batch writes; kept on the queued entry, because
         the batch runs in a task of its own.
         """

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gateway.auth import AuthState
-from gateway.errors import BadRequest, InferenceError, Unavailable
+from gateway.errors import BadRequest, DeadlineExceeded, InferenceError, Unavailable
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.shadows import ShadowMirror
 from gateway.tensors import WireTensor, bind_inputs
@@ -189,6 +189,7 @@ class InferenceService:
         in its place has the same contract (checked when routing changes), so a fallback or a
         shadow reuses the validated arrays as they are. ``trace``: the request's, when it is recorded.
         """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if routing_key is not None:
             if trace is not None:
                 trace.start_step("route")
@@ -205,6 +206,12 @@ class InferenceService:
         if trace is not None:
             trace.set("mlgate.rows", rows)
         answer = await self.traffic.run(target, inputs, rows, timeout_s, trace)
+        if deadline is not None and time.monotonic() > deadline:
+            # The batch came back in time for the batcher, but this caller resumed after the deadline (its event
+            # loop was busy, e.g. decoding a burst of requests): the caller has given up, so it is told so.
+            late_ms = (time.monotonic() - deadline) * 1e3
+            raise DeadlineExceeded(f"{answer.entry.label}: the request's deadline passed {late_ms:.1f} ms before "
+                                   "its answer could be sent")
         return InferResult(answer.entry, answer.outputs, specs, answer.variant, answer.fallback)
 
 

@@ -59,3 +59,24 @@ def test_the_batcher_gets_what_is_left_of_the_budget() -> None:
     assert late_status == 504 and "passed before it was answered" in late_body["error"], late_body
     assert fresh_status == 200, fresh_body
     np.testing.assert_array_equal(fresh_body["outputs"][0]["data"], [2.0, 4.0, 6.0])
+
+
+class StallingDeployment(Deployment):
+    """Answers, then holds the event loop: the batcher gets its batch back after the caller's deadline, the way
+    a gateway whose loop is busy decoding a burst resumes its callers late."""
+
+    def __init__(self, stall_s: float) -> None:
+        super().__init__(0.0)
+        self.stall_s = stall_s
+
+    async def __call__(self, inputs: Arrays) -> Arrays:
+        outputs = await super().__call__(inputs)
+        time.sleep(self.stall_s)
+        return outputs
+
+
+def test_an_answer_that_comes_back_after_the_deadline_is_not_sent_as_a_success() -> None:
+    app = OipHttpApp(make_service(None, StallingDeployment(stall_s=0.03)), 1 << 20)
+    status, body = asyncio.run(_post(app, timeout_us=10_000, arrived_s_ago=0.0))
+    assert status == 504, body
+    assert "deadline passed" in body["error"] and "before its answer could be sent" in body["error"], body
