@@ -115,15 +115,18 @@ async def _bursts(host: str, port: int,
                 body = json.dumps(_body(dataset[start:start + rows], timeout_us)).encode()
                 request = build_request("POST", f"{host}:{port}", INFER, body, {"Content-Type": "application/json"})
                 requests.append((request, start, rows, timeout_us))
-            sent = time.perf_counter()
-            futures = []
+            futures, sent = [], []
             for conn, (request, *_) in zip(connections, requests, strict=False):
                 sink.pending[conn] = future = loop.create_future()
                 conn.send(request)
+                # Each request's clock starts once it is written: writing 300 requests of 64 rows takes the
+                # client itself a while, and a deadline cannot run before its request is sent.
+                sent.append(time.perf_counter())
                 futures.append(future)
-            for conn, future, (_, start, rows, timeout_us) in zip(connections, futures, requests, strict=False):
+            for conn, future, sent_at, (_, start, rows, timeout_us) in zip(connections, futures, sent, requests,
+                                                                           strict=False):
                 status, body = await future
-                results.append((burst, start, rows, timeout_us, sink.answered_at.pop(conn) - sent, status, body))
+                results.append((burst, start, rows, timeout_us, sink.answered_at.pop(conn) - sent_at, status, body))
             await asyncio.sleep(0.3)
     finally:
         for conn in connections:
