@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
-from loadtests.bench_batching import Point, levels, medians, parse_args
+from loadtests.bench_batching import Point, highest_sustained, levels, medians, parse_args, sustains
 
 
 def _point(policy: str, goodput: float, p99_ms: float, repeat: int, load_pct: int = 10) -> Point:
@@ -34,3 +35,28 @@ def test_repeats_interleave_every_level_and_capacities_name_known_models() -> No
                 ["--capacity", "breast-cancer=nan"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_capacity_is_the_highest_rate_seen_sustained_below_the_closed_loop_figure() -> None:
+    tried: list[float] = []
+
+    def knee_at(knee: float) -> Callable[[float], bool]:  # a server that keeps up with anything up to ``knee``
+        def probe(rate: float) -> bool:
+            tried.append(rate)
+            return rate <= knee
+        return probe
+
+    found = highest_sustained(knee_at(5200.0), 8000.0, steps=6)
+    assert tried[0] == 8000.0 and len(tried) == 7
+    assert 5200.0 - 8000.0 / 64 <= found <= 5200.0  # within the last bracket, and a rate that passed
+    assert found in tried
+    tried.clear()
+    assert highest_sustained(knee_at(9000.0), 8000.0) == 8000.0 and tried == [8000.0]
+    assert highest_sustained(knee_at(0.0), 8000.0, steps=3) == 0.0  # nothing sustained: nothing claimed
+
+
+def test_a_run_is_sustained_only_if_it_kept_up_and_met_the_slo() -> None:
+    assert sustains({"ok_rps": 990.0, "p99_ms": 24.0}, 1000.0, 25.0)
+    assert not sustains({"ok_rps": 970.0, "p99_ms": 10.0}, 1000.0, 25.0)  # fell behind (or refused)
+    assert not sustains({"ok_rps": 1000.0, "p99_ms": 26.0}, 1000.0, 25.0)
+    assert not sustains({"ok_rps": 1000.0, "p99_ms": math.nan}, 1000.0, 25.0)  # nothing answered
