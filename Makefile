@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 CONFIG := configs/demo.yaml
 
-.PHONY: help install prometheus observe models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels bench-telemetry bench-transport bench-gpu proto clean
+.PHONY: help install prometheus observe models demo test lint typecheck unit load bench bench-batching bench-routing bench-drift bench-kernels bench-telemetry bench-transport bench-refusal bench-gpu proto clean
 
 help:
 	@echo "make demo   - install, build the demo models, run the gateway on 127.0.0.1:8000 (HTTP) / 8001 (gRPC)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-kernels  - drift kernels: histogram updates, window ring, PSI/KL/JS/KS/W1 (~1 min, no models needed)"
 	@echo "make bench-telemetry - request metrics + tracing (1% sampled) on vs off, side by side (~5 min)"
 	@echo "make bench-transport - batches to a replica: shared memory vs by value vs by reference (~1 min)"
+	@echo "make bench-refusal  - gateway CPU per answered and per refused request, against two floors (~3 min)"
 	@echo "make bench-gpu      - on an NVIDIA GPU: the gateway against ONNX Runtime's offline peak (~5 min)"
 
 $(STAMP): pyproject.toml
@@ -88,6 +89,9 @@ bench-telemetry: models
 
 bench-transport: install
 	$(BIN)/python -m loadtests.bench_transport
+
+bench-refusal: models
+	$(BIN)/python -m loadtests.bench_refusal --models $(MODELS) --out loadtests/results/bench_refusal.md
 
 bench-gpu: models
 	$(BIN)/python -m loadtests.bench_gpu --models $(MODELS) --workers 8 --rows 1,1024,16384,65536 --growth 1.6 \
