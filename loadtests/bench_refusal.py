@@ -15,10 +15,11 @@ admission control sees it. This measures ``rho`` on this box, open loop, one ser
 * ``refusal``: the same gateway asked for a model it does not serve: refused (404) where a shed
   request (429 at the objective's limit) is refused, after the headers are parsed, before the body
   is read, with the same error path, metrics and response writing;
+* ``shed``: mlgate's HTTP application and protocol with no Ray, over a champion whose batcher is at
+  its latency objective's limit, so that every request is shed (429 before the body is read);
 * ``uvicorn floor``: uvicorn with mlgate's HTTP protocol class on uvloop and an ASGI app that
   answers a canned 429: the least a refusal costs while it goes through an ASGI request cycle;
-* ``protocol floor``: ``loadtests.trivial_server``, an asyncio protocol writing canned bytes: about
-  what a refusal written by the HTTP protocol itself, with no request cycle, would cost.
+* ``protocol floor``: ``loadtests.trivial_server``, an asyncio protocol writing canned bytes.
 
 Rounds alternate the servers; the report gives medians in microseconds of CPU per request.
 """
@@ -42,7 +43,7 @@ from loadtests.procs import CLK_TCK, Server, free_port, read_proc, running, wait
 
 MODEL = "breast-cancer"
 INFER = f"/v2/models/{MODEL}/infer"
-KINDS = ("answer", "refusal", "uvicorn floor", "protocol floor")
+KINDS = ("answer", "refusal", "shed", "uvicorn floor", "protocol floor")
 CANNED_BODY = b'{"error":"at its limit for a 25 ms latency objective"}'
 CANNED_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(CANNED_BODY)).encode()),
                   (b"retry-after", b"1")]
@@ -66,6 +67,50 @@ def serve_canned(port: int) -> None:
     server = uvicorn.Server(uvicorn.Config(
         canned_refusal, host="127.0.0.1", port=port, http=StampingHttpToolsProtocol, lifespan="off",
         access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False))
+    uvloop.run(server.serve())
+
+
+class _AtItsLimit:
+    """The shedding server's deployment: never called, its batcher refuses everything first."""
+
+    async def __call__(self, inputs: Any) -> Any:
+        raise AssertionError("a shed request reached the deployment")
+
+
+def serve_shedding(port: int) -> None:
+    """mlgate's HTTP application and protocol, with no Ray, over a champion whose batcher is at its latency
+    objective's limit, so that every inference request is shed (429), as ``mlgate serve`` sheds them."""
+    import uvicorn
+    import uvloop
+
+    from gateway.batcher import Batcher, BatchPolicy
+    from gateway.http_app import OipHttpApp
+    from gateway.http_protocol import StampingHttpToolsProtocol
+    from gateway.registry import ModelRegistry, ServedVersion
+    from gateway.service import InferenceService
+    from gateway.shadows import ShadowMirror
+    from serving.manifest import Manifest, TensorSpec
+    from telemetry.metrics import BatchMetrics
+
+    manifest = Manifest(name=MODEL, version="1", sha256="0" * 64,
+                        inputs=(TensorSpec(name="features", datatype="FP32", shape=(-1, 30)),),
+                        outputs=(TensorSpec(name="label", datatype="INT64", shape=(-1,)),))
+    registry = ModelRegistry()
+    entry = ServedVersion(MODEL, "1", manifest)
+    registry.add(entry)
+    batcher = Batcher(entry.label, _AtItsLimit(),
+                      BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1, objective_s=0.025),
+                      BatchMetrics.for_deployment(MODEL, "1"))
+    assert batcher.admission is not None
+    batcher._inflight_rows, batcher.admission.rows = 1000, 10  # as a backlog would leave it
+    entry.mark_ready(batcher, "cpu")
+    registry.champions[MODEL] = "1"
+    service = InferenceService(registry, "bench", None, shadows=ShadowMirror())
+    service.started = True
+    server = uvicorn.Server(uvicorn.Config(
+        OipHttpApp(service, 1 << 20), host="127.0.0.1", port=port, http=StampingHttpToolsProtocol,
+        lifespan="off", access_log=False, log_config=None, server_header=False, date_header=False,
+        proxy_headers=False))
     uvloop.run(server.serve())
 
 
@@ -94,7 +139,7 @@ def cpu_per_request_us(server: Server, port: int, model: str, rate: float, args:
 
 def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, float], list[float]]:
     """Every (kind, rate) → its µs per request, one per round."""
-    gateway_port, canned_port, trivial_port = free_port(), free_port(), free_port()
+    gateway_port, canned_port, trivial_port, shed_port = (free_port() for _ in range(4))
     config = work / "mlgate.yaml"
     write_config(config, args.models, gateway_port)
     command = mlgate_command(config)
@@ -102,15 +147,18 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, float], lis
         raise SystemExit("error: no mlgate CLI in this environment")
     probe = json_body(load_rows()[:1]).body
     costs: dict[tuple[str, float], list[float]] = {}
+    this = [sys.executable, "-m", "loadtests.bench_refusal", "--serve"]
     with (running("mlgate", command, work / "mlgate.log") as gateway,
-          running("uvicorn floor", [sys.executable, "-m", "loadtests.bench_refusal", "--serve-canned",
-                                    str(canned_port)], work / "canned.log") as canned,
+          running("shed", [*this, "shed", str(shed_port)], work / "shed.log") as shed,
+          running("uvicorn floor", [*this, "canned", str(canned_port)], work / "canned.log") as canned,
           running("protocol floor", [sys.executable, "-m", "loadtests.trivial_server", "--port", str(trivial_port)],
                   work / "trivial.log") as trivial):
         wait_ready(gateway, gateway_port, INFER, probe, 300.0, "/v2/health/ready")
         wait_ready(trivial, trivial_port, INFER, probe, 30.0)
-        _wait_canned(canned, canned_port)
+        for server, port in ((canned, canned_port), (shed, shed_port)):
+            _wait_refusing(server, port)
         runs = {"answer": (gateway, gateway_port, MODEL), "refusal": (gateway, gateway_port, "no-such-model"),
+                "shed": (shed, shed_port, MODEL),
                 "uvicorn floor": (canned, canned_port, MODEL), "protocol floor": (trivial, trivial_port, MODEL)}
         for round_no in range(args.rounds):
             for rate in args.rates:
@@ -123,19 +171,19 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, float], lis
     return costs
 
 
-def _wait_canned(server: Server, port: int) -> None:
+def _wait_refusing(server: Server, port: int) -> None:
     from loadtests.procs import http_request
 
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         server.alive()
         try:
-            if http_request(port, "POST", INFER, b"{}")[0] == 429:
+            if http_request(port, "POST", INFER, json_body(load_rows()[:1]).body)[0] == 429:
                 return
         except OSError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"error: the uvicorn floor did not answer (see {server.log_path})")
+    raise SystemExit(f"error: {server.name} did not answer 429 (see {server.log_path})")
 
 
 def render(args: argparse.Namespace, argv: list[str], costs: dict[tuple[str, float], list[float]]) -> str:
@@ -143,11 +191,11 @@ def render(args: argparse.Namespace, argv: list[str], costs: dict[tuple[str, flo
              environment_lines(argv, "loadtests.bench_refusal"), "",
              f"Open loop, Poisson, 256 connections, {args.duration:g} s per run, {args.rounds} rounds; "
              "µs of the server process's CPU per request, medians (every round in brackets).", "",
-             "| rate | " + " | ".join(KINDS) + " | refusal / answer |", "|---:|" + "---:|" * (len(KINDS) + 1)]
+             "| rate | " + " | ".join(KINDS) + " | shed / answer |", "|---:|" + "---:|" * (len(KINDS) + 1)]
     for rate in args.rates:
         medians = {kind: statistics.median(costs[kind, rate]) for kind in KINDS}
         cells = [f"{medians[k]:.1f} ({', '.join(f'{v:.0f}' for v in costs[k, rate])})" for k in KINDS]
-        lines.append(f"| {rate:.0f} | " + " | ".join(cells) + f" | {medians['refusal'] / medians['answer']:.2f} |")
+        lines.append(f"| {rate:.0f} | " + " | ".join(cells) + f" | {medians['shed'] / medians['answer']:.2f} |")
     return "\n".join(lines)
 
 
@@ -158,15 +206,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
-    p.add_argument("--serve-canned", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--serve", nargs=2, default=None, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.serve_canned is not None:
-        serve_canned(args.serve_canned)
+    if args.serve is not None:
+        kind, port = args.serve[0], int(args.serve[1])
+        if kind == "canned":
+            serve_canned(port)
+        else:
+            serve_shedding(port)
         return 0
     with tempfile.TemporaryDirectory(prefix="mlgate-bench-refusal-") as tmp:
         report = render(args, argv, measure(args, Path(tmp)))
