@@ -39,7 +39,7 @@ import yaml
 from loadtests.bench_oip import environment_lines, mlgate_command
 from loadtests.loadgen import LoadConfig, run_load_sync
 from loadtests.payloads import json_body, load_rows
-from loadtests.procs import CLK_TCK, Server, free_port, read_proc, running, wait_ready
+from loadtests.procs import CLK_TCK, Server, free_port, http_request, read_proc, running, wait_ready
 
 MODEL = "breast-cancer"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -172,8 +172,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, float], lis
 
 
 def _wait_refusing(server: Server, port: int) -> None:
-    from loadtests.procs import http_request
-
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         server.alive()
