@@ -165,9 +165,8 @@ class Batcher:
 
         ``timeout_s`` is what is left of the caller's own time budget (0: nothing, refused at once);
         without one the latency objective applies to admission and batch sizing, but the request is
-        never cut off. ``trace``: the recorded
-        request (or shadow call) whose spans its batch writes; kept on the queued entry, because
-        the batch runs in a task of its own.
+        never cut off. ``trace``: the recorded request (or shadow call) whose spans its batch writes;
+        kept on the queued entry, because the batch runs in a task of its own.
         """
         now = time.monotonic()
         objective = self._policy.objective_s
