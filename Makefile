@@ -22,7 +22,7 @@ help:
 	@echo "make bench-kernels  - drift kernels: histogram updates, window ring, PSI/KL/JS/KS/W1 (~1 min, no models needed)"
 	@echo "make bench-telemetry - request metrics + tracing (1% sampled) on vs off, side by side (~5 min)"
 	@echo "make bench-transport - batches to a replica: shared memory vs by value vs by reference (~1 min)"
-	@echo "make bench-refusal  - gateway CPU per answered and per refused request, against two floors (~3 min)"
+	@echo "make bench-refusal  - gateway CPU per answer, per refusal and per shed request, against two floors (~4 min)"
 	@echo "make bench-gpu      - on an NVIDIA GPU: the gateway against ONNX Runtime's offline peak (~5 min)"
 
 $(STAMP): pyproject.toml

@@ -206,12 +206,11 @@ class InferenceService:
         if trace is not None:
             trace.set("mlgate.rows", rows)
         answer = await self.traffic.run(target, inputs, rows, timeout_s, trace)
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and (late_s := time.monotonic() - deadline) > 0:
             # The batch came back in time for the batcher, but this caller resumed after the deadline (its event
             # loop was busy, e.g. decoding a burst of requests): the caller has given up, so it is told so.
-            late_ms = (time.monotonic() - deadline) * 1e3
-            raise DeadlineExceeded(f"{answer.entry.label}: the request's deadline passed {late_ms:.1f} ms before "
-                                   "its answer could be sent")
+            raise DeadlineExceeded(f"{answer.entry.label}: the request's deadline passed {late_s * 1e3:.1f} ms "
+                                   "before its answer could be sent")
         return InferResult(answer.entry, answer.outputs, specs, answer.variant, answer.fallback)
 
 

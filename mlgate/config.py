@@ -95,7 +95,8 @@ class DeploymentConfig(_Strict):
     )
     direct_channel: bool = Field(
         True, description="Send batches to the replicas over a Unix socket instead of through Ray Serve's router "
-        "(about a tenth of the CPU per batch), while every replica of the version runs on the gateway's node; "
+        "(a tenth of the gateway's CPU per call alone, half to a third of the replica's per answer under load: "
+        "loadtests/README.md, 'Direct channel'), while every replica of the version runs on the gateway's node; "
         "Serve still starts, checks and restarts them. Off: every batch goes through Ray."
     )
 
