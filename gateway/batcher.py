@@ -159,38 +159,41 @@ class Batcher:
     def inflight(self) -> int:
         return self._inflight
 
-    async def submit(self, inputs: Arrays, rows: int, timeout_s: float | None = None,
+    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None,
                      trace: RequestTrace | None = None) -> Arrays:
         """Queue one request's rows and wait for its own slice of the batch's outputs.
 
-        ``timeout_s`` is what is left of the caller's own time budget (0: nothing, refused at once);
-        without one the latency objective applies to admission and batch sizing, but the request is
-        never cut off. ``trace``: the recorded request (or shadow call) whose spans its batch writes;
-        kept on the queued entry, because the batch runs in a task of its own.
+        ``deadline`` (``time.monotonic()``) is when the caller's own time budget runs out (already
+        past: refused at once); without one the latency objective applies to admission and batch
+        sizing, but the request is never cut off. The caller's layers pass the one deadline down
+        as it is, so time spent before the batcher (reading, decoding, routing) counts against it.
+        ``trace``: the recorded request (or shadow call) whose spans its batch writes; kept on the
+        queued entry, because the batch runs in a task of its own.
         """
         now = time.monotonic()
         objective = self._policy.objective_s
-        own_deadline = now + timeout_s if timeout_s is not None else math.inf
-        deadline = min(own_deadline, now + objective) if objective is not None else own_deadline
-        self._admit(rows, now, deadline, own_deadline)
+        own_deadline = math.inf if deadline is None else deadline
+        answer_by = min(own_deadline, now + objective) if objective is not None else own_deadline
+        self._admit(rows, now, answer_by, own_deadline)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(inputs, rows, future, own_deadline, now, trace))
         self._queued_rows += rows
         self.arrivals.add(rows, now)
         self._dispatch()
-        if timeout_s is None:
+        if deadline is None:
             return await future
         try:
-            return await asyncio.wait_for(future, timeout=max(0.0, now + timeout_s - time.monotonic()))
+            return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             self._count_rejection("expired")
             if self.observer is not None:
                 self.observer.failed(1)
             raise DeadlineExceeded(
-                f"{self.label}: the request's deadline of {timeout_s * 1e3:.1f} ms passed before it was answered"
+                f"{self.label}: the request's deadline passed {(deadline - now) * 1e3:.1f} ms after it was queued, "
+                "before it was answered"
             ) from None
 
-    def _admit(self, rows: int, now: float, deadline: float, own_deadline: float) -> None:
+    def _admit(self, rows: int, now: float, answer_by: float, own_deadline: float) -> None:
         """Refuse at once what would not be answered in time, rather than queue it and delay everyone.
 
         Against the latency objective, the admission limit decides (``AdmissionLimit``: what
@@ -204,7 +207,7 @@ class Batcher:
             raise Overloaded(f"{self.label}: queue full ({self._queued_rows} rows waiting)",
                              retry_after_s=self.latency.bound(policy.max_batch_rows))
         self._check_objective(rows)
-        if own_deadline <= now:  # spent before the request got here (``timeout_s`` counts from its arrival)
+        if own_deadline <= now:  # spent before the request got here (the deadline counts from its arrival)
             self._count_rejection("deadline")
             raise DeadlineUnreachable(f"{self.label}: cannot answer within the request's timeout: none of it was "
                                       "left when the request reached the batcher", retry_after_s=0.0)
@@ -214,12 +217,12 @@ class Batcher:
             finish = self._predicted_finish(rows, now)
         else:
             finish = now + self.latency.mean(rows)
-        if finish > deadline:
+        if finish > answer_by:
             self._count_rejection("deadline")
             raise DeadlineUnreachable(
-                f"{self.label}: cannot answer within {(deadline - now) * 1e3:.1f} ms "
+                f"{self.label}: cannot answer within {(answer_by - now) * 1e3:.1f} ms "
                 f"(predicted {(finish - now) * 1e3:.1f} ms with {self._queued_rows} rows queued)",
-                retry_after_s=max(0.0, finish - deadline),
+                retry_after_s=max(0.0, finish - answer_by),
             )
 
     def _check_objective(self, rows: int) -> None:

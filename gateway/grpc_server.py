@@ -266,10 +266,10 @@ def fill_contents(contents: pb.InferTensorContents, datatype: str, array: np.nda
 # --------------------------------------------------------------------------- deadlines
 
 
-def request_timeout_s(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """The request's time budget: the tighter of its ``timeout`` parameter (µs) and the gRPC deadline.
-
-    Measured on arrival; the batcher enforces it. DeadlineExceeded if the deadline has already passed.
+def request_deadline(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """When the request's time budget runs out (``time.monotonic()``): the tighter of its ``timeout``
+    parameter (µs) and the gRPC deadline, counted from now (call it on arrival). The batcher enforces
+    it. DeadlineExceeded if the gRPC deadline has already passed.
     """
     parameter = request.parameters.get("timeout")
     value = None
@@ -280,7 +280,8 @@ def request_timeout_s(request: pb.ModelInferRequest, context: grpc.aio.ServicerC
     remaining: float | None = context.time_remaining()
     if remaining is not None and remaining <= 0:
         raise DeadlineExceeded("the request's gRPC deadline had passed on arrival")
-    return tighter(from_parameter, remaining)
+    budget = tighter(from_parameter, remaining)
+    return None if budget is None else time.monotonic() + budget
 
 
 def routing_key_parameter(request: pb.ModelInferRequest) -> str | None:
@@ -390,7 +391,7 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if trace_id is not None:  # initial metadata: it reaches the caller on errors too
                 await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
-            timeout_s = request_timeout_s(request, context)  # measured on arrival, before any work
+            deadline = request_deadline(request, context)  # on arrival, before any work
             # Resolve first: an unknown model is NOT_FOUND without decoding a possibly large body.
             if trace is not None:
                 trace.start_step("route")
@@ -402,7 +403,7 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             request_id = request_id or decoded.id or None
             if trace is not None:
                 trace.end_step()
-            result = await service.infer(target, decoded.tensors, decoded.requested_outputs, timeout_s,
+            result = await service.infer(target, decoded.tensors, decoded.requested_outputs, deadline,
                                          routing_key_parameter(request), trace)
             if trace is not None:
                 trace.start_step("encode")  # ended with the request's span, in ``finished``
@@ -498,5 +499,5 @@ __all__ = [
     "build_grpc_server",
     "decode_infer_request",
     "encode_infer_response",
-    "request_timeout_s",
+    "request_deadline",
 ]

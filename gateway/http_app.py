@@ -150,8 +150,8 @@ class OipHttpApp:
             request_id = request_id or request.id
             if trace is not None:
                 trace.end_step()
-            timeout_s = None if request.timeout_s is None else _remaining_budget(request.timeout_s, scope)
-            result = await service.infer(target, request.tensors, request.requested_outputs, timeout_s,
+            deadline = None if request.timeout_s is None else _deadline(request.timeout_s, scope)
+            result = await service.infer(target, request.tensors, request.requested_outputs, deadline,
                                          request.routing_key, trace)
             if trace is not None:
                 trace.start_step("encode")  # ended with the request's span, in ``finished``
@@ -282,13 +282,11 @@ def _json(status: int, doc: Any) -> Response:
     return status, list(JSON_HEADERS), json_body(doc)
 
 
-def _remaining_budget(timeout_s: float, scope: Scope) -> float:
-    """What is left of a request's ``timeout`` since its first bytes arrived (``gateway.http_protocol``),
-    at least 0; the whole ``timeout`` where no protocol stamped the request."""
+def _deadline(timeout_s: float, scope: Scope) -> float:
+    """When a request's ``timeout`` runs out (``time.monotonic()``): counted from its first bytes' arrival
+    (``gateway.http_protocol``), or from now where no protocol stamped the request."""
     received_at: float | None = scope.get(RECEIVED_AT)
-    if received_at is None:
-        return timeout_s
-    return max(0.0, timeout_s - (time.monotonic() - received_at))
+    return (time.monotonic() if received_at is None else received_at) + timeout_s
 
 
 def _error_response(exc: InferenceError) -> Response:

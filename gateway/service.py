@@ -181,15 +181,15 @@ class InferenceService:
 
     async def infer(
         self, target: Target, tensors: Sequence[WireTensor], requested: Sequence[str] | None,
-        timeout_s: float | None = None, routing_key: str | None = None, trace: RequestTrace | None = None,
+        deadline: float | None = None, routing_key: str | None = None, trace: RequestTrace | None = None,
     ) -> InferResult:
-        """Validate, route, batch and run one request; ``timeout_s`` is the caller's own budget, if it set one.
+        """Validate, route, batch and run one request; ``deadline`` (``time.monotonic()``): when the caller's
+        own time budget runs out, if it set one, counted from the request's arrival.
 
         Inputs are validated against the chosen version's contract; every version that may answer
         in its place has the same contract (checked when routing changes), so a fallback or a
         shadow reuses the validated arrays as they are. ``trace``: the request's, when it is recorded.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if routing_key is not None:
             if trace is not None:
                 trace.start_step("route")
@@ -205,7 +205,7 @@ class InferenceService:
         )
         if trace is not None:
             trace.set("mlgate.rows", rows)
-        answer = await self.traffic.run(target, inputs, rows, timeout_s, trace)
+        answer = await self.traffic.run(target, inputs, rows, deadline, trace)
         if deadline is not None and (late_s := time.monotonic() - deadline) > 0:
             # The batch came back in time for the batcher, but this caller resumed after the deadline (its event
             # loop was busy, e.g. decoding a burst of requests): the caller has given up, so it is told so.

@@ -124,23 +124,24 @@ class Traffic:
 
     # ------------------------------------------------------------------ with the body
 
-    async def run(self, target: Target, inputs: Arrays, rows: int, timeout_s: float | None,
+    async def run(self, target: Target, inputs: Arrays, rows: int, deadline: float | None,
                   trace: RequestTrace | None = None) -> Answer:
-        """The answer of the version routing chose, or of its fallback; ``trace``: the request's, when recorded."""
+        """The answer of the version routing chose, or of its fallback, by the caller's ``deadline``
+        (``time.monotonic()``, None: none); ``trace``: the request's, when recorded."""
         active = target.active
         if active is None:
-            outputs = await _submit(target.entry, inputs, rows, timeout_s, trace)
+            outputs = await _submit(target.entry, inputs, rows, deadline, trace)
             return Answer(target.entry, outputs, target.variant)
         started = time.monotonic()
         if target.variant != "champion":
             if not active.policy.fallback.enabled:
-                return Answer(target.entry, await _submit(target.entry, inputs, rows, timeout_s, trace),
+                return Answer(target.entry, await _submit(target.entry, inputs, rows, deadline, trace),
                               target.variant)
             reason = target.fallback_reason
             if reason is None:
                 try:
-                    budget = self._challenger_budget(target, active.policy, rows, timeout_s)
-                    outputs = await _submit(target.entry, inputs, rows, budget, trace)
+                    challenger_deadline = self._challenger_deadline(target, active.policy, rows, deadline)
+                    outputs = await _submit(target.entry, inputs, rows, challenger_deadline, trace)
                     return Answer(target.entry, outputs, target.variant)
                 except (DeadlineExceeded, DeadlineUnreachable):
                     reason = "deadline"
@@ -148,44 +149,44 @@ class Traffic:
                     reason = "overloaded"
                 except InferenceError:
                     reason = "error"
-            remaining = None if timeout_s is None else timeout_s - (time.monotonic() - started)
-            if remaining is not None and remaining <= 0:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"{target.entry.label} could not answer and no time was left for the "
                                        f"champion (fallback reason: {reason})")
             champion = self._version(target.model, active.policy.champion)
             if trace is not None:
                 trace.event("fallback", {"mlgate.fallback.from": target.entry.version,
                                          "mlgate.fallback.reason": reason})
-            answer = await self._champion(target, champion, inputs, rows, remaining, trace)
+            answer = await self._champion(target, champion, inputs, rows, deadline, trace)
             if answer.fallback is None:
                 answer.fallback = "champion"
                 record_fallback(target.model, target.entry.version, reason, "champion")
             return answer
-        answer = await self._champion(target, target.entry, inputs, rows, timeout_s, trace)
+        answer = await self._champion(target, target.entry, inputs, rows, deadline, trace)
         if answer.fallback is None and active.policy.shadows:
             self._mirror(target, active, inputs, rows, answer.outputs, time.monotonic() - started, trace)
         return answer
 
-    def _challenger_budget(self, target: Target, policy: RoutingPolicy, rows: int,
-                           timeout_s: float | None) -> float | None:
-        """The challenger's share of the deadline: what is left once the champion's tail time is set aside."""
-        budget = math.inf
-        if timeout_s is not None:
+    def _challenger_deadline(self, target: Target, policy: RoutingPolicy, rows: int,
+                             deadline: float | None) -> float | None:
+        """The challenger's deadline: early enough to leave the champion its tail time before the caller's."""
+        now = time.monotonic()
+        latest = math.inf
+        if deadline is not None:
             champion = self._version(target.model, policy.champion)
             reserve = champion.batcher.latency.bound(rows) if champion.batcher is not None else 0.0
-            budget = timeout_s - reserve
-            if budget <= 0:
+            latest = deadline - reserve
+            if latest <= now:
                 raise DeadlineExceeded("no time for the challenger within the deadline")
         if policy.fallback.challenger_timeout_ms is not None:
-            budget = min(budget, policy.fallback.challenger_timeout_ms / 1000.0)
-        return None if budget == math.inf else budget
+            latest = min(latest, now + policy.fallback.challenger_timeout_ms / 1000.0)
+        return None if latest == math.inf else latest
 
     async def _champion(self, target: Target, champion: ServedVersion, inputs: Arrays, rows: int,
-                        timeout_s: float | None, trace: RequestTrace | None) -> Answer:
+                        deadline: float | None, trace: RequestTrace | None) -> Answer:
         assert target.active is not None
         default = target.active.policy.fallback.default_response
         try:
-            outputs = await _submit(champion, inputs, rows, timeout_s, trace)
+            outputs = await _submit(champion, inputs, rows, deadline, trace)
         except InferenceError:
             if default is None or champion.manifest is None:
                 raise
@@ -215,9 +216,9 @@ def _accepting(entry: ServedVersion) -> ServedVersion:
     return entry
 
 
-async def _submit(entry: ServedVersion, inputs: Arrays, rows: int, timeout_s: float | None,
+async def _submit(entry: ServedVersion, inputs: Arrays, rows: int, deadline: float | None,
                   trace: RequestTrace | None) -> Arrays:
-    return await _batcher(entry).submit(inputs, rows, timeout_s, trace)
+    return await _batcher(entry).submit(inputs, rows, deadline, trace)
 
 
 def default_outputs(manifest: Manifest, default: dict[str, list[object]], rows: int) -> Arrays:
