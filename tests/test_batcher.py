@@ -318,6 +318,7 @@ def test_queue_is_bounded() -> None:
 def test_own_timeout_cuts_off_a_slow_execution_with_504() -> None:
     batcher = Batcher("model 'm' version '1'", RecordingExecutor(delay_s=0.3), BatchPolicy(8, 0.0, 1))
     started = time.perf_counter()
+
     async def main() -> Arrays:
         return await batcher.submit(_rows(0, 1), 1, deadline=_after(0.05))
 
