@@ -10,7 +10,9 @@ fresh and was admitted although its caller had already given up on it; timed fro
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 RECEIVED_AT = "mlgate.received_at"
@@ -21,3 +23,12 @@ class StampingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope[RECEIVED_AT] = time.monotonic()  # type: ignore[literal-required]
+
+
+def listener_config(app: Any, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+    """How mlgate serves HTTP: this protocol, no lifespan, and none of uvicorn's per-request extras (access
+    log, Server and Date headers, proxy headers), which cost CPU on every request. One place, so that
+    ``loadtests.bench_refusal``'s servers measure the listener ``mlgate serve`` runs, not a copy of it."""
+    return uvicorn.Config(app, host=host, port=port, http=StampingHttpToolsProtocol, lifespan="off",
+                          access_log=False, log_config=None, server_header=False, date_header=False,
+                          proxy_headers=False, **overrides)

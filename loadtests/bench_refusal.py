@@ -57,17 +57,14 @@ async def canned_refusal(scope: dict[str, Any], receive: Any, send: Any) -> None
     await send({"type": "http.response.body", "body": CANNED_BODY})
 
 
-def serve_canned(port: int) -> None:
-    """The uvicorn floor's server, configured as ``mlgate serve`` configures its HTTP listener."""
+def _serve(app: Any, port: int) -> None:
+    """Serve ``app`` on loopback as ``mlgate serve`` runs its HTTP listener (uvicorn on uvloop)."""
     import uvicorn
     import uvloop
 
-    from gateway.http_protocol import StampingHttpToolsProtocol
+    from gateway.http_protocol import listener_config
 
-    server = uvicorn.Server(uvicorn.Config(
-        canned_refusal, host="127.0.0.1", port=port, http=StampingHttpToolsProtocol, lifespan="off",
-        access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False))
-    uvloop.run(server.serve())
+    uvloop.run(uvicorn.Server(listener_config(app, "127.0.0.1", port)).serve())
 
 
 class _AtItsLimit:
@@ -80,12 +77,8 @@ class _AtItsLimit:
 def serve_shedding(port: int) -> None:
     """mlgate's HTTP application and protocol, with no Ray, over a champion whose batcher is at its latency
     objective's limit, so that every inference request is shed (429), as ``mlgate serve`` sheds them."""
-    import uvicorn
-    import uvloop
-
     from gateway.batcher import Batcher, BatchPolicy
     from gateway.http_app import OipHttpApp
-    from gateway.http_protocol import StampingHttpToolsProtocol
     from gateway.registry import ModelRegistry, ServedVersion
     from gateway.service import InferenceService
     from gateway.shadows import ShadowMirror
@@ -107,11 +100,7 @@ def serve_shedding(port: int) -> None:
     registry.champions[MODEL] = "1"
     service = InferenceService(registry, "bench", None, shadows=ShadowMirror())
     service.started = True
-    server = uvicorn.Server(uvicorn.Config(
-        OipHttpApp(service, 1 << 20), host="127.0.0.1", port=port, http=StampingHttpToolsProtocol,
-        lifespan="off", access_log=False, log_config=None, server_header=False, date_header=False,
-        proxy_headers=False))
-    uvloop.run(server.serve())
+    _serve(OipHttpApp(service, 1 << 20), port)
 
 
 def write_config(path: Path, models: Path, port: int) -> None:
@@ -156,7 +145,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, float], lis
         wait_ready(gateway, gateway_port, INFER, probe, 300.0, "/v2/health/ready")
         wait_ready(trivial, trivial_port, INFER, probe, 30.0)
         for server, port in ((canned, canned_port), (shed, shed_port)):
-            _wait_refusing(server, port)
+            _wait_refusing(server, port, probe)
         runs = {"answer": (gateway, gateway_port, MODEL), "refusal": (gateway, gateway_port, "no-such-model"),
                 "shed": (shed, shed_port, MODEL),
                 "uvicorn floor": (canned, canned_port, MODEL), "protocol floor": (trivial, trivial_port, MODEL)}
@@ -171,12 +160,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[tuple[str, float], lis
     return costs
 
 
-def _wait_refusing(server: Server, port: int) -> None:
+def _wait_refusing(server: Server, port: int, body: bytes) -> None:
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         server.alive()
         try:
-            if http_request(port, "POST", INFER, json_body(load_rows()[:1]).body)[0] == 429:
+            if http_request(port, "POST", INFER, body)[0] == 429:
                 return
         except OSError:
             pass
@@ -214,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve is not None:
         kind, port = args.serve[0], int(args.serve[1])
         if kind == "canned":
-            serve_canned(port)
+            _serve(canned_refusal, port)
         else:
             serve_shedding(port)
         return 0

@@ -32,7 +32,7 @@ from gateway.auth import AuthState, Role, TokenRecord
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
-from gateway.http_protocol import StampingHttpToolsProtocol
+from gateway.http_protocol import listener_config
 from gateway.loop_load import LoopLoad
 from gateway.registry import ModelRegistry, ServedVersion, VersionState
 from gateway.service import InferenceService
@@ -452,10 +452,8 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
     admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
                             gateway.drift if gateway.config.monitoring.drift else None,
                             gateway.rollouts if gateway.config.monitoring.drift else None)
-    http = _QuietUvicorn(uvicorn.Config(
-        OipHttpApp(gateway.service, config.max_request_bytes, admin),
-        host=config.host, port=config.http_port, http=StampingHttpToolsProtocol, lifespan="off",
-        access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
+    http = _QuietUvicorn(listener_config(
+        OipHttpApp(gateway.service, config.max_request_bytes, admin), config.host, config.http_port,
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))
     if listeners.worker > 0:  # a worker listens only once it can answer: no connection lands on it before
