@@ -1,9 +1,10 @@
 """Composition root: wire the repository, Ray Serve, the batchers and both front ends.
 
 Order of start-up, chosen so that probes tell the truth at every moment:
-Ray and Serve start first (synchronously, in the main thread, as ray.init
-expects); then the HTTP and gRPC servers listen, answering live=true and
-ready=false; then every model version deploys in parallel and becomes ready
+the ports are bound (not listening) first, so that nothing takes them
+meanwhile; Ray and Serve start next (synchronously, in the main thread, as
+ray.init expects); then the HTTP and gRPC servers listen, answering live=true
+and ready=false; then every model version deploys in parallel and becomes ready
 (or unavailable, with the reason) on its own; the server turns ready when
 every model's default version is. SIGTERM/SIGINT stop intake, let in-flight
 requests finish within the grace period, then shut Serve (and a Ray this
@@ -41,7 +42,7 @@ from gateway.tensors import placeholder_inputs
 from gateway.traffic import policy_problems
 from mlgate import __version__
 from mlgate.config import MlgateConfig
-from mlgate.workers import MULTIPROCESS_ENV, WorkerPool, hidden_from_children, shared_socket, worker_config
+from mlgate.workers import MULTIPROCESS_ENV, WorkerPool, hidden_from_children, worker_config
 from routing.champion import pick_default_version
 from routing.controller import LEASE, RUNNING, RolloutController
 from routing.live import ActiveRouting, LiveRouting
@@ -74,19 +75,30 @@ class StartupError(Exception):
     """The gateway cannot start as configured; the message says why in one line."""
 
 
-def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Fail in a second instead of after Ray's 15-30 s start-up. Only a fast path: a port taken in
-    between is still caught where the servers bind (``serve_http``, ``build_grpc_server``)."""
+def reserve_port(what: str, host: str, port: int, share: bool) -> socket.socket:
+    """A socket bound to ``host:port`` but not listening yet (port 0: a free one), for ``what`` to serve on.
+
+    Bound before Ray starts, not after: Ray's own servers pick free ports during its 15-30 s start-up
+    (a random port that a plain bind succeeds on), and once one of them took the configured port, a
+    client (or a readiness probe) found Ray's metrics exporter there, answering 200 to every path.
+    A bound port fails such a bind and is never handed out by a bind to port 0. Not listening, so
+    that a client connecting meanwhile is refused instead of left waiting, and so that gRPC, which
+    cannot take a socket, can still bind the port while this one holds it (both SO_REUSEADDR). A
+    process binding this very port with SO_REUSEADDR could still listen first; the gateway's own
+    listen then fails loudly at start-up, never serves beside it.
+    ``share``: SO_REUSEPORT, for the gateway's own workers, which share the ports on purpose.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for what, port in ports.items():
-        if port == 0:
-            continue
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and grpc bind
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and grpc bind
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def select_entries(config: MlgateConfig, entries: list[RepositoryEntry]) -> list[RepositoryEntry]:
@@ -429,14 +441,15 @@ def create_gateway(config: MlgateConfig) -> Gateway:
 
 @dataclass
 class Listeners:
-    """What a process serves on. Several workers share the ports (SO_REUSEPORT), each binding its own sockets."""
+    """What a process serves on, bound before Ray starts. Several workers share the ports (SO_REUSEPORT),
+    each binding its own sockets."""
 
     worker: int = 0
     """0: the supervisor (or the only process); 1, 2, ...: a worker started by it."""
     pool: WorkerPool | None = None
     http_socket: socket.socket | None = None
     grpc_hold: socket.socket | None = None
-    """Keeps a port 0 that the supervisor resolved for gRPC taken until its gRPC server binds it."""
+    """Keeps the supervisor's gRPC port (a port 0 resolved) taken until its gRPC server binds it."""
 
 
 async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
@@ -524,19 +537,14 @@ def run(config: MlgateConfig, worker: int = 0) -> None:
     if server.workers > 1 and multiprocess_dir() is None:
         raise StartupError("server.workers > 1 needs a shared metrics folder set before prometheus_client is "
                            "imported: start the gateway with 'mlgate serve', which sets it up")
+    shared = server.workers > 1
+    listeners.http_socket = reserve_port("HTTP", server.host, server.http_port, shared)
     if worker == 0:
-        check_ports_free(server.host, {"HTTP": server.http_port, "gRPC": server.grpc_port})
-    if server.workers > 1:
-        try:
-            listeners.http_socket = shared_socket(server.host, server.http_port)
-            if worker == 0:
-                listeners.grpc_hold = shared_socket(server.host, server.grpc_port)
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {server.host}: {exc.strerror}") from None
-        resolved = {"http_port": listeners.http_socket.getsockname()[1]}
-        if listeners.grpc_hold is not None:
-            resolved["grpc_port"] = listeners.grpc_hold.getsockname()[1]
-        config = config.model_copy(update={"server": server.model_copy(update=resolved)})
+        listeners.grpc_hold = reserve_port("gRPC", server.host, server.grpc_port, shared)
+    resolved = {"http_port": listeners.http_socket.getsockname()[1]}
+    if listeners.grpc_hold is not None:
+        resolved["grpc_port"] = listeners.grpc_hold.getsockname()[1]
+    config = config.model_copy(update={"server": server.model_copy(update=resolved)})
     gateway = create_gateway(config)
     log.info("starting Ray %s", f"(joining {config.ray.address})" if config.ray.address else "(local)")
     with hidden_from_children(MULTIPROCESS_ENV):  # Ray's own processes (prometheus_client users) stay out

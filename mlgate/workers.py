@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,20 +74,6 @@ def hidden_from_children(name: str) -> Iterator[None]:
     finally:
         if value is not None:
             os.environ[name] = value
-
-
-def shared_socket(host: str, port: int) -> socket.socket:
-    """A socket bound with SO_REUSEPORT (port 0: a free port, which the workers then share)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def worker_config(config: MlgateConfig, http_port: int, grpc_port: int, ray_address: str) -> MlgateConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -88,14 +89,23 @@ class RunningGateway:
 
 
 def _wait_ready(gateway: RunningGateway, timeout_s: float) -> None:
+    """Until the gateway is ready, and sure that it is the gateway answering: any HTTP server on
+    the port (Ray's metrics exporter answers 200 to every path) would pass a readiness probe."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if gateway.process.poll() is not None:
             raise RuntimeError(f"mlgate exited with {gateway.process.returncode}:\n{gateway.log_tail()}")
         try:
             with urllib.request.urlopen(f"http://{gateway.http_url}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
+                ready = response.status == 200
+            if ready:
+                with urllib.request.urlopen(f"http://{gateway.http_url}/v2", timeout=2) as response:
+                    metadata = response.read()
+                with contextlib.suppress(ValueError):
+                    if json.loads(metadata).get("name") == "mlgate":
+                        return
+                raise RuntimeError(f"not mlgate answering on {gateway.http_url}: {metadata[:200]!r}\n"
+                                   f"{gateway.log_tail()}")
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
@@ -133,17 +143,17 @@ def stop_gateway(gateway: RunningGateway) -> int | None:
         gateway.process.wait(timeout=60)
     code = gateway.process.poll()
     deadline = time.monotonic() + 30
-    while _session_processes(gateway.process.pid) and time.monotonic() < deadline:
+    while session_processes(gateway.process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if code is None:
         gateway.process.kill()
-    for pid in _session_processes(gateway.process.pid):
+    for pid in session_processes(gateway.process.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return code
 
 
-def _session_processes(session: int) -> list[int]:
+def session_processes(session: int) -> list[int]:
     """Live processes of a session (the gateway starts one: ``start_new_session``), from /proc."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +16,7 @@ import pytest
 import uvicorn
 
 from mlgate.server import StartupError, serve_http
-from tests.conftest import free_port
+from tests.conftest import free_port, session_processes
 
 
 def _serve(config: Path) -> tuple[int, str, float]:
@@ -69,3 +72,32 @@ def test_http_bind_failure_becomes_a_startup_error_not_an_exit() -> None:
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
         with pytest.raises(StartupError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
             asyncio.run(serve_http(server, f"127.0.0.1:{port}"))
+
+
+def test_the_ports_are_taken_before_ray_starts_and_refuse_until_the_gateway_listens(
+        tmp_path: Path, demo_repository: Path) -> None:
+    """Ray's servers pick free ports while it starts; one once took the gateway's HTTP port, and the
+    readiness probe got 200 from Ray's metrics exporter. From the first line on, the ports are bound:
+    a port finder sees them in use, and a client is refused at once rather than left waiting."""
+    http_port, grpc_port = free_port(), free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"server: {{http_port: {http_port}, grpc_port: {grpc_port}}}\nrepository: {demo_repository}\n")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        gateway = subprocess.Popen([sys.executable, "-m", "mlgate.cli", "serve", "--config", str(config)],
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "starting Ray" not in log.read_text(errors="replace"):
+            assert gateway.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.05)
+        for port in (http_port, grpc_port):
+            with socket.socket() as probe, pytest.raises(OSError) as refused:
+                probe.bind(("", port))  # how Ray tests a port it drew at random before handing it out
+            assert refused.value.errno == errno.EADDRINUSE
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", http_port), timeout=5).close()
+    finally:
+        for pid in session_processes(gateway.pid):  # Ray may be half-started: no graceful path to wait for
+            os.kill(pid, signal.SIGKILL)
+        gateway.wait(timeout=30)
