@@ -27,13 +27,16 @@ Rounds alternate the servers; the report gives medians in microseconds of CPU pe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from loadtests.bench_oip import environment_lines, mlgate_command
@@ -57,27 +60,41 @@ async def canned_refusal(scope: dict[str, Any], receive: Any, send: Any) -> None
     await send({"type": "http.response.body", "body": CANNED_BODY})
 
 
-def _serve(app: Any, port: int) -> None:
-    """Serve ``app`` on loopback as ``mlgate serve`` runs its HTTP listener (uvicorn on uvloop)."""
+def _serve(app: Any, port: int, before: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve ``app`` on loopback as ``mlgate serve`` runs its HTTP listener (uvicorn on uvloop); ``before``
+    runs on the same loop first."""
     import uvicorn
     import uvloop
 
     from gateway.http_protocol import listener_config
 
-    uvloop.run(uvicorn.Server(listener_config(app, "127.0.0.1", port)).serve())
+    async def main() -> None:
+        if before is not None:
+            await before()
+        await uvicorn.Server(listener_config(app, "127.0.0.1", port)).serve()
+
+    uvloop.run(main())
 
 
-class _AtItsLimit:
-    """The shedding server's deployment: never called, its batcher refuses everything first."""
+class _Stuck:
+    """The shedding server's deployment: it never answers the first batch, which holds the batcher at its
+    admission limit; any later batch means a request got past the limit."""
+
+    def __init__(self) -> None:
+        self.batches = 0
 
     async def __call__(self, inputs: Any) -> Any:
-        raise AssertionError("a shed request reached the deployment")
+        self.batches += 1
+        if self.batches > 1:
+            raise AssertionError("a request past the admission limit reached the deployment")
+        await asyncio.Event().wait()  # never set: the batch stays in flight
 
 
 def serve_shedding(port: int) -> None:
     """mlgate's HTTP application and protocol, with no Ray, over a champion whose batcher is at its latency
     objective's limit, so that every inference request is shed (429), as ``mlgate serve`` sheds them."""
     from gateway.batcher import Batcher, BatchPolicy
+    from gateway.errors import Overloaded
     from gateway.http_app import OipHttpApp
     from gateway.registry import ModelRegistry, ServedVersion
     from gateway.service import InferenceService
@@ -91,16 +108,27 @@ def serve_shedding(port: int) -> None:
     registry = ModelRegistry()
     entry = ServedVersion(MODEL, "1", manifest)
     registry.add(entry)
-    batcher = Batcher(entry.label, _AtItsLimit(),
-                      BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1, objective_s=0.025),
-                      BatchMetrics.for_deployment(MODEL, "1"))
-    assert batcher.admission is not None
-    batcher._inflight_rows, batcher.admission.rows = 1000, 10  # as a backlog would leave it
+    policy = BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1, objective_s=0.025)
+    batcher = Batcher(entry.label, _Stuck(), policy, BatchMetrics.for_deployment(MODEL, "1"))
     entry.mark_ready(batcher, "cpu")
     registry.champions[MODEL] = "1"
     service = InferenceService(registry, "bench", None, shadows=ShadowMirror())
     service.started = True
-    _serve(OipHttpApp(service, 1 << 20), port)
+    backlog: list[asyncio.Task[Any]] = []
+
+    async def fill_to_the_limit() -> None:
+        """A batch of the limit's rows (one slot of 64 rows to start with) that is never answered."""
+        rows = policy.max_inflight * policy.max_batch_rows
+        backlog.append(asyncio.create_task(batcher.submit({"features": np.zeros((rows, 30), np.float32)}, rows)))
+        while batcher.inflight == 0:
+            await asyncio.sleep(0)
+        try:
+            batcher.shed_early()
+        except Overloaded:
+            return
+        raise AssertionError("the batcher is not at its limit: the shedding server would answer")
+
+    _serve(OipHttpApp(service, 1 << 20), port, before=fill_to_the_limit)
 
 
 def write_config(path: Path, models: Path, port: int) -> None:
