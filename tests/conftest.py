@@ -101,7 +101,7 @@ def _wait_ready(gateway: RunningGateway, timeout_s: float) -> None:
             if ready:
                 with urllib.request.urlopen(f"http://{gateway.http_url}/v2", timeout=2) as response:
                     metadata = response.read()
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, AttributeError):  # not JSON, or not an object
                     if json.loads(metadata).get("name") == "mlgate":
                         return
                 raise RuntimeError(f"not mlgate answering on {gateway.http_url}: {metadata[:200]!r}\n"
