@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from loadtests.bench_batching import Point, highest_sustained, levels, medians, parse_args, sustains
+from loadtests.bench_batching import Point, highest_sustained, levels, medians, parse_args, rotated, sustains
 
 
 def _point(policy: str, goodput: float, p99_ms: float, repeat: int, load_pct: int = 10) -> Point:
@@ -60,3 +60,10 @@ def test_a_run_is_sustained_only_if_it_kept_up_and_met_the_slo() -> None:
     assert not sustains({"ok_rps": 970.0, "p99_ms": 10.0}, 1000.0, 25.0)  # fell behind (or refused)
     assert not sustains({"ok_rps": 1000.0, "p99_ms": 26.0}, 1000.0, 25.0)
     assert not sustains({"ok_rps": 1000.0, "p99_ms": math.nan}, 1000.0, 25.0)  # nothing answered
+
+
+def test_every_policy_runs_first_in_turn_and_each_level_runs_every_policy_once() -> None:
+    policies = ["adaptive", "nobatch", "fixed-8-1ms"]
+    orders = [rotated(policies, step) for step in range(6)]
+    assert all(sorted(order) == sorted(policies) for order in orders)
+    assert [order[0] for order in orders] == policies * 2
