@@ -85,7 +85,7 @@ def reserve_port(what: str, host: str, port: int, share: bool) -> socket.socket:
     that a client connecting meanwhile is refused instead of left waiting, and so that gRPC, which
     cannot take a socket, can still bind the port while this one holds it (both SO_REUSEADDR). A
     process binding this very port with SO_REUSEADDR could still listen first; the gateway's own
-    listen then fails loudly at start-up, never serves beside it.
+    listen then stops start-up with one line (``serve_http``), never serves beside it.
     ``share``: SO_REUSEPORT, for the gateway's own workers, which share the ports on purpose.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -394,12 +394,13 @@ def _model_event(served: ServedVersion, event: str) -> dict[str, str]:
     return {"event": event, "model": served.model, "version": served.version, "reason": served.reason}
 
 
-async def serve_http(http: uvicorn.Server, where: str, sockets: list[socket.socket] | None = None) -> None:
-    """Run uvicorn; it calls sys.exit when it cannot bind, which would tear the loop down mid-start."""
+async def serve_http(http: uvicorn.Server, where: str, sock: socket.socket) -> None:
+    """Run uvicorn on the socket ``reserve_port`` bound. Its listen fails only if another process bound
+    the port too (SO_REUSEADDR) and listened first: one line, as for a port taken at start-up."""
     try:
-        await http.serve(sockets)
-    except SystemExit:
-        raise StartupError(f"cannot listen for HTTP on {where}") from None
+        await http.serve([sock])
+    except OSError as exc:
+        raise StartupError(f"cannot listen for HTTP on {where}: {exc.strerror}") from None
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -444,10 +445,10 @@ class Listeners:
     """What a process serves on, bound before Ray starts. Several workers share the ports (SO_REUSEPORT),
     each binding its own sockets."""
 
+    http_socket: socket.socket
     worker: int = 0
     """0: the supervisor (or the only process); 1, 2, ...: a worker started by it."""
     pool: WorkerPool | None = None
-    http_socket: socket.socket | None = None
     grpc_hold: socket.socket | None = None
     """Keeps the supervisor's gRPC port (a port 0 resolved) taken until its gRPC server binds it."""
 
@@ -480,17 +481,15 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
         if listeners.grpc_hold is not None:
             listeners.grpc_hold.close()
     await grpc_server.start()
-    http_sockets = [listeners.http_socket] if listeners.http_socket is not None else None
-    http_task = asyncio.create_task(serve_http(http, f"{config.host}:{config.http_port}", http_sockets))
+    http_task = asyncio.create_task(serve_http(http, f"{config.host}:{config.http_port}", listeners.http_socket))
     while not http.started:
         if http_task.done():
             await grpc_server.stop(0)
             http_task.result()  # raises the StartupError
             raise StartupError(f"HTTP server on {config.host}:{config.http_port} stopped while starting")
         await asyncio.sleep(0.01)
-    http_port = http.servers[0].sockets[0].getsockname()[1]
-    log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, http_port, config.host, grpc_port,
-             extra={"event": "listening", "http_port": http_port, "grpc_port": grpc_port})
+    log.info("listening: HTTP http://%s:%d  gRPC %s:%d", config.host, config.http_port, config.host, grpc_port,
+             extra={"event": "listening", "http_port": config.http_port, "grpc_port": grpc_port})
 
     background = [asyncio.create_task(gateway.follow_state())]
     if listeners.worker == 0:
@@ -533,12 +532,11 @@ def run(config: MlgateConfig, worker: int = 0) -> None:
     import uvloop
 
     server = config.server
-    listeners = Listeners(worker)
     if server.workers > 1 and multiprocess_dir() is None:
         raise StartupError("server.workers > 1 needs a shared metrics folder set before prometheus_client is "
                            "imported: start the gateway with 'mlgate serve', which sets it up")
     shared = server.workers > 1
-    listeners.http_socket = reserve_port("HTTP", server.host, server.http_port, shared)
+    listeners = Listeners(reserve_port("HTTP", server.host, server.http_port, shared), worker)
     if worker == 0:
         listeners.grpc_hold = reserve_port("gRPC", server.host, server.grpc_port, shared)
     resolved = {"http_port": listeners.http_socket.getsockname()[1]}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from mlgate.server import StartupError, serve_http
+from gateway.http_protocol import listener_config
+from mlgate.server import StartupError, reserve_port, serve_http
 from tests.conftest import free_port, session_processes
 
 
@@ -60,18 +61,21 @@ def test_missing_repository_says_how_to_build_it(tmp_path: Path) -> None:
     assert "mlgate models build-demo" in stderr
 
 
-def test_http_bind_failure_becomes_a_startup_error_not_an_exit() -> None:
-    """uvicorn calls sys.exit when it cannot bind; the gateway must get an error it can report instead."""
+def test_a_port_taken_after_it_was_reserved_is_a_startup_error_not_a_traceback() -> None:
+    """The reserved port is bound, not listening; a process that binds it too (SO_REUSEADDR) and listens first
+    makes the gateway's own listen fail, which must read as one start-up error."""
     async def app(scope: object, receive: object, send: object) -> None:
         return None
 
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
+    reserved = reserve_port("HTTP", "127.0.0.1", 0, share=False)
+    port = reserved.getsockname()[1]
+    with reserved, socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        port = squatter.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-        with pytest.raises(StartupError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
-            asyncio.run(serve_http(server, f"127.0.0.1:{port}"))
+        server = uvicorn.Server(listener_config(app, "127.0.0.1", port))
+        with pytest.raises(StartupError, match=f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use"):
+            asyncio.run(serve_http(server, f"127.0.0.1:{port}", reserved))
 
 
 def test_the_ports_are_taken_before_ray_starts_and_refuse_until_the_gateway_listens(
