@@ -12,12 +12,12 @@ no intermediate host buffers are made per call. The same path runs on the CPU
 (where binding to "cpu" is a no-copy pass-through) so that it is tested on
 every machine, not only on one with a GPU.
 
-Large batches from a gateway on the same node arrive as a shared-memory layout
-(``infer_shared``, see ``serving.shared_batch``): the replica reads its inputs
-from the segment and writes its outputs into it, and only the layout crosses Ray.
-Smaller batches bypass Ray altogether where every replica of the version shares
-the gateway's node: the replica listens on a Unix socket (``serving.direct_channel``)
-and runs them on that channel's threads.
+Batches bypass Ray altogether where every replica of the version shares the
+gateway's node: the replica listens on a Unix socket (``serving.direct_channel``)
+and runs them on that channel's threads. Large batches from a gateway on the same
+node arrive as a shared-memory layout (see ``serving.shared_batch``), over that
+channel or else through Ray (``infer_shared``): the replica reads its inputs from
+the segment and writes its outputs into it, and only the layout travels.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class OnnxModel:
         self._direct: ReplicaListener | None = None
         numeric = all(t.type in _NUMPY_OF_ONNX for t in [*self._session.get_inputs(), *self._session.get_outputs()])
         if direct_directory is not None and numeric:  # the channel carries raw numeric bytes only
-            listener = ReplicaListener(Path(direct_directory), self._run_direct)
+            listener = ReplicaListener(Path(direct_directory), self._run_direct, self._run_shared_direct)
             self._direct = listener if listener.start() else None
 
     async def infer(self, inputs: dict[str, np.ndarray], warm_up: bool = False) -> dict[str, np.ndarray]:
@@ -109,14 +109,28 @@ class OnnxModel:
         gateway then sends the batch through Ray); {}: the outputs are in the segment; otherwise the outputs
         themselves, when they do not fit the room left for them (a model whose outputs are not one row per
         input row)."""
+        views = self._segment_views(layout)
+        if views is None:
+            return None
+        outputs = await self.infer(views[0])
+        return {} if write_outputs(outputs, views[1]) else outputs
+
+    def _run_shared_direct(self, layout: Layout) -> dict[str, np.ndarray] | None:
+        """``infer_shared`` for a layout sent over the direct channel, on that connection's thread."""
+        views = self._segment_views(layout)
+        if views is None:
+            return None
+        outputs = self._run_direct(views[0], False)
+        return {} if write_outputs(outputs, views[1]) else outputs
+
+    def _segment_views(self, layout: Layout) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """(inputs, room for outputs) in the layout's segment; None if this replica cannot see it."""
         if layout.node_id != self._node_id:
             return None
         try:
-            inputs, room = self._mappings.views(layout)
+            return self._mappings.views(layout)
         except FileNotFoundError:  # same Ray node, different /dev/shm (another container)
             return None
-        outputs = await self.infer(inputs)
-        return {} if write_outputs(outputs, room) else outputs
 
     def describe(self) -> dict[str, Any]:
         return {"device": self._device, "providers": self._session.get_providers(), "pid": self._pid,

@@ -10,6 +10,11 @@ replica: a fixed 12-byte prefix, a small JSON header naming the arrays, their ra
 still places, starts, health-checks and restarts the replicas, and carries every batch of a
 deployment with a replica elsewhere (its router balances across nodes; this channel cannot).
 
+Large batches do not stream through the socket (from about 128 KiB, pushing the bytes through the
+gateway's event loop costs more than copying them into shared memory): they are written into a
+segment (``serving.shared_batch``) and only its layout, a few hundred bytes, crosses the channel
+(``call_shared``); the replica reads its inputs there and writes its outputs back.
+
 Rendezvous: each replica listens on ``<directory>/<pid>.sock``, the directory being private to the
 user and derived from the Ray cluster's GCS address and the application's name (two clusters on one
 machine, as in the tests, never share it). A replica binds under a temporary name and renames the
@@ -44,7 +49,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.shared_batch import Arrays
+from serving.shared_batch import Arrays, Layout
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,11 @@ def _check_lengths(header_bytes: int, payload_bytes: int) -> None:
 
 Runner = Callable[[Arrays, bool], Arrays]
 """Runs one batch: (inputs, warm_up) -> outputs. Called from the channel's threads."""
+SharedRunner = Callable[[Layout], Arrays | None]
+"""Runs one batch laid out in shared memory: its outputs, {} if they were written into the segment, None if
+this replica cannot see the segment. Called from the channel's threads."""
+WRITTEN, ABSENT = "written", "absent"
+"""What a reply's ``segment`` field says of a batch sent as a layout: outputs in the segment; segment not seen."""
 
 
 class ReplicaListener:
@@ -135,9 +145,10 @@ class ReplicaListener:
     releases the GIL while it computes, and concurrent batches from several connections run side by
     side, as concurrent Serve calls do."""
 
-    def __init__(self, directory: Path, run: Runner) -> None:
+    def __init__(self, directory: Path, run: Runner, run_shared: SharedRunner | None = None) -> None:
         self.path = directory / f"{os.getpid()}.sock"
         self._run = run
+        self._run_shared = run_shared
         self._socket: socket.socket | None = None
 
     def start(self) -> bool:
@@ -192,6 +203,11 @@ class ReplicaListener:
 
     def _answer(self, header: dict[str, Any], payload: bytes | bytearray) -> list[bytes | memoryview]:
         try:
+            if "layout" in header:
+                outputs = None if self._run_shared is None else self._run_shared(Layout.from_json(header["layout"]))
+                if not outputs:
+                    return encode(None, segment=ABSENT if outputs is None else WRITTEN)
+                return encode(outputs)  # they did not fit the room the gateway left: they come back in the frame
             return encode(self._run(decode_arrays(header, payload), bool(header.get("warm_up", False))))
         except Exception as exc:
             return encode(None, error=f"{type(exc).__name__}: {exc}")
@@ -292,6 +308,20 @@ class DirectReplicas:
 
     async def call(self, inputs: Arrays, warm_up: bool = False) -> Arrays:
         """Run one batch on a replica; ChannelDown if no connection could carry it, ReplicaError if it failed."""
+        header, payload = await self._round_trip(encode(inputs, warm_up=warm_up) if warm_up else encode(inputs))
+        return decode_arrays(header, payload)
+
+    async def call_shared(self, layout: Layout) -> Arrays | None:
+        """Run one batch laid out in shared memory on a replica, as ``call`` does: its outputs if they came back
+        in the reply, {} if the replica wrote them into the segment, None if it cannot see the segment."""
+        header, payload = await self._round_trip(encode(None, layout=layout))
+        segment = header.get("segment")
+        if segment == ABSENT:
+            return None
+        return {} if segment == WRITTEN else decode_arrays(header, payload)
+
+    async def _round_trip(self, frame: list[bytes | memoryview]) -> tuple[dict[str, Any], bytearray | bytes]:
+        """Send ``frame`` to the replica with the fewest of this gateway's batches in flight; its reply."""
         replica = min(self._known.values(), key=lambda r: r.in_flight, default=None)
         if replica is None:
             raise ChannelDown("no replica socket on this node")
@@ -300,7 +330,7 @@ class DirectReplicas:
             connection = await self._connection(replica)
             try:
                 reader, writer = connection
-                writer.writelines(encode(inputs, warm_up=warm_up) if warm_up else encode(inputs))
+                writer.writelines(frame)
                 header_bytes, payload_bytes = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
                 _check_lengths(header_bytes, payload_bytes)
                 header = orjson.loads(await reader.readexactly(header_bytes))
@@ -317,7 +347,7 @@ class DirectReplicas:
             replica.in_flight -= 1
         if "error" in header:
             raise ReplicaError(str(header["error"]))
-        return decode_arrays(header, payload)
+        return header, payload
 
     def close(self) -> None:
         for replica in self._known.values():

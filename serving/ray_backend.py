@@ -10,8 +10,8 @@ disabled: the gateway is the front door. Even so, that call costs more than
 everything else a small batch needs, in the gateway and again in the replica;
 so when every replica of a version runs on the gateway's node, batches bypass
 Ray over a Unix socket to the replica (``serving.direct_channel``). Large
-batches go through shared memory to a replica on the same node, else by
-reference (``execute`` below).
+batches go through shared memory to a replica on the same node (their layout over
+that socket where it is usable, else through Ray), else by reference (``execute`` below).
 """
 
 from __future__ import annotations
@@ -182,27 +182,42 @@ class RayServeBackend:
         if description.get("direct"):
             direct = DirectReplicas(channel_directory(self.gcs_address(), name), replicas)
             self._channels.append(direct)
-            log.info("%s: batches under %d KiB go over the direct channel while all its %d replica(s) run on this "
-                     "node (%s now)", name, DIRECT_MAX_BYTES >> 10, replicas,
-                     "they do" if direct.usable() else "they do not: through Ray")
+            log.info("%s: batches go over the direct channel while all its %d replica(s) run on this node (%s now)%s",
+                     name, replicas, "they do" if direct.usable() else "they do not: through Ray",
+                     "" if pool is None else f"; from {SHARED_OVER_CHANNEL_BYTES >> 10} KiB of inputs only their "
+                                             "shared-memory layout")
 
         async def execute(inputs: Arrays) -> Arrays:
             nbytes = sum(array.nbytes for array in inputs.values())
-            if direct is not None and nbytes < DIRECT_MAX_BYTES and direct.usable():
+            channel = direct if direct is not None and direct.usable() else None
+            if pool is not None and nbytes >= (SHARED_MEMORY_BYTES if channel is None else SHARED_OVER_CHANNEL_BYTES):
+                answer = await through_shared_memory(pool, inputs, channel)
+                if answer is not None:
+                    return answer
+            if channel is not None and nbytes < DIRECT_MAX_BYTES:
                 try:
-                    return await direct.call(inputs)
+                    return await channel.call(inputs)
                 except ChannelDown as exc:  # the replica died or was replaced: Serve knows where to go
                     log.warning("direct channel to %s failed (%s); sending the batch through Ray", name, exc)
-            if pool is not None and nbytes >= SHARED_MEMORY_BYTES:
-                try:
-                    with pool.batch(inputs) as batch:
-                        answer: Arrays | None = await infer_shared.remote(batch.layout)
-                        if answer is not None:
-                            return answer or batch.read_outputs()
-                except shared_batch.NoSharedMemory as exc:  # /dev/shm full or gone: this batch goes through Ray
-                    log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)
             result: Arrays = await (infer_by_reference if sends_by_reference(nbytes) else infer).remote(inputs)
             return result
+
+        async def through_shared_memory(pool: shared_batch.SegmentPool, inputs: Arrays,
+                                        channel: DirectReplicas | None) -> Arrays | None:
+            """The outputs of a batch written into one of ``pool``'s segments, its layout sent over ``channel``
+            (else through Ray); None if no segment could carry it or the replica could not see it."""
+            try:
+                with pool.batch(inputs) as batch:
+                    answer: Arrays | None = await (
+                        infer_shared.remote(batch.layout) if channel is None else channel.call_shared(batch.layout))
+                    return None if answer is None else answer or batch.read_outputs()
+            except shared_batch.NoSharedMemory as exc:  # /dev/shm full or gone: this batch goes through Ray
+                nbytes = sum(array.nbytes for array in inputs.values())
+                log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)
+            except ChannelDown as exc:  # its segment is dropped with the call (a replica may still write it)
+                log.warning("direct channel to %s failed (%s); sending the layout through Ray", name, exc)
+                return await through_shared_memory(pool, inputs, None)
+            return None
 
         async def warm_up(inputs: Arrays) -> Arrays:
             if direct is not None and direct.usable():
@@ -236,15 +251,21 @@ class RayServeBackend:
 
 HANDLE_ATTEMPTS = 3
 
+SHARED_OVER_CHANNEL_BYTES = 128 << 10
+"""Where the direct channel is usable, batches whose inputs reach this size go through shared memory, their layout
+over the channel; smaller ones stream through it. On the 2-core box (``python -m loadtests.bench_transport``)
+streaming took 0.24 ms at 120 KiB (shared memory 0.26), 0.27 at 180 KiB (0.24), 0.72 at 480 KiB (0.47), 5.0 ms at
+1.9 MiB (1.0) and 23 ms at 7.5 MiB (2.9), where pushing the bytes through the event loop costs most."""
+
 DIRECT_MAX_BYTES = 1 << 20
-"""Batches whose inputs are smaller go over the direct channel where it is usable; larger ones through shared memory
-or Ray. On the 2-core box (``python -m loadtests.bench_transport``) the channel took 0.2-0.3 ms up to 120 KiB and
-1.1 ms at 480 KiB, against 2.1-2.4 ms through shared memory; but 5.5 ms at 1.9 MiB and 33 ms at 7.5 MiB (against
-3.5 and 6.7), where streaming the bytes through the event loop costs more than the call."""
+"""Batches whose inputs are smaller stream over a usable direct channel when shared memory cannot carry them (no
+/dev/shm, or outputs without one row per input row); larger ones go through Ray: from 1.9 MiB streaming cost more
+than the object store's call (5.5 and 33 ms against 3.5 and 6.7 at 1.9 and 7.5 MiB)."""
 
 SHARED_MEMORY_BYTES = 256 << 10
-"""Otherwise, batches whose inputs reach this size go to a replica on the same node through shared memory: on the
-2-core box it took 2.3-2.5 ms from 120 KiB to 1.9 MiB and 7 ms at 7.5 MiB (``python -m loadtests.bench_transport``)."""
+"""Without a usable channel, batches whose inputs reach this size go to a replica on the same node through shared
+memory, their layout through Ray: on the 2-core box that took 1.7-2.5 ms from 120 KiB to 1.9 MiB and 4.6 ms at
+7.5 MiB, against 2.0-2.9 ms by value up to 480 KiB and 15 ms at 1.9 MiB (``python -m loadtests.bench_transport``)."""
 
 BY_REFERENCE_BYTES = 1 << 20
 """Without shared memory, batches whose inputs reach this size travel through Ray's object store instead of

@@ -24,11 +24,13 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +84,15 @@ class Layout:
     size: int
     inputs: tuple[Slot, ...]
     outputs: tuple[Slot, ...]
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any]) -> Layout:
+        """A layout from its JSON form (what ``orjson.dumps`` makes of it), as the direct channel carries it."""
+        def slots(described: list[dict[str, Any]]) -> tuple[Slot, ...]:
+            return tuple(Slot(str(s["name"]), str(s["dtype"]), tuple(int(d) for d in s["shape"]), int(s["offset"]))
+                         for s in described)
+        return cls(str(fields["segment"]), str(fields["node_id"]), int(fields["size"]), slots(fields["inputs"]),
+                   slots(fields["outputs"]))
 
 
 RowSpec = tuple[str, tuple[int, ...]]
@@ -206,28 +217,37 @@ def _view(buffer: mmap.mmap, slot: Slot) -> np.ndarray:
 class Mappings:
     """The replica's side: the segments it has mapped, kept mapped between calls (mapping and faulting the
     pages in is what costs), the ``keep`` most recently used of them: enough for 32 gateway processes
-    (``server.workers``) with two batches in flight each (the default ``max_inflight_batches``)."""
+    (``server.workers``) with two batches in flight each (the default ``max_inflight_batches``).
+
+    Thread-safe: layouts arrive on the replica's event loop (through Ray) and on the direct channel's
+    threads at once."""
 
     def __init__(self, keep: int = 64) -> None:
         self._keep = keep
         self._maps: dict[str, mmap.mmap] = {}
+        self._lock = threading.Lock()
 
     def views(self, layout: Layout) -> tuple[Arrays, Arrays]:
-        """(inputs, room for outputs) as arrays over the segment; FileNotFoundError if it is not on this node."""
-        buffer = self._maps.pop(layout.segment, None)
-        if buffer is None:
-            fd = os.open(SHM_DIR / layout.segment, os.O_RDWR)
-            try:
-                buffer = mmap.mmap(fd, layout.size)
-            finally:
-                os.close(fd)
-            while len(self._maps) >= self._keep:
-                oldest = next(iter(self._maps))
-                with suppress(BufferError):
-                    self._maps.pop(oldest).close()
-        self._maps[layout.segment] = buffer  # (re)inserted last: the most recently used
-        return ({slot.name: _view(buffer, slot) for slot in layout.inputs},
-                {slot.name: _view(buffer, slot) for slot in layout.outputs})
+        """(inputs, room for outputs) as arrays over the segment; FileNotFoundError if it is not on this node,
+        ValueError if ``layout`` does not name a gateway's segment (nothing outside /dev/shm's is opened)."""
+        if _NAME.match(layout.segment) is None:
+            raise ValueError(f"{layout.segment!r} is not the name of a gateway's shared-memory segment")
+        with self._lock:
+            buffer = self._maps.pop(layout.segment, None)
+            if buffer is None:
+                fd = os.open(SHM_DIR / layout.segment, os.O_RDWR)
+                try:
+                    buffer = mmap.mmap(fd, layout.size)
+                finally:
+                    os.close(fd)
+                while len(self._maps) >= self._keep:
+                    oldest = next(iter(self._maps))
+                    with suppress(BufferError):
+                        self._maps.pop(oldest).close()
+            self._maps[layout.segment] = buffer  # (re)inserted last: the most recently used
+            # views made under the lock: another thread's eviction cannot close the mapping before they hold it
+            return ({slot.name: _view(buffer, slot) for slot in layout.inputs},
+                    {slot.name: _view(buffer, slot) for slot in layout.outputs})
 
 
 def write_outputs(results: Arrays, room: Arrays) -> bool:

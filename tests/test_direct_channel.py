@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serving import direct_channel
+from serving import direct_channel, shared_batch
 from serving.direct_channel import (
     MAX_CONNECTIONS,
     ChannelDown,
@@ -29,7 +29,7 @@ from serving.direct_channel import (
     decode_arrays,
     encode,
 )
-from serving.shared_batch import Arrays
+from serving.shared_batch import Arrays, Layout, Mappings, SegmentPool, write_outputs
 
 
 @pytest.fixture
@@ -112,6 +112,75 @@ def test_a_failing_model_comes_back_as_a_replica_error_and_the_connection_lives_
             channel.close()
 
     np.testing.assert_array_equal(asyncio.run(run())["y"], np.full((2, 1), 2.0))
+
+
+def _double_in_segment(mappings: Mappings) -> direct_channel.SharedRunner:
+    """What a replica does with a layout (serving.deployment): its outputs into the segment if they fit."""
+    def run(layout: Layout) -> Arrays | None:
+        try:
+            inputs, room = mappings.views(layout)
+        except FileNotFoundError:
+            return None
+        outputs = {"y": inputs["x"] * 2}
+        return {} if write_outputs(outputs, room) else outputs
+    return run
+
+
+def test_a_batch_in_shared_memory_crosses_the_channel_as_its_layout(directory: Path) -> None:
+    replica = ReplicaListener(directory, _double, _double_in_segment(Mappings()))
+    assert replica.start()
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    fitting = SegmentPool(node_id="n1", output_rows={"y": ("<f4", (3,))})
+    misfit = SegmentPool(node_id="n1", output_rows={"y": ("<f4", (2,))})  # room for two columns, not three
+
+    async def run() -> tuple[Arrays | None, Arrays, Arrays | None, Arrays | None]:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        try:
+            with fitting.batch({"x": x}) as batch:
+                written = await channel.call_shared(batch.layout)
+                in_segment = batch.read_outputs()
+            with misfit.batch({"x": x}) as batch:
+                returned = await channel.call_shared(batch.layout)
+                assert not np.any(batch.read_outputs()["y"])  # nothing written into a room that does not fit
+            gone = Layout(shared_batch.segment_prefix(os.getpid()) + "999999", "n1", 4096, (), ())
+            absent = await channel.call_shared(gone)
+            with pytest.raises(ReplicaError, match="not the name of a gateway's shared-memory segment"):
+                await channel.call_shared(Layout("../../etc/passwd", "n1", 4096, (), ()))
+            return written, in_segment, returned, absent
+        finally:
+            channel.close()
+
+    try:
+        written, in_segment, returned, absent = asyncio.run(run())
+    finally:
+        replica.close()
+        fitting.close()
+        misfit.close()
+    assert written == {}
+    np.testing.assert_array_equal(in_segment["y"], x * 2)
+    assert returned is not None
+    np.testing.assert_array_equal(returned["y"], x * 2)
+    assert absent is None  # the gateway then sends the batch through Ray
+
+
+def test_a_replica_without_shared_memory_says_it_cannot_see_the_segment(directory: Path,
+                                                                        listener: ReplicaListener) -> None:
+    pool = SegmentPool(node_id="n1", output_rows={"y": ("<f4", (1,))})
+
+    async def run() -> Arrays | None:
+        channel = DirectReplicas(directory, replicas=1)
+        assert channel.usable()
+        try:
+            with pool.batch({"x": np.ones((2, 1), np.float32)}) as batch:
+                return await channel.call_shared(batch.layout)
+        finally:
+            channel.close()
+
+    try:
+        assert asyncio.run(run()) is None
+    finally:
+        pool.close()
 
 
 def test_the_channel_is_used_only_while_every_replica_listens_on_this_node(directory: Path,

@@ -1,8 +1,9 @@
 """The serving backend on a real local Ray: large batches travel both ways, all four ways a batch can go.
 
 Large batches go to a replica on the same node through shared memory
-(``serving.shared_batch``), the others to such a replica over the direct
-channel (``serving.direct_channel``); without either, small batches go by value over Serve's
+(``serving.shared_batch``), their layout over the direct channel
+(``serving.direct_channel``) or through Ray, and smaller ones stream over that
+channel; without either, small batches go by value over Serve's
 replica gRPC channel, which Serve caps at 4 MiB by default, and batches from
 ``BY_REFERENCE_BYTES`` up through Ray's object store, where the replica
 receives read-only arrays. The by-value round trip below forces a 12 MB batch
@@ -16,7 +17,9 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,29 +64,33 @@ def test_batches_go_by_reference_from_the_threshold_up() -> None:
     assert sends_by_reference(ray_backend.BY_REFERENCE_BYTES)
 
 
-async def _channel_down(channel: DirectReplicas, inputs: dict[str, np.ndarray],
-                        warm_up: bool = False) -> dict[str, np.ndarray]:
+async def _channel_down(channel: DirectReplicas, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
     raise ChannelDown("the replica's socket refused the connection")
 
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """How each batch the backend handed the direct channel ended (the real call runs): "answered" when the
-    replica answered over the channel, else the exception's name (the batch then went through Ray)."""
+    """How each batch the backend handed the direct channel ended (the real calls run): "call: answered" when
+    the replica answered a batch sent over the channel, "call_shared: answered" one whose layout was sent over it,
+    else the method and the exception's name (the batch then went through Ray)."""
     made: list[str] = []
-    direct_call = DirectReplicas.call
 
-    async def counted_call(channel: DirectReplicas, inputs: dict[str, np.ndarray],
-                           warm_up: bool = False) -> dict[str, np.ndarray]:
-        try:
-            outputs = await direct_call(channel, inputs, warm_up)
-        except Exception as exc:
-            made.append(type(exc).__name__)
-            raise
-        made.append("answered")
-        return outputs
+    def counted(method: str) -> Callable[..., Awaitable[Any]]:
+        direct_call = getattr(DirectReplicas, method)
 
-    monkeypatch.setattr(DirectReplicas, "call", counted_call)
+        async def call(channel: DirectReplicas, *args: Any, **kwargs: Any) -> Any:
+            try:
+                outputs = await direct_call(channel, *args, **kwargs)
+            except Exception as exc:
+                made.append(f"{method}: {type(exc).__name__}")
+                raise
+            made.append(f"{method}: answered")
+            return outputs
+
+        return call
+
+    for method in ("call", "call_shared"):
+        monkeypatch.setattr(DirectReplicas, method, counted(method))
     return made
 
 
@@ -107,12 +114,21 @@ def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path
                 segments = _segments()  # the pool keeps its segment for the next batch
                 echoed["shared memory, reused"] = (await deployed.execute({"x": batch[::-1].copy()}))["y"][::-1]
                 assert _segments() == segments
-                assert calls == []  # a batch this large is not sent over the direct channel...
-                monkeypatch.setattr(ray_backend, "DIRECT_MAX_BYTES", 2 * batch.nbytes)  # ...unless told to
+                # the layouts went over the direct channel, the bytes through the segment
+                assert calls == ["call_shared: answered"] * 2
+                monkeypatch.setattr(ray_backend, "SHARED_OVER_CHANNEL_BYTES", 2 * batch.nbytes)
+                monkeypatch.setattr(ray_backend, "DIRECT_MAX_BYTES", 2 * batch.nbytes)
                 echoed["direct channel"] = (await deployed.execute({"x": batch}))["y"]
-                assert calls == ["answered"]  # by the replica, over the channel, not by Ray after a failure
-                # As when the replica died: the channel gives up on the batch and Ray carries it.
+                assert calls[2:] == ["call: answered"]  # by the replica, over the channel, not by Ray after a failure
+                # As when the replica died mid-call: the channel gives up on the layout, its segment is dropped (the
+                # replica might still write into it), and the layout of a fresh one goes through Ray.
+                monkeypatch.setattr(DirectReplicas, "call_shared", _channel_down)
+                monkeypatch.setattr(ray_backend, "SHARED_OVER_CHANNEL_BYTES", 0)
+                echoed["shared memory, layout through Ray"] = (await deployed.execute({"x": batch}))["y"]
+                assert len(_segments()) == 1 and _segments() != segments
+                # The channel gives up on the batch itself, and Ray carries it.
                 monkeypatch.setattr(DirectReplicas, "call", _channel_down)
+                monkeypatch.setattr(ray_backend, "SHARED_OVER_CHANNEL_BYTES", 2 * batch.nbytes)
                 monkeypatch.setattr(ray_backend, "SHARED_MEMORY_BYTES", 2 * batch.nbytes)
                 echoed["by reference"] = (await deployed.execute({"x": batch}))["y"]
                 monkeypatch.setattr(ray_backend, "BY_REFERENCE_BYTES", 2 * batch.nbytes)
@@ -148,7 +164,7 @@ def test_a_killed_replica_is_replaced_and_the_direct_channel_finds_the_new_one(t
             try:
                 deployed = await backend.wait_ready("echo", "1", timeout_s=120)
                 np.testing.assert_array_equal((await deployed.execute(batch))["y"], batch["x"])
-                assert calls == ["answered"], calls
+                assert calls == ["call: answered"], calls
                 directory = channel_directory(backend.gcs_address(), ray_backend.app_name("echo", "1"))
                 (killed,) = directory.glob("*.sock")
                 os.kill(int(killed.stem), signal.SIGKILL)  # sockets are named after their replica's pid
@@ -164,7 +180,7 @@ def test_a_killed_replica_is_replaced_and_the_direct_channel_finds_the_new_one(t
                         continue
                     np.testing.assert_array_equal(outputs["y"], batch["x"])
                     sockets = sorted(directory.glob("*.sock"))
-                    if "answered" in calls[before:] and killed not in sockets and sockets:
+                    if "call: answered" in calls[before:] and killed not in sockets and sockets:
                         return killed, sockets, failures
                     await asyncio.sleep(0.5)
             finally:

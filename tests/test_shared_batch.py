@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from serving import shared_batch
-from serving.shared_batch import Mappings, NoSharedMemory, SegmentPool, remove_orphans, write_outputs
+from serving.shared_batch import Layout, Mappings, NoSharedMemory, SegmentPool, remove_orphans, write_outputs
 
 OUTPUT_ROWS = {"probabilities": ("<f4", (2,)), "label": ("<i8", ())}
 
@@ -76,6 +77,24 @@ def test_outputs_that_do_not_fit_the_room_are_not_written() -> None:
             assert not np.any(batch.read_outputs()["probabilities"])  # nothing was written
     finally:
         pool.close()
+
+
+def test_a_layout_survives_json_as_the_direct_channel_carries_it() -> None:
+    pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
+    try:
+        with pool.batch({"features": np.ones((3, 30), np.float32), "mask": np.ones((3, 2, 2), bool)}) as batch:
+            assert Layout.from_json(orjson.loads(orjson.dumps(batch.layout))) == batch.layout
+    finally:
+        pool.close()
+
+
+def test_a_replica_maps_nothing_but_a_gateway_segment() -> None:
+    """The name comes from a request over Ray or a socket: it must not open a file elsewhere."""
+    for name in ("../../etc/passwd", "mlgate-batch-1-2-3/../../x", "something-else"):
+        with pytest.raises(ValueError, match="not the name of a gateway's shared-memory segment"):
+            Mappings().views(Layout(name, "n1", 4096, (), ()))
+    with pytest.raises(FileNotFoundError):  # well-formed, but not (or no longer) there
+        Mappings().views(Layout(shared_batch.segment_prefix(os.getpid()) + "999999", "n1", 4096, (), ()))
 
 
 def test_no_shared_memory_is_a_distinct_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
