@@ -10,7 +10,7 @@ replica: a fixed 12-byte prefix, a small JSON header naming the arrays, their ra
 still places, starts, health-checks and restarts the replicas, and carries every batch of a
 deployment with a replica elsewhere (its router balances across nodes; this channel cannot).
 
-Large batches do not stream through the socket (from about 128 KiB, pushing the bytes through the
+Large batches do not stream through the socket (from about 200 KiB, pushing the bytes through the
 gateway's event loop costs more than copying them into shared memory): they are written into a
 segment (``serving.shared_batch``) and only its layout, a few hundred bytes, crosses the channel
 (``call_shared``); the replica reads its inputs there and writes its outputs back.

@@ -251,11 +251,12 @@ class RayServeBackend:
 
 HANDLE_ATTEMPTS = 3
 
-SHARED_OVER_CHANNEL_BYTES = 128 << 10
+SHARED_OVER_CHANNEL_BYTES = 192 << 10
 """Where the direct channel is usable, batches whose inputs reach this size go through shared memory, their layout
-over the channel; smaller ones stream through it. On the 2-core box (``python -m loadtests.bench_transport``)
-streaming took 0.24 ms at 120 KiB (shared memory 0.26), 0.27 at 180 KiB (0.24), 0.72 at 480 KiB (0.47), 5.0 ms at
-1.9 MiB (1.0) and 23 ms at 7.5 MiB (2.9), where pushing the bytes through the event loop costs most."""
+over the channel; smaller ones stream through it. On the 2-core box (``python -m loadtests.bench_transport``, two
+runs) streaming took 0.19-0.24 ms at 120 KiB (shared memory 0.25-0.26), 0.25-0.27 at 180 KiB (0.24-0.27), 0.34-0.41
+at 240 KiB (0.28-0.32), 0.62-0.72 at 480 KiB (0.39-0.47), 4.6-5.0 ms at 1.9 MiB (0.9-1.0) and 19-23 ms at 7.5 MiB
+(2.7-2.9): pushing the bytes through the event loop costs more, the more there are."""
 
 DIRECT_MAX_BYTES = 1 << 20
 """Batches whose inputs are smaller stream over a usable direct channel when shared memory cannot carry them (no
