@@ -31,6 +31,7 @@ from typing import Any, get_args
 import yaml
 
 from loadtests.bench_batching import BASE_MODELS, open_loop, settle
+from loadtests.bench_gpu import build_repository
 from loadtests.bench_oip import mlgate_command
 from loadtests.loadgen import Arrival
 from loadtests.payloads import json_body, load_rows
@@ -68,14 +69,17 @@ def checked_out(revision: str, tree: Path) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
 
 
-def write_config(path: Path, models: Path, objective_ms: float) -> int:
-    """Both demo models with one objective, a sliver of a CPU each; returns the HTTP port.
+def write_config(path: Path, models: Path, objective_ms: float, max_batch_rows: int | None = None) -> int:
+    """Both demo models with one objective (and row bound, if given), a sliver of a CPU each; returns the HTTP port.
 
     The state file is the side's own (beside ``path``, named after it): the two revisions may not
     agree on its schema, and routing left by one side must not steer the other.
     """
     port = free_port()
-    deployment = {"batching": {"latency_objective_ms": objective_ms}, "deployment": {"num_cpus": 0.05}}
+    batching: dict[str, Any] = {"latency_objective_ms": objective_ms}
+    if max_batch_rows is not None:
+        batching["max_batch_rows"] = max_batch_rows
+    deployment = {"batching": batching, "deployment": {"num_cpus": 0.05}}
     config = {"server": {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port()},
               "repository": str(models.resolve()), "state": {"path": f".{path.stem}-state/state.db"},
               "models": {m: deployment for m in BASE_MODELS}}
@@ -86,7 +90,7 @@ def write_config(path: Path, models: Path, objective_ms: float) -> int:
 def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Serve ``tree`` and run every point once against it."""
     config = work / f"{name}.yaml"
-    port = write_config(config, args.models, args.slo_ms)
+    port = write_config(config, args.models, args.slo_ms, args.max_batch_rows)
     command = mlgate_command(config)
     if command is None:
         raise SystemExit("error: no mlgate CLI in this environment")
@@ -103,7 +107,7 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
                                               "--period-ms", str(period), "--duration", str(NEIGHBOUR_MAX_S)],
                                              cwd=REPO)
             try:
-                result = open_loop(port, model, arrival, rate, args)
+                result = open_loop(port, model, arrival, rate, args, args.rows)
             finally:
                 if neighbour is not None:
                     neighbour.terminate()
@@ -118,7 +122,8 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
 def render(args: argparse.Namespace, rounds: list[dict[str, list[dict[str, Any]]]]) -> str:
     seconds = args.duration
     lines = [f"A/B: baseline `{args.baseline}` vs candidate `{args.candidate}`, {len(rounds)} rounds, objective "
-             f"{args.slo_ms:g} ms, neighbour {args.neighbour or 'none'}; per round: goodput/s (refused/s, p99 ms)",
+             f"{args.slo_ms:g} ms, {args.rows} row(s) per request, neighbour {args.neighbour or 'none'}; per round: "
+             "goodput/s (refused/s, p99 ms)",
              "", "| model | offered | arrivals | baseline | candidate |", "|---|---:|---|---|---|"]
     for i, (model, rate, arrival) in enumerate(args.points):
         cells = []
@@ -140,6 +145,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slo-ms", type=float, default=25.0, help="latency objective of both models and loadgen's SLO")
     p.add_argument("--neighbour", type=lambda s: tuple(float(x) for x in s.split("/")), default=None,
                    help="BUSY_MS/PERIOD_MS: run loadtests.cpu_neighbour beside every point")
+    p.add_argument("--rows", type=int, default=1,
+                   help="rows per request; more than one are sent and answered as binary tensors")
+    p.add_argument("--max-batch-rows", type=int, default=None,
+                   help="serve copies of both models whose manifests allow this many rows per request and batch, "
+                        "with batching.max_batch_rows set to it (default: the manifests' own bound)")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="discarded seconds per point")
     p.add_argument("--seed", type=int, default=0)
@@ -147,6 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.rows < 1 or (args.max_batch_rows is not None and args.max_batch_rows < args.rows):
+        p.error("--rows must be at least 1, and --max-batch-rows at least --rows")
     if args.neighbour is not None and (len(args.neighbour) != 2 or not 0 < args.neighbour[0] < args.neighbour[1]):
         p.error("--neighbour must be BUSY_MS/PERIOD_MS with 0 < BUSY_MS < PERIOD_MS")
     return args
@@ -157,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, list[dict[str, Any]]]] = []
     with tempfile.TemporaryDirectory(prefix="mlgate-ab-") as tmp:
         work = Path(tmp)
+        if args.max_batch_rows is not None:
+            build_repository(args.models, work / "models", args.max_batch_rows, BASE_MODELS)
+            args.models = work / "models"
         with checked_out(args.baseline, work / "baseline-tree") as baseline, \
                 checked_out(args.candidate, work / "candidate-tree") as candidate:
             trees = {"baseline": baseline, "candidate": candidate}

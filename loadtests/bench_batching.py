@@ -169,10 +169,13 @@ def write_config(path: Path, repository: Path, http_port: int, slo_ms: float,
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
-def open_loop(port: int, model: str, trace: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+def open_loop(port: int, model: str, trace: str, rate: float, args: argparse.Namespace,
+              rows: int = 1) -> dict[str, Any]:
+    """One open-loop run; requests of more than one row carry binary tensors both ways, as tritonclient sends them."""
     cfg = LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="open", rate=rate, arrival=trace,  # type: ignore[arg-type]
                      connections=256, duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0,
-                     quiet=True, slo_ms=args.slo_ms, seed=args.seed)
+                     quiet=True, slo_ms=args.slo_ms, seed=args.seed, rows=rows,
+                     payload="binary" if rows > 1 else "json", binary_outputs=rows > 1)
     report = run_load_sync(cfg)
     refused = report.errors.get("http_429", 0)
     return {"ok_rps": report.throughput, "goodput": report.goodput or 0.0,

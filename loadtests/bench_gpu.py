@@ -229,18 +229,20 @@ def offline_peak(points: list[OfflinePoint]) -> OfflinePoint:
 # The gateway
 
 
-def build_repository(models: Path, target: Path, max_batch_rows: int) -> None:
-    """A copy of the heavy model whose manifest lets batches grow to ``max_batch_rows``."""
-    source = models / MODEL / "1"
-    if not (source / "model.onnx").is_file():
-        raise SystemExit(f"error: {source}/model.onnx not found; build the demo repository first "
-                         f"(`make models` or `mlgate models build-demo {models}`)")
-    copy = target / MODEL / "1"
+def build_repository(models: Path, target: Path, max_batch_rows: int, names: tuple[str, ...] = (MODEL,)) -> None:
+    """A copy of version 1 of the ``names``d demo models (the heavy one by default) whose manifests let batches, and
+    requests, grow to ``max_batch_rows``."""
     shutil.rmtree(target, ignore_errors=True)  # a --workdir kept from an earlier run
-    shutil.copytree(source, copy)
-    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
-    manifest["max_batch_rows"] = max_batch_rows
-    (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    for name in names:
+        source = models / name / "1"
+        if not (source / "model.onnx").is_file():
+            raise SystemExit(f"error: {source}/model.onnx not found; build the demo repository first "
+                             f"(`make models` or `mlgate models build-demo {models}`)")
+        copy = target / name / "1"
+        shutil.copytree(source, copy)
+        manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+        manifest["max_batch_rows"] = max_batch_rows
+        (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def write_config(path: Path, repository: Path, http_port: int, workers: int, device: str, slo_ms: float,

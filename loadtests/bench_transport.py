@@ -1,6 +1,6 @@
-"""How a batch travels from the gateway to a replica: shared memory, the direct channel (a Unix socket), by value
-(Serve's gRPC channel), by reference (Ray's object store), timed side by side through mlgate's own backend on a
-real local Ray.
+"""How a batch travels from the gateway to a replica: the direct channel (a Unix socket), shared memory (its layout
+over that channel or through Ray), by value (Serve's gRPC channel), by reference (Ray's object store), timed side by
+side through mlgate's own backend on a real local Ray.
 
 Usage::
 
@@ -9,9 +9,9 @@ Usage::
 The model is an Identity over 30 FP32 features, so the time is the transport's, not the model's (outputs
 are as large as inputs). Each figure is the median round trip of ``--calls`` calls after 5 untimed ones, with
 the gateway process's CPU per call beside it; the ways alternate per batch size. Version 1 of the model has
-the direct channel, version 2 (the same file) not, so that Ray's two ways can be timed. The thresholds
-``DIRECT_MAX_BYTES``, ``SHARED_MEMORY_BYTES`` and ``BY_REFERENCE_BYTES`` in serving/ray_backend.py are set from these
-figures.
+the direct channel, version 2 (the same file) not, so that the ways through Ray can be timed. The thresholds
+``SHARED_OVER_CHANNEL_BYTES``, ``SHARED_MEMORY_BYTES``, ``DIRECT_MAX_BYTES`` and ``BY_REFERENCE_BYTES`` in
+serving/ray_backend.py are set from these figures.
 """
 
 from __future__ import annotations
@@ -33,9 +33,13 @@ from serving.repository import scan_repository, sha256_file
 
 WIDTH = 30
 NEVER = 1 << 62
-WAYS = {"shared memory": ("1", 0, 1, NEVER), "direct channel": ("1", NEVER, NEVER, NEVER),
-        "by value": ("2", 0, NEVER, NEVER), "by reference": ("2", 0, NEVER, 1)}
-"""(version, DIRECT_MAX_BYTES, SHARED_MEMORY_BYTES, BY_REFERENCE_BYTES) that force each way."""
+WAYS = {"direct channel": ("1", NEVER, NEVER, NEVER, NEVER),
+        "shared memory, layout over the channel": ("1", 0, NEVER, NEVER, NEVER),
+        "shared memory, layout through Ray": ("2", NEVER, 0, NEVER, NEVER),
+        "by value": ("2", NEVER, NEVER, NEVER, NEVER),
+        "by reference": ("2", NEVER, NEVER, NEVER, 0)}
+"""(version, SHARED_OVER_CHANNEL_BYTES, SHARED_MEMORY_BYTES, DIRECT_MAX_BYTES, BY_REFERENCE_BYTES) that force each
+way; version 2 has no channel, so the first threshold and the fourth do not apply to it."""
 
 
 def identity_repository(root: Path, max_rows: int) -> Path:
@@ -65,10 +69,10 @@ async def time_ways(versions: dict[str, DeployedVersion], rows_list: list[int], 
     for rows in rows_list:
         batch = {"x": np.random.default_rng(rows).random((rows, WIDTH), dtype=np.float32)}
         cells = []
-        for version, direct, shared, by_reference in WAYS.values():
+        for version, *thresholds in WAYS.values():
             deployed = versions[version]
-            ray_backend.DIRECT_MAX_BYTES, ray_backend.SHARED_MEMORY_BYTES = direct, shared
-            ray_backend.BY_REFERENCE_BYTES = by_reference
+            (ray_backend.SHARED_OVER_CHANNEL_BYTES, ray_backend.SHARED_MEMORY_BYTES, ray_backend.DIRECT_MAX_BYTES,
+             ray_backend.BY_REFERENCE_BYTES) = thresholds
             for _ in range(5):
                 np.testing.assert_array_equal((await deployed.execute(batch))["y"], batch["x"])
             times = []

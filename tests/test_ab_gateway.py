@@ -20,7 +20,9 @@ def test_points_name_a_demo_model_a_positive_rate_and_an_arrival_process() -> No
 def test_options_refuse_what_cannot_run() -> None:
     args = parse_args(["--baseline", "HEAD~1", "--points", "breast-cancer:7000:poisson", "--neighbour", "30/100"])
     assert (args.candidate, args.rounds, args.neighbour) == (".", 2, (30.0, 100.0))
-    for bad in (["--rounds", "0"], ["--neighbour", "100/30"], ["--neighbour", "30"], ["--neighbour", "0/100"]):
+    assert (args.rows, args.max_batch_rows) == (1, None)
+    for bad in (["--rounds", "0"], ["--neighbour", "100/30"], ["--neighbour", "30"], ["--neighbour", "0/100"],
+                ["--rows", "0"], ["--rows", "4096", "--max-batch-rows", "1024"]):
         with pytest.raises(SystemExit):
             parse_args(["--baseline", "HEAD", "--points", "breast-cancer:7000:poisson", *bad])
 
