@@ -136,8 +136,13 @@ def update_counts(
     edges: npt.NDArray[np.float64],
     n_edges: npt.NDArray[np.int64],
     x: FloatArray,
+    weight: int = 1,
 ) -> None:
     """Add every value of ``x`` (rows, F), float32 or float64, any layout, into ``counts`` in place.
+
+    Each value counts ``weight`` times: a caller that counts a sample of rows, each drawn with
+    probability ``1/weight``, keeps the counts unbiased estimates of what every row would have
+    given (the Horvitz-Thompson estimator), so samples of batches of different sizes still add.
 
     One compiled call per batch whatever its size: the loops over rows and features run
     inside numba, which releases the GIL meanwhile. numba compiles one specialisation per
@@ -177,7 +182,7 @@ def update_counts(
         for f in range(n_feat):
             v = x[r, f]
             if np.isnan(v):
-                counts[f, nan_col] += 1
+                counts[f, nan_col] += weight
                 continue
             n = max(min(n_edges[f], k), 0)
             if linear:
@@ -198,7 +203,7 @@ def update_counts(
                         lo = mid + 1
                     else:
                         hi = mid
-            counts[f, lo] += 1
+            counts[f, lo] += weight
 
 
 def reference_counts(

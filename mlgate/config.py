@@ -168,7 +168,8 @@ class AuthConfig(_Strict):
 class MonitoringConfig(_Strict):
     drift: bool = Field(
         True, description="Count every version's inputs, predictions, outcomes and latencies inline (drift "
-        "histograms and the rollout controller's evidence). About a microsecond per batch per kernel call.")
+        "histograms and the rollout controller's evidence). About a microsecond per batch per kernel call; input "
+        "features are counted on a uniform sample of at most 1,024 rows per batch.")
     window_s: float = Field(
         60.0, gt=0, le=900, description="Window of the drift metrics and of 'mlgate drift' by default (seconds).")
     refresh_s: float = Field(5.0, gt=0, le=300, description="How often the drift metrics are recomputed.")

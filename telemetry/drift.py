@@ -189,7 +189,9 @@ class DriftView:
 
 
 def feature_histograms(shape: VersionShape, counts: np.ndarray, features: list[str]) -> list[dict[str, Any]]:
-    """Reference and live bin counts of ``features``, with their edges (what ``mlgate drift --plot`` draws)."""
+    """Reference and live bin counts of ``features``, with their edges (what ``mlgate drift --plot`` draws). Live
+    counts estimate every row's: large batches are sampled, each sampled row counting for the rows it stands for
+    (``telemetry.evidence.FEATURE_ROWS_PER_BATCH``)."""
     bins = shape.feature_bins
     if shape.reference is None or bins is None:
         return []

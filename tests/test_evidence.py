@@ -20,6 +20,7 @@ from telemetry.evidence import (
     AGREEING_ROWS,
     COMPARED_ROWS,
     ERRORS,
+    FEATURE_ROWS_PER_BATCH,
     LATENCY_EDGES,
     REQUESTS,
     ROWS,
@@ -27,6 +28,7 @@ from telemetry.evidence import (
     DriftMonitor,
     VersionMonitor,
     VersionShape,
+    sampled_rows,
 )
 from telemetry.evidence_store import EvidenceStore, evidence_path
 
@@ -103,6 +105,59 @@ def test_batch_counts_match_numpy(manifest: Manifest, monkeypatch: pytest.Monkey
     assert monitor.completed_slots(1001.9) == []  # published once only
 
 
+def test_large_batches_count_a_sample_of_their_rows_and_every_row_as_a_row(manifest: Manifest,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _at(monkeypatch, 2000.2)
+    monitor = VersionMonitor("breast-cancer", "1", VersionShape.of(manifest))
+    for rows in (4 * FEATURE_ROWS_PER_BATCH, 5000):
+        x = _training_like(manifest, rows, seed=rows)
+        monitor.batch({"features": x}, _outputs(x), rows, np.full(1, 0.002))
+    _at(monkeypatch, 2001.5)
+    [(_, counts)] = monitor.completed_slots(2001.5)
+    assert counts[ROWS] == 4 * FEATURE_ROWS_PER_BATCH + 5000
+    # every 4th row of the first batch counted 4 times, every 5th of the second 5 times: 1,024 x 4 + 1,000 x 5
+    assert set(monitor.layout.feature_counts(counts).sum(axis=1)) == {4 * FEATURE_ROWS_PER_BATCH + 5000}
+    assert monitor.layout.label_counts(counts).sum() == 4 * FEATURE_ROWS_PER_BATCH + 5000  # outputs: every row
+
+
+def test_samples_of_large_and_small_batches_add_up_to_the_traffic_they_stand_for(
+        manifest: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large batches of one kind of input, small ones of another, as many rows of each: a plain sample would
+    count the small batches' rows many times more often than the large ones'; weighted, both halves weigh alike."""
+    _at(monkeypatch, 3000.2)
+    monitor = VersionMonitor("breast-cancer", "1", VersionShape.of(manifest))
+    x = _training_like(manifest, 8 * FEATURE_ROWS_PER_BATCH, seed=4)
+    profile = manifest.reference_profile
+    assert profile is not None
+    low, high = x.copy(), x.copy()
+    low[:, 0] = profile.features[0].bin_edges[0] - 1.0  # underflow
+    high[:, 0] = profile.features[0].bin_edges[-1] + 1.0  # overflow
+    monitor.batch({"features": high}, _outputs(high), len(high), np.full(1, 0.002))  # one batch, 1 row in 8 counted
+    for part in np.split(low, 64):  # 64 batches of 128 rows, every row counted
+        monitor.batch({"features": part}, _outputs(part), len(part), np.full(1, 0.002))
+    _at(monkeypatch, 3001.5)
+    [(_, counts)] = monitor.completed_slots(3001.5)
+    feature0 = monitor.layout.feature_counts(counts)[0]
+    n_edges = len(profile.features[0].bin_edges)
+    assert feature0[0] == feature0[n_edges] == 8 * FEATURE_ROWS_PER_BATCH  # underflow and overflow alike
+
+
+def test_the_row_sample_is_unbiased_whatever_the_order_of_the_rows() -> None:
+    """Rows of two kinds interleaved: every other row is a 1. A sample of every 2nd row from a fixed start would be
+    all 0s or all 1s every time; from a random start each batch's sample is one kind or the other, evenly."""
+    interleaved = (np.arange(2 * FEATURE_ROWS_PER_BATCH) % 2).reshape(-1, 1)
+    samples = [sampled_rows(interleaved) for _ in range(400)]
+    assert all(len(sample) == FEATURE_ROWS_PER_BATCH and np.ptp(sample) == 0 and step == 2
+               for sample, step in samples)
+    assert 0.35 < np.mean([sample[0, 0] for sample, _ in samples]) < 0.65
+    small = interleaved[:FEATURE_ROWS_PER_BATCH]
+    whole, step = sampled_rows(small)
+    assert whole is small and step == 1  # up to the limit, every row
+    odd = np.arange(1000).reshape(-1, 1)
+    assert {len(sampled_rows(odd, limit=300)[0]) for _ in range(50)} == {250}  # step 4: 1,000 / 4 from any start
+    assert {int(sampled_rows(odd, limit=300)[0][0, 0]) for _ in range(200)} == {0, 1, 2, 3}
+
+
 def test_evidence_from_two_processes_adds_up(manifest: Manifest, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     store = EvidenceStore(evidence_path(tmp_path / "state.db"))
@@ -160,7 +215,8 @@ def test_report_flags_exactly_the_shifted_features(manifest: Manifest, tmp_path:
     assert moved.prediction_divergence is not None and moved.prediction_divergence > 0.3
     [histogram] = moved.histograms
     assert histogram["feature"] == moved.features[0].name
-    assert sum(histogram["live"]) == 3000 and histogram["live"][-1] == 3000  # all in overflow
+    # all in overflow: a sample of every 3rd row of the 3,000 (FEATURE_ROWS_PER_BATCH), each counted 3 times
+    assert sum(histogram["live"]) == 3000 and histogram["live"][-1] == 3000
     same, again = DriftView(drift, store).reports("m", ["1", "2"], "2", 10.0, now)
     assert again.prediction_divergence is None and same.prediction_divergence == moved.prediction_divergence
     store.close()
@@ -185,7 +241,8 @@ def test_report_without_traffic_has_no_numbers(manifest: Manifest) -> None:
 
 def test_warm_up_leaves_nothing_to_compile_on_the_request_path(demo_repository: Path) -> None:
     """In a fresh process (nothing compiled yet): after ``DriftMonitor.add``, real batches, contiguous or
-    strided, need no new kernel specialisation, so no compile lands on a request's batch."""
+    strided, writable or read-only (binary tensors), small or sampled, need no new kernel specialisation, so no
+    compile lands on a request's batch."""
     script = f"""
 import numpy as np
 from kernels.histograms import label_counts, update_counts
@@ -199,6 +256,14 @@ p = np.full((40, 2), 0.5, dtype=np.float32)
 labels = np.zeros(40, dtype=np.int64)
 monitor.batch({{"features": x[:, :30].copy()}}, {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
 monitor.batch({{"features": x[:, ::2]}}, {{"probabilities": p[:, :2], "label": labels}}, 40, np.full(4, 0.002))
+big = np.repeat(x[:, :30], 100, axis=0)  # 4,000 rows: its histograms count a strided sample of them
+monitor.batch({{"features": big}}, {{"probabilities": np.repeat(p, 100, axis=0), "label": np.repeat(labels, 100)}},
+              4000, np.full(4, 0.002))
+decoded = np.frombuffer(big.tobytes(), np.float32).reshape(big.shape)  # binary tensors: read-only arrays
+assert not decoded.flags.writeable
+monitor.batch({{"features": decoded}}, {{"probabilities": np.repeat(p, 100, axis=0), "label": np.repeat(labels, 100)}},
+              4000, np.full(4, 0.002))
+monitor.batch({{"features": decoded[:40]}}, {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
 assert compiled[0] > 0, compiled
 assert (len(update_counts.signatures), len(label_counts.signatures)) == compiled, compiled
 """

@@ -215,6 +215,20 @@ def test_read_only_input_and_float_counts() -> None:
     np.testing.assert_array_equal(weights, counts.astype(np.float64))
 
 
+def test_a_weight_counts_each_value_that_many_times_nans_included() -> None:
+    """What a sample of every ``step``-th row relies on: each sampled value stands for ``step`` rows."""
+    rng = np.random.default_rng(5)
+    edge_lists = random_edges(rng, 6, float32_exact=True)
+    edges, n_edges = pack_edges(edge_lists)
+    values = tricky_values(rng, edge_lists, 80, np.float32)
+    assert np.isnan(values).any()
+    once, weighted = new_counts(edges), new_counts(edges)
+    update_counts(once, edges, n_edges, values)
+    update_counts(weighted, edges, n_edges, values[::3], 3)
+    np.testing.assert_array_equal(weighted, 3 * numpy_counts(edge_lists, values[::3]))
+    np.testing.assert_array_equal(once, numpy_counts(edge_lists, values))
+
+
 def test_reference_counts_round_trip() -> None:
     rng = np.random.default_rng(3)
     edge_lists = random_edges(rng, 8, float32_exact=False)
