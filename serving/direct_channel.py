@@ -35,6 +35,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import math
 import os
 import socket
 import struct
@@ -116,7 +117,7 @@ def decode_arrays(header: dict[str, Any], payload: bytes | bytearray) -> Arrays:
     """The arrays a frame's header describes, as views over its payload (no copy)."""
     arrays = {}
     for name, dtype, shape, offset in header["arrays"]:
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # (np.prod costs 3.5 µs a call, more than the rest of a small frame's decoding)
         arrays[name] = np.frombuffer(payload, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
     return arrays
 

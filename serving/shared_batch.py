@@ -21,6 +21,7 @@ removed by the next gateway on that node (``remove_orphans``).
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -72,7 +73,7 @@ class Slot:
 
     @property
     def nbytes(self) -> int:
-        return int(np.dtype(self.dtype).itemsize * np.prod(self.shape, dtype=np.int64))
+        return np.dtype(self.dtype).itemsize * math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class SegmentPool:
 
 
 def _view(buffer: mmap.mmap, slot: Slot) -> np.ndarray:
-    count_ = int(np.prod(slot.shape, dtype=np.int64))
+    count_ = math.prod(slot.shape)  # not np.prod: 3.5 µs a call, a few per batch (py-spy: 3% of a busy gateway)
     return np.frombuffer(buffer, dtype=slot.dtype, count=count_, offset=slot.offset).reshape(slot.shape)
 
 
