@@ -65,6 +65,7 @@ from telemetry.metrics import (
     record_routing,
     refresh_sampled,
     track_loop_load,
+    transport_counter,
 )
 from telemetry.tracing import build_tracing
 
@@ -351,7 +352,8 @@ class Gateway:
         served = self.registry.get(entry.model, entry.version)
         timeout = self.config.deployment_for(entry.model).startup_timeout_s
         try:
-            return await self.backend.wait_ready(entry.model, entry.version, timeout, owner)
+            return await self.backend.wait_ready(entry.model, entry.version, timeout, owner,
+                                                 took=transport_counter(entry.model, entry.version))
         except Exception as exc:
             served.mark_unavailable(str(exc))
             log.error("%s is unavailable: %s", served.label, exc, extra=_model_event(served, "model_unavailable"))

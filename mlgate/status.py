@@ -31,6 +31,8 @@ class DeploymentStatus:
     queued_rows: int = 0
     admission_limit_rows: float | None = None
     rejections: dict[str, int] = field(default_factory=dict)
+    transports: dict[str, int] = field(default_factory=dict)
+    """Batches by the way they reached a replica (``mlgate_batch_transport_total``)."""
     model_fixed_ms: float = 0.0
     model_per_row_us: float = 0.0
     champion: bool = False
@@ -114,6 +116,8 @@ def _fold(status: DeploymentStatus, name: str, labels: dict[str, str], value: fl
         status.admission_limit_rows = value
     elif name == "mlgate_batcher_rejections_total":
         status.rejections[labels["reason"]] = int(value)
+    elif name == "mlgate_batch_transport_total":
+        status.transports[labels["transport"]] = int(value)
     elif name == "mlgate_latency_model_fixed_seconds":
         status.model_fixed_ms = value * 1e3
     elif name == "mlgate_latency_model_per_row_seconds":
@@ -150,7 +154,7 @@ def render_table(statuses: list[DeploymentStatus]) -> str:
         "LATENCY x")]
     batching: list[tuple[str, ...]] = [(
         "MODEL", "VERSION", "BATCHES", "ROWS/BATCH", "EXEC ms", "QUEUE ms", "QUEUED", "LIMIT", "REFUSED (reason=n)",
-        "MODEL a ms + b µs/row")]
+        "MODEL a ms + b µs/row", "TRANSPORT (way=n)")]
     for s in statuses:
         tally = s.shadow
         shadow = s.role == "shadow" or tally.rows > 0
@@ -158,12 +162,17 @@ def render_table(statuses: list[DeploymentStatus]) -> str:
                         "-" if s.rows_per_s is None else f"{s.rows_per_s:.1f}", str(s.fallbacks),
                         f"{s.shadow_ratio:.0%}" if shadow else "-", _maybe(tally.agreement, "{:.1%}"),
                         _maybe(tally.mean_abs_diff, "{:.3f}"), _maybe(tally.latency_ratio, "{:.2f}")))
-        refused = ", ".join(f"{k}={v}" for k, v in sorted(s.rejections.items()) if v) or "-"
+        refused = _counts(s.rejections)
         limit = f"{s.admission_limit_rows:.0f}" if s.admission_limit_rows is not None else "-"
         batching.append((s.model, s.version, str(s.batches), f"{s.mean_rows:.1f}",
                          f"{s.mean_execution_ms:.2f}", f"{s.mean_queue_wait_ms:.2f}", str(s.queued_rows), limit,
-                         refused, f"{s.model_fixed_ms:.2f} + {s.model_per_row_us:.1f}"))
+                         refused, f"{s.model_fixed_ms:.2f} + {s.model_per_row_us:.1f}", _counts(s.transports)))
     return f"{_table(traffic)}\n\n{_table(batching)}"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``key=n`` for every non-zero count, by key; ``-`` if none."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v) or "-"
 
 
 def _maybe(value: float | None, fmt: str) -> str:

@@ -56,6 +56,7 @@ from serving.device import Device, gpus_per_replica
 from serving.direct_channel import ChannelDown, DirectReplicas, channel_directory
 from serving.repository import RepositoryEntry
 from serving.shared_batch import Arrays, RowSpec
+from serving.transports import Transport
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +146,14 @@ class RayServeBackend:
         if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
 
-    async def wait_ready(self, model: str, version: str, timeout_s: float, owner: bool = True) -> DeployedVersion:
+    async def wait_ready(self, model: str, version: str, timeout_s: float, owner: bool = True,
+                         took: Callable[[Transport], None] = lambda _: None) -> DeployedVersion:
         """Wait for one version's application; RuntimeError with Serve's own message if it fails or times out.
 
         Only its ``owner`` (the process that deployed it) deletes a failed application: a gateway worker
-        that merely uses it must not take it away from the others."""
+        that merely uses it must not take it away from the others. ``took`` is told the way each batch
+        ``execute`` carries goes (a metric: a batch through Ray where the channel could carry it costs the
+        gateway about ten times the CPU)."""
         name = app_name(model, version)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -196,10 +200,14 @@ class RayServeBackend:
                     return answer
             if channel is not None and nbytes < DIRECT_MAX_BYTES:
                 try:
-                    return await channel.call(inputs)
+                    outputs = await channel.call(inputs)
+                    took("direct")
+                    return outputs
                 except ChannelDown as exc:  # the replica died or was replaced: Serve knows where to go
                     log.warning("direct channel to %s failed (%s); sending the batch through Ray", name, exc)
-            result: Arrays = await (infer_by_reference if sends_by_reference(nbytes) else infer).remote(inputs)
+            by_reference = sends_by_reference(nbytes)
+            result: Arrays = await (infer_by_reference if by_reference else infer).remote(inputs)
+            took("by_reference" if by_reference else "by_value")
             return result
 
         async def through_shared_memory(pool: shared_batch.SegmentPool, inputs: Arrays,
@@ -210,7 +218,10 @@ class RayServeBackend:
                 with pool.batch(inputs) as batch:
                     answer: Arrays | None = await (
                         infer_shared.remote(batch.layout) if channel is None else channel.call_shared(batch.layout))
-                    return None if answer is None else answer or batch.read_outputs()
+                    if answer is None:
+                        return None
+                    took("shared_ray" if channel is None else "shared_direct")
+                    return answer or batch.read_outputs()
             except shared_batch.NoSharedMemory as exc:  # /dev/shm full or gone: this batch goes through Ray
                 nbytes = sum(array.nbytes for array in inputs.values())
                 log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)

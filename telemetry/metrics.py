@@ -29,6 +29,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from serving.transports import TRANSPORTS, Transport
 from telemetry.drift import PSI_ACT, PSI_WARN, DriftReport
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: twice the series for a timestamp nobody graphs
@@ -53,6 +54,13 @@ REJECTIONS = Counter("mlgate_batcher_rejections_total",
                      "Requests refused by the batcher: objective (429: at the admission limit for the latency "
                      "objective), deadline (429: cannot finish within its own timeout), queue_full (429), "
                      "expired (504: own deadline passed).", (*_labels, "reason"), registry=REGISTRY)
+BATCH_TRANSPORT = Counter("mlgate_batch_transport_total",
+                          "Batches executed, by the way they reached the replica: direct (a Unix socket to a replica "
+                          "on the gateway's node), shared_direct (shared memory, its layout over that socket), "
+                          "shared_ray (shared memory, its layout through Ray), by_value (a Ray Serve call), "
+                          "by_reference (Ray's object store). Batches through Ray for a version whose replicas share "
+                          "the gateway's node mean its direct channel failed or is off: each costs the gateway about "
+                          "ten times the CPU.", (*_labels, "transport"), registry=REGISTRY)
 QUEUED_ROWS = Gauge("mlgate_queued_rows", "Rows waiting in the batcher.", _labels, multiprocess_mode="livesum",
                     registry=REGISTRY)
 ADMISSION_LIMIT = Gauge("mlgate_admission_limit_rows",
@@ -122,6 +130,14 @@ class BatchMetrics:
     def track_admission_limit(self, read_rows: Callable[[], float]) -> None:
         """Only deployments with a latency objective have an admission limit."""
         sample(ADMISSION_LIMIT.labels(**self.labels), read_rows)
+
+
+def transport_counter(model: str, version: str) -> Callable[[Transport], None]:
+    """What counts one version's batches by transport (``RayServeBackend.wait_ready``'s ``took``); every
+    transport's series exists from the start, at 0, so that a rate over it is 0 rather than absent."""
+    children = {transport: BATCH_TRANSPORT.labels(model=model, version=version, transport=transport)
+                for transport in TRANSPORTS}
+    return lambda transport: children[transport].inc()
 
 
 def record_device(model: str, version: str, device: str) -> None:

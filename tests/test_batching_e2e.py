@@ -181,9 +181,12 @@ def test_status_command_shows_what_the_metrics_say(gateway: RunningGateway, as_j
         assert row["state"] == "READY"
         assert row["batches"] == metrics["mlgate_batch_rows_count"] > 0
         assert row["rows"] == metrics["mlgate_batch_rows_sum"]
+        # every executed batch went one way, here over the direct channel to the replica on this node
+        assert row["transports"]["direct"] == row["batches"] == sum(row["transports"].values())
     else:
         traffic, batching = output.split("\n\n")
         assert next(ln for ln in traffic.splitlines() if ln.split()[:2] == [MODEL, "1"]).split()[3] == "champion"
         line = next(ln for ln in batching.splitlines() if ln.split()[:2] == [MODEL, VERSION])
         assert int(line.split()[2]) == metrics["mlgate_batch_rows_count"]
+        assert line.split()[-1] == f"direct={int(metrics['mlgate_batch_rows_count'])}"
         assert "UNAVAILABLE" in traffic  # the tampered version is listed with its state

@@ -107,9 +107,11 @@ def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path
         batch = np.random.default_rng(1).random((2, WIDTH), dtype=np.float32)  # 12 MB each way
         assert batch.nbytes >= ray_backend.SHARED_MEMORY_BYTES and sends_by_reference(batch.nbytes)
 
+        took: list[str] = []
+
         async def roundtrips() -> tuple[dict[str, np.ndarray], list[str], str]:
             try:
-                deployed = await backend.wait_ready("echo", "1", timeout_s=120)
+                deployed = await backend.wait_ready("echo", "1", timeout_s=120, took=took.append)
                 echoed = {"shared memory": (await deployed.execute({"x": batch}))["y"]}
                 segments = _segments()  # the pool keeps its segment for the next batch
                 echoed["shared memory, reused"] = (await deployed.execute({"x": batch[::-1].copy()}))["y"][::-1]
@@ -140,6 +142,7 @@ def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path
         echoed, segments, device = asyncio.run(roundtrips())
         for way, outputs in echoed.items():
             np.testing.assert_array_equal(outputs, batch, err_msg=way)
+        assert took == ["shared_direct", "shared_direct", "direct", "shared_ray", "by_reference", "by_value"]
         assert len(segments) == 1
         assert _segments() == []  # stopping unlinks them
         assert device == "cpu"

@@ -228,6 +228,10 @@ def test_prometheus_sees_the_whole_gateway(gateway: RunningGateway) -> None:
         assert set(by_protocol) == {"http", "grpc"}
         assert prometheus.query('sum(mlgate_fallbacks_total{to="champion"}) > 0')
         assert prometheus.query('sum(mlgate_batcher_rejections_total{reason="deadline"}) > 0')
+        # batches went to the co-located replicas over the direct channel, none through Ray after a failure
+        transports = {r["metric"]["transport"]: float(r["value"][1])
+                      for r in prometheus.query("sum by (transport) (mlgate_batch_transport_total)")}
+        assert transports["direct"] > 0 and transports["by_value"] == transports["by_reference"] == 0, transports
         psi = {r["metric"]["feature"]: float(r["value"][1]) for r in prometheus.query(
             f'max by (feature) (mlgate_drift_feature_psi{{model="{MODEL}",version="1"}})')}
         assert {name for name, value in psi.items() if value > 0.25} == SHIFTED_NAMES, psi
