@@ -72,6 +72,7 @@ from loadtests.procs import free_port, http_request, running, wait_ready
 from serving.deployment import io_binding_runner
 from serving.device import CPU, CUDA
 from serving.shared_batch import Arrays
+from serving.transports import TRANSPORTS
 
 MODEL = "breast-cancer-wide"
 PACED = "run, 5 ms apart"
@@ -105,6 +106,8 @@ class LoadPoint:
     """Mean time from sending a batch to the replica to having its outputs (the gateway's histogram)."""
     queue_wait_ms: float
     client_cpu_pct: float
+    transports: str
+    """The ways the point's batches reached the replica, as shares (``mlgate_batch_transport_total``)."""
 
     @property
     def kept_up(self) -> bool:
@@ -295,6 +298,19 @@ def histogram_means(port: int) -> dict[str, tuple[float, float]]:
             for name in ("mlgate_batch_execution_seconds", "mlgate_queue_wait_seconds")}
 
 
+def transport_counts(port: int) -> dict[str, float]:
+    """Batches of the model so far, by the way they reached the replica."""
+    samples = scrape(port)
+    return {t: metric_sum(samples, "mlgate_batch_transport_total", model=MODEL, transport=t) for t in TRANSPORTS}
+
+
+def transport_shares(before: dict[str, float], after: dict[str, float]) -> str:
+    """``way share`` for each way some batches took between two readings, e.g. ``shared_direct 100%``."""
+    took = {t: after[t] - before[t] for t in after}
+    total = sum(took.values())
+    return ", ".join(f"{t} {n / total:.0%}" for t, n in took.items() if n) if total else "-"
+
+
 def _mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float:
     count = after[1] - before[1]
     return 1e3 * (after[0] - before[0]) / count if count else float("nan")
@@ -304,9 +320,9 @@ def drive(pool: ProcessPoolExecutor, parts: int, base: LoadConfig, port: int, wo
     """One load level split evenly over ``parts`` generator processes; latencies merged before percentiles."""
     configs = [replace(base, rate=base.rate / parts, connections=max(1, base.connections // parts), seed=base.seed + i)
                for i in range(parts)]
-    before, hist_before = batch_totals(port, MODEL), histogram_means(port)
+    before, hist_before, ways_before = batch_totals(port, MODEL), histogram_means(port), transport_counts(port)
     results = list(pool.map(run_load_sync_keeping_latencies, configs))
-    after, hist_after = batch_totals(port, MODEL), histogram_means(port)
+    after, hist_after, ways_after = batch_totals(port, MODEL), histogram_means(port), transport_counts(port)
     settle(port, mlgate=True)
     reports = [r for r, _ in results]
     latencies = np.concatenate([lat for _, lat in results])
@@ -326,7 +342,8 @@ def drive(pool: ProcessPoolExecutor, parts: int, base: LoadConfig, port: int, wo
         rows_per_batch=(after[1] - before[1]) / batches if batches else float("nan"),
         round_trip_ms=_mean_ms(*(h["mlgate_batch_execution_seconds"] for h in (hist_before, hist_after))),
         queue_wait_ms=_mean_ms(*(h["mlgate_queue_wait_seconds"] for h in (hist_before, hist_after))),
-        client_cpu_pct=float(np.mean([r.client_cpu_percent for r in reports])))
+        client_cpu_pct=float(np.mean([r.client_cpu_percent for r in reports])),
+        transports=transport_shares(ways_before, ways_after))
 
 
 def ramp(pool: ProcessPoolExecutor, parts: int, port: int, workers: int, rows: int, peak_rows_per_s: float,
@@ -351,7 +368,8 @@ def _show(p: LoadPoint) -> None:
     print(f"  workers {p.workers} rows {p.rows_per_request:5d} offered {p.offered_rps:8.0f}/s ok {p.ok_rps:8.0f}/s "
           f"good {p.goodput_rows_per_s:12,.0f} rows/s p50 {p.p50_ms:7.2f} p99 {p.p99_ms:7.2f} refused {p.refused} "
           f"failed {p.failed} rows/batch {p.rows_per_batch:8.1f} round trip {p.round_trip_ms:6.2f} ms queue "
-          f"{p.queue_wait_ms:6.2f} ms client cpu {p.client_cpu_pct:3.0f}%", file=sys.stderr, flush=True)
+          f"{p.queue_wait_ms:6.2f} ms client cpu {p.client_cpu_pct:3.0f}% ({p.transports})", file=sys.stderr,
+          flush=True)
 
 
 def run_gateway(args: argparse.Namespace, work: Path, workers: int, device: str, peak: OfflinePoint,
@@ -423,14 +441,14 @@ def render(args: argparse.Namespace, argv: list[str], device: str, offline: list
     for workers, said in checks.items():
         lines += [f"## Gateway, {workers} worker process(es)", "", *[f"- {line}" for line in said], "",
                   "| rows/request | offered req/s | ok req/s | goodput rows/s | p50 ms | p99 ms | refused "
-                  "| failed | rows/batch | round trip ms | queue wait ms | client CPU |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| failed | rows/batch | round trip ms | queue wait ms | client CPU | batches went |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         mine = [p for p in points if p.workers == workers]
         for p in mine:
             lines.append(f"| {p.rows_per_request} | {p.offered_rps:,.0f} | {p.ok_rps:,.0f} "
                          f"| {p.goodput_rows_per_s:,.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.refused} "
                          f"| {p.failed} | {p.rows_per_batch:.1f} | {p.round_trip_ms:.2f} | {p.queue_wait_ms:.2f} "
-                         f"| {p.client_cpu_pct:.0f}% |")
+                         f"| {p.client_cpu_pct:.0f}% | {p.transports} |")
         lines.append("")
         for rows in args.rows:
             best = at_slo([p for p in mine if p.rows_per_request == rows], args.slo_ms)
