@@ -423,7 +423,7 @@ def create_gateway(config: MlgateConfig) -> Gateway:
         raise StartupError(f"cannot open the state file {config.state.path} or its evidence file: {exc}") from None
     live = open_routing(config, registry, store)
     auth_state = AuthState(store, configured_tokens(config))
-    monitor = DriftMonitor()
+    monitor = DriftMonitor(config.monitoring.feature_rows_per_batch)
 
     def compared(shadow: ServedVersion, result: Comparison) -> None:
         version_monitor = monitor.get(shadow.model, shadow.version)

@@ -53,7 +53,8 @@ MAX_PROBABILITY_CLASSES = 64
 LATENCY_COLUMNS = len(LATENCY_EDGES) + 2  # underflow, bins, overflow, NaN (never: latencies are finite)
 
 FEATURE_ROWS_PER_BATCH = 1024
-"""Most rows of one batch that the input-feature histograms count. Counting every row costs a few ns per value:
+"""Most rows of one batch that the input-feature histograms count, by default (``monitoring.feature_rows_per_batch``;
+the config states the same number, a test holds them equal). Counting every row costs a few ns per value:
 with requests of 4,096 rows of 30 features at 709 a second (2.9M rows/s) it was a third of the gateway's CPU
 (py-spy, 2-core box; loadtests/README.md, "Drift histograms on a sample of rows"). Drift is a comparison of
 proportions, which a uniform sample of a thousand rows per batch estimates well; each sampled row is counted
@@ -216,12 +217,13 @@ class _SlotViews(NamedTuple):
 
 
 def sampled_rows(x: np.ndarray, limit: int = FEATURE_ROWS_PER_BATCH) -> tuple[np.ndarray, int]:
-    """(sample, step): ``x`` itself and 1 up to ``limit`` rows; beyond, every ``step``-th row from a random start
-    below ``step`` (a view, no copy), ``step`` the smallest that leaves at most ``limit``. Every row is in the
-    sample with the same probability, ``1/step``, so counting each sampled row ``step`` times is unbiased, whatever
-    the order of the rows (a fixed start would see only the even rows of a batch of two interleaved kinds)."""
+    """(sample, step): ``x`` itself and 1 up to ``limit`` rows, or when ``limit`` is 0; beyond, every ``step``-th
+    row from a random start below ``step`` (a view, no copy), ``step`` the smallest that leaves at most ``limit``.
+    Every row is in the sample with the same probability, ``1/step``, so counting each sampled row ``step`` times is
+    unbiased, whatever the order of the rows (a fixed start would see only the even rows of a batch of two
+    interleaved kinds)."""
     rows = x.shape[0]
-    if rows <= limit:
+    if rows <= limit or limit == 0:
         return x, 1
     step = -(-rows // limit)
     return x[random.randrange(step)::step], step
@@ -245,6 +247,8 @@ class VersionMonitor:
     model: str
     version: str
     shape: VersionShape
+    feature_rows_per_batch: int = FEATURE_ROWS_PER_BATCH
+    """At most this many rows of a batch go into the input-feature histograms (0: every row)."""
     ring: WindowRing = field(init=False)
     published_slot: int = field(init=False)
     _views: list[_SlotViews] = field(init=False)
@@ -289,7 +293,7 @@ class VersionMonitor:
         if layout.input_name is not None and (features := shape.feature_bins) is not None:
             x = inputs.get(layout.input_name)
             if x is not None and x.ndim == 2 and x.shape[1] == len(layout.features):
-                sample, step = sampled_rows(x)
+                sample, step = sampled_rows(x, self.feature_rows_per_batch)
                 floats = _floats(sample)
                 if floats is not None:
                     update_counts(views.features, features.edges, features.n_edges, floats, step)
@@ -329,11 +333,12 @@ class VersionMonitor:
 class DriftMonitor:
     """Every version's monitor in this process; the thin object the gateway calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, feature_rows_per_batch: int = FEATURE_ROWS_PER_BATCH) -> None:
         self._versions: dict[tuple[str, str], VersionMonitor] = {}
+        self._feature_rows_per_batch = feature_rows_per_batch
 
     def add(self, model: str, version: str, manifest: Manifest) -> VersionMonitor:
-        monitor = VersionMonitor(model, version, VersionShape.of(manifest))
+        monitor = VersionMonitor(model, version, VersionShape.of(manifest), self._feature_rows_per_batch)
         monitor.warm_up(manifest)
         self._versions[(model, version)] = monitor
         return monitor

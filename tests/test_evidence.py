@@ -120,6 +120,25 @@ def test_large_batches_count_a_sample_of_their_rows_and_every_row_as_a_row(manif
     assert monitor.layout.label_counts(counts).sum() == 4 * FEATURE_ROWS_PER_BATCH + 5000  # outputs: every row
 
 
+def test_the_row_limit_is_the_configs_default_and_zero_counts_every_row(manifest: Manifest,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlgate.config import MonitoringConfig
+
+    assert MonitoringConfig().feature_rows_per_batch == FEATURE_ROWS_PER_BATCH
+    _at(monkeypatch, 4000.2)
+    drift = DriftMonitor(feature_rows_per_batch=0)
+    monitor = drift.add("m", "1", manifest)
+    x = _training_like(manifest, 3 * FEATURE_ROWS_PER_BATCH + 1, seed=5)
+    monitor.batch({"features": x}, _outputs(x), len(x), np.full(1, 0.002))
+    _at(monkeypatch, 4001.5)
+    [(_, counts)] = monitor.completed_slots(4001.5)
+    profile = manifest.reference_profile
+    assert profile is not None
+    edges = np.asarray(profile.features[7].bin_edges)
+    expected = np.bincount(np.searchsorted(edges, x[:, 7].astype(np.float64), side="right"), minlength=len(edges) + 1)
+    assert np.array_equal(monitor.layout.feature_counts(counts)[7, :len(edges) + 1], expected)  # exactly, every row
+
+
 def test_samples_of_large_and_small_batches_add_up_to_the_traffic_they_stand_for(
         manifest: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large batches of one kind of input, small ones of another, as many rows of each: a plain sample would
