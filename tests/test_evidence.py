@@ -109,15 +109,18 @@ def test_large_batches_count_a_sample_of_their_rows_and_every_row_as_a_row(manif
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     _at(monkeypatch, 2000.2)
     monitor = VersionMonitor("breast-cancer", "1", VersionShape.of(manifest))
-    for rows in (4 * FEATURE_ROWS_PER_BATCH, 5000):
+    for second, (rows, step) in enumerate(((4 * FEATURE_ROWS_PER_BATCH, 4), (5000, 5))):
+        _at(monkeypatch, 2000.2 + 10 * second)
         x = _training_like(manifest, rows, seed=rows)
         monitor.batch({"features": x}, _outputs(x), rows, np.full(1, 0.002))
-    _at(monkeypatch, 2001.5)
-    [(_, counts)] = monitor.completed_slots(2001.5)
-    assert counts[ROWS] == 4 * FEATURE_ROWS_PER_BATCH + 5000
-    # every 4th row of the first batch counted 4 times, every 5th of the second 5 times: 1,024 x 4 + 1,000 x 5
-    assert set(monitor.layout.feature_counts(counts).sum(axis=1)) == {4 * FEATURE_ROWS_PER_BATCH + 5000}
-    assert monitor.layout.label_counts(counts).sum() == 4 * FEATURE_ROWS_PER_BATCH + 5000  # outputs: every row
+        _at(monkeypatch, 2001.5 + 10 * second)
+        [(_, counts)] = monitor.completed_slots(2001.5 + 10 * second)
+        features = monitor.layout.feature_counts(counts)
+        assert counts[ROWS] == rows and monitor.layout.label_counts(counts).sum() == rows  # rows, outputs: every row
+        # a sample of every step-th row, each counted step times: every bin a multiple of step (counting every row
+        # would leave most of the 30 features' bins at other counts), adding up to the rows seen
+        assert not np.any(features % step), step
+        assert set(features.sum(axis=1)) == {rows}
 
 
 def test_the_row_limit_is_the_configs_default_and_zero_counts_every_row(manifest: Manifest,
