@@ -195,7 +195,7 @@ class RayServeBackend:
             nbytes = sum(array.nbytes for array in inputs.values())
             channel = direct if direct is not None and direct.usable() else None
             if pool is not None and nbytes >= (SHARED_MEMORY_BYTES if channel is None else SHARED_OVER_CHANNEL_BYTES):
-                answer = await through_shared_memory(pool, inputs, channel)
+                answer = await through_shared_memory(pool, inputs, nbytes, channel)
                 if answer is not None:
                     return answer
             if channel is not None and nbytes < DIRECT_MAX_BYTES:
@@ -210,7 +210,7 @@ class RayServeBackend:
             took("by_reference" if by_reference else "by_value")
             return result
 
-        async def through_shared_memory(pool: shared_batch.SegmentPool, inputs: Arrays,
+        async def through_shared_memory(pool: shared_batch.SegmentPool, inputs: Arrays, nbytes: int,
                                         channel: DirectReplicas | None) -> Arrays | None:
             """The outputs of a batch written into one of ``pool``'s segments, its layout sent over ``channel``
             (else through Ray); None if no segment could carry it or the replica could not see it."""
@@ -223,11 +223,10 @@ class RayServeBackend:
                     took("shared_ray" if channel is None else "shared_direct")
                     return answer or batch.read_outputs()
             except shared_batch.NoSharedMemory as exc:  # /dev/shm full or gone: this batch goes through Ray
-                nbytes = sum(array.nbytes for array in inputs.values())
                 log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)
             except ChannelDown as exc:  # its segment is dropped with the call (a replica may still write it)
                 log.warning("direct channel to %s failed (%s); sending the layout through Ray", name, exc)
-                return await through_shared_memory(pool, inputs, None)
+                return await through_shared_memory(pool, inputs, nbytes, None)
             return None
 
         async def warm_up(inputs: Arrays) -> Arrays:
