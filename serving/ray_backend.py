@@ -268,10 +268,13 @@ runs) streaming took 0.19-0.24 ms at 120 KiB (shared memory 0.25-0.26), 0.25-0.2
 at 240 KiB (0.28-0.32), 0.62-0.72 at 480 KiB (0.39-0.47), 4.6-5.0 ms at 1.9 MiB (0.9-1.0) and 19-23 ms at 7.5 MiB
 (2.7-2.9): pushing the bytes through the event loop costs more, the more there are."""
 
-DIRECT_MAX_BYTES = 1 << 20
+DIRECT_MAX_BYTES = 3 << 20
 """Batches whose inputs are smaller stream over a usable direct channel when shared memory cannot carry them (no
-/dev/shm, or outputs without one row per input row); larger ones go through Ray: from 1.9 MiB streaming cost more
-than the object store's call (5.5 and 33 ms against 3.5 and 6.7 at 1.9 and 7.5 MiB)."""
+/dev/shm, or outputs without one row per input row); larger ones go through Ray's object store. On the 2-core box
+(``python -m loadtests.bench_transport --rows 16384,24576,32768,49152,65536``) streaming took 4.6 ms at 1.9 MiB and
+6.9 ms at 2.8 MiB against 8.3 and 7.9 by reference; at 3.8 MiB both took 7.5-7.6 ms but streaming cost the gateway
+7.2 ms of CPU against 4.8; at 5.6 and 7.5 MiB it took 13.7-14.2 ms against 7.7-8.2. (It was 1 MiB, set when the
+alternative was shared memory through Ray, which has its own threshold now.)"""
 
 SHARED_MEMORY_BYTES = 256 << 10
 """Without a usable channel, batches whose inputs reach this size go to a replica on the same node through shared
