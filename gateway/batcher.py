@@ -30,8 +30,9 @@ requests actually experienced. A request that runs out of its own time gets
 504; it is dropped before execution if it expires while queued.
 
 Everything runs on the event loop: no locks, no threads. Requests keep their
-own row counts; a batch is the concatenation of their rows and the outputs are
-split back by row offsets (views, not copies).
+own row counts; a batch is their rows in queue order, handed to the executor
+request by request (it joins them where it copies them anyway), and the outputs
+are split back by row offsets (views, not copies).
 """
 
 from __future__ import annotations
@@ -52,21 +53,23 @@ from gateway.arrivals import ArrivalRate
 from gateway.errors import DeadlineExceeded, DeadlineUnreachable, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
 from gateway.loop_load import LoopLoad
+from serving.batch_inputs import Arrays, Parts
 from telemetry.metrics import BatchMetrics
 from telemetry.tracing import BatchTracer, RequestTrace
 
 log = logging.getLogger(__name__)
 
-Arrays = dict[str, np.ndarray]
-BatchExecutor = Callable[[Arrays], Awaitable[Arrays]]
-"""Runs one batch on a model deployment: named input arrays in, named output arrays out."""
+BatchExecutor = Callable[[Parts], Awaitable[Arrays]]
+"""Runs one batch on a model deployment: each request's named input arrays in, in queue order, not joined (the
+executor joins them where it copies them anyway); the batch's named output arrays out, rows in that order."""
 
 
 class BatchObserver(Protocol):
     """Told about every executed batch, after its callers have their answers (the drift monitor)."""
 
-    def batch(self, inputs: Arrays, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
-        """``latencies_s``: each answered request's time from queueing to its answer (one entry per request)."""
+    def batch(self, inputs: Parts, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
+        """``inputs``: each request's, as the executor had them; ``latencies_s``: each answered request's time
+        from queueing to its answer (one entry per request)."""
 
     def failed(self, requests: int) -> None:
         """Requests that got no answer: their batch failed, or their deadline passed in the queue."""
@@ -323,11 +326,11 @@ class Batcher:
         """
         run = execute or self._execute
         for _ in range(priming):
-            await run(make_inputs(1))
+            await run([make_inputs(1)])
         size = 1
         while True:
             rows = min(size, self._policy.max_batch_rows)
-            inputs = make_inputs(rows)
+            inputs = [make_inputs(rows)]
             for _ in range(repeats):
                 started = time.monotonic()
                 await run(inputs)
@@ -415,7 +418,7 @@ class Batcher:
         loop_load = LoopLoad.of(asyncio.get_running_loop())
         started, late_before = time.monotonic(), loop_load.late_clock()
         try:
-            inputs = _concatenate(batch)
+            inputs = [p.inputs for p in batch]
             outputs = await self._execute(inputs)
             finished = time.monotonic()
             elapsed = finished - started
@@ -475,7 +478,7 @@ class Batcher:
             tracing.record(members, rows, len(batch), started, time.monotonic(),
                            outcome.message if outcome is not None else None)
 
-    def _observe(self, observer: BatchObserver, answered: list[_Pending], inputs: Arrays, outputs: Arrays,
+    def _observe(self, observer: BatchObserver, answered: list[_Pending], inputs: Parts, outputs: Arrays,
                  rows: int, finished: float) -> None:
         try:
             enqueued = np.array([p.enqueued_at for p in answered], dtype=np.float64)
@@ -511,13 +514,6 @@ class Batcher:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 await asyncio.sleep(0.001)
-
-
-def _concatenate(batch: list[_Pending]) -> Arrays:
-    if len(batch) == 1:
-        return batch[0].inputs
-    names = batch[0].inputs.keys()
-    return {name: np.concatenate([p.inputs[name] for p in batch]) for name in names}
 
 
 def _scatter(label: str, batch: list[_Pending], outputs: Arrays, total_rows: int) -> None:

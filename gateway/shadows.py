@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.batcher import Arrays
 from gateway.registry import ServedVersion
+from serving.batch_inputs import Arrays
 from telemetry.metrics import ShadowMetrics
 from telemetry.tracing import RequestTrace
 

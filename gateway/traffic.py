@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.batcher import Arrays, Batcher
+from gateway.batcher import Batcher
 from gateway.datatypes import numpy_dtype
 from gateway.errors import (
     DeadlineExceeded,
@@ -39,6 +39,7 @@ from gateway.registry import ModelRegistry, ServedVersion
 from gateway.shadows import ShadowMirror
 from routing.live import ActiveRouting, LiveRouting
 from routing.policy import RoutingPolicy, variant_of
+from serving.batch_inputs import Arrays
 from serving.manifest import Manifest
 from telemetry.metrics import record_fallback
 from telemetry.tracing import RequestTrace

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from gateway.batcher import Arrays, Batcher, BatchPolicy, _Pending
+from gateway.batcher import Batcher, BatchPolicy, _Pending
 from loadtests.bench_oip import environment_lines
 from loadtests.bench_routing import _fmt, _median, copy_version, cpu_ticks, drive, metric_sum, scrape, settle, workdir
 from loadtests.loadgen import LoadConfig
@@ -66,6 +66,7 @@ from loadtests.payloads import build_requests, load_rows
 from loadtests.procs import CLK_TCK, CpuMeter, Server, free_port, running, wait_ready
 from loadtests.report import latency_summary
 from mlgate.config import MonitoringConfig
+from serving.batch_inputs import Arrays, Parts
 from serving.manifest import Manifest, read_manifest
 from telemetry.drift import DriftView
 from telemetry.evidence import LOCAL_SLOTS, REQUESTS, SLOT_S, DriftMonitor
@@ -186,13 +187,13 @@ def time_batches(models: Path, manifest: Manifest, args: argparse.Namespace) -> 
                     time_calls(_nothing, [(None, None, None, None)], args.inproc_calls, args.inproc_repeats))]
         for rows in BATCH_ROWS:
             batches = realistic_batches(models, rows, args.seed)
-            direct = [(inputs, outputs, rows, latencies) for inputs, outputs, latencies in batches]
+            direct = [([inputs], outputs, rows, latencies) for inputs, outputs, latencies in batches]
             finished = time.monotonic()
             observed = []
             for inputs, outputs, latencies in batches:
                 pending = [_Pending({"features": inputs["features"][i:i + 1]}, 1, loop.create_future(), math.inf,
                                     finished - float(latencies[i])) for i in range(rows)]
-                observed.append((monitor, pending, inputs, outputs, rows, finished))
+                observed.append((monitor, pending, [p.inputs for p in pending], outputs, rows, finished))
             for arguments in direct:  # compile or load the kernels before timing
                 monitor.batch(*arguments)
             print(f"--- in process: {rows}-row batches", file=sys.stderr, flush=True)
@@ -205,7 +206,7 @@ def time_batches(models: Path, manifest: Manifest, args: argparse.Namespace) -> 
         loop.close()
 
 
-async def _never_called(inputs: Arrays) -> Arrays:
+async def _never_called(parts: Parts) -> Arrays:
     raise AssertionError("the benchmark's batcher never executes a batch")
 
 
@@ -219,7 +220,7 @@ def one_second_of_counts(manifest: Manifest, rate: float, models: Path, seed: in
     batches = realistic_batches(models, 1, seed)
     for i in range(max(1, int(rate))):
         inputs, outputs, latencies = batches[i % len(batches)]
-        feeder.batch(inputs, outputs, 1, latencies)
+        feeder.batch([inputs], outputs, 1, latencies)
     counts: np.ndarray = feeder.ring.total(time.time(), span_s=LOCAL_SLOTS * SLOT_S)
     return counts
 

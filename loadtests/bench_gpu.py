@@ -69,9 +69,9 @@ from loadtests.bench_routing import metric_sum, scrape
 from loadtests.loadgen import LoadConfig, run_load_sync_keeping_latencies
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import free_port, http_request, running, wait_ready
+from serving.batch_inputs import Arrays
 from serving.deployment import io_binding_runner
 from serving.device import CPU, CUDA
-from serving.shared_batch import Arrays
 from serving.transports import TRANSPORTS
 
 MODEL = "breast-cancer-wide"

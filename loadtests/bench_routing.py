@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +67,7 @@ import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.batcher import Arrays, BatchExecutor
+from gateway.batcher import BatchExecutor
 from loadtests.httpclient import build_request
 from loadtests.loadgen import LoadConfig, OpenLoopDriver, parse_target
 from loadtests.payloads import json_body, load_rows
@@ -83,6 +83,7 @@ from loadtests.procs import (
     wait_ready,
 )
 from loadtests.report import Recorder, latency_summary
+from serving.batch_inputs import Arrays, Parts, batch_rows, joined
 
 BASE_MODEL = "breast-cancer"
 SINGLE, SPLIT = "single", "split"
@@ -238,7 +239,11 @@ def onnx_executors(inproc: InProcess) -> dict[tuple[str, str], BatchExecutor]:
     for entry in inproc.entries:
         assert entry.manifest is not None
         model = OnnxModel(str(entry.model_file), entry.manifest.sha256, "cpu", 1.0)
-        out[(entry.model, entry.version)] = model.infer
+
+        async def run(parts: Parts, infer: Callable[[Arrays], Awaitable[Arrays]] = model.infer) -> Arrays:
+            return await infer(joined(parts))
+
+        out[(entry.model, entry.version)] = run
     return out
 
 
@@ -248,14 +253,14 @@ def constant_executors(onnx: dict[tuple[str, str], BatchExecutor], one_row: Arra
     what is left of the request path is bookkeeping."""
 
     async def answers(execute: BatchExecutor) -> Arrays:
-        return await execute(one_row)
+        return await execute([one_row])
 
     out: dict[tuple[str, str], BatchExecutor] = {}
     for key, execute in onnx.items():
         fixed = asyncio.run(answers(execute))
 
-        async def run(inputs: Arrays, fixed: Arrays = fixed) -> Arrays:
-            rows = len(next(iter(inputs.values())))
+        async def run(parts: Parts, fixed: Arrays = fixed) -> Arrays:
+            rows = batch_rows(parts)
             return {name: np.repeat(value, rows, axis=0) for name, value in fixed.items()}
 
         out[key] = run

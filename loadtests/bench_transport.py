@@ -74,12 +74,12 @@ async def time_ways(versions: dict[str, DeployedVersion], rows_list: list[int], 
             (ray_backend.SHARED_OVER_CHANNEL_BYTES, ray_backend.SHARED_MEMORY_BYTES, ray_backend.DIRECT_MAX_BYTES,
              ray_backend.BY_REFERENCE_BYTES) = thresholds
             for _ in range(5):
-                np.testing.assert_array_equal((await deployed.execute(batch))["y"], batch["x"])
+                np.testing.assert_array_equal((await deployed.execute([batch]))["y"], batch["x"])
             times = []
             cpu = time.process_time()
             for _ in range(calls):
                 t0 = time.perf_counter()
-                await deployed.execute(batch)
+                await deployed.execute([batch])
                 times.append(time.perf_counter() - t0)
             cpu_ms = 1e3 * (time.process_time() - cpu) / calls
             cells.append(f"{1e3 * float(np.median(times)):.2f} ({cpu_ms:.2f})")

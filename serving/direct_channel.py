@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.shared_batch import Arrays, Layout
+from serving.batch_inputs import Arrays, Parts
+from serving.shared_batch import Layout
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +92,43 @@ def _private_directory(directory: Path) -> bool:
 # ----------------------------------------------------------------------------------------------- frames
 
 
-def encode(arrays: Arrays | None, **fields: Any) -> list[bytes | memoryview]:
-    """A frame carrying ``arrays`` (each C-contiguous, 64-byte aligned in the payload) and ``fields``.
+def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
+    """A frame carrying ``fields`` and one array per input of ``parts``: the parts' rows back to back in the
+    payload, 64-byte aligned per input, each part's buffer sent as it is (the batch is never joined first).
 
-    Numeric and boolean arrays only: a version with string tensors never opens the channel."""
+    Numeric and boolean arrays only: a version with string tensors never opens the channel. ValueError if the
+    parts disagree on an input's dtype or trailing shape."""
     described: list[list[Any]] = []
     buffers: list[bytes | memoryview] = []
     offset = 0
-    for name, array in (arrays or {}).items():
-        if not array.flags.c_contiguous:  # (np.ascontiguousarray would also turn a 0-d array into 1-d)
-            array = array.copy(order="C")
+    for name, first in (parts[0] if parts else {}).items():
+        arrays = [part[name] for part in parts]
+        shape = list(first.shape)
+        if len(arrays) > 1:
+            shape[0] = _agreeing_rows(name, first, arrays)
         pad = -offset % _ALIGN
         if pad:
             buffers.append(bytes(pad))
             offset += pad
-        described.append([name, array.dtype.str, list(array.shape), offset])
-        if array.nbytes:
-            buffers.append(array.reshape(-1).view(np.uint8).data)
-            offset += array.nbytes
+        described.append([name, first.dtype.str, shape, offset])
+        for array in arrays:
+            if not array.flags.c_contiguous:  # (np.ascontiguousarray would also turn a 0-d array into 1-d)
+                array = array.copy(order="C")
+            if array.nbytes:
+                buffers.append(array.reshape(-1).view(np.uint8).data)
+                offset += array.nbytes
     header = orjson.dumps({**fields, "arrays": described})
     return [_PREFIX.pack(len(header), offset), header, *buffers]
+
+
+def _agreeing_rows(name: str, first: np.ndarray, arrays: list[np.ndarray]) -> int:
+    """The rows of ``arrays`` together; ValueError (as np.concatenate would raise) if their dtypes or trailing
+    shapes differ, which would make their bytes one meaningless array."""
+    for array in arrays:
+        if array.dtype != first.dtype or array.shape[1:] != first.shape[1:] or array.ndim == 0:
+            raise ValueError(f"input '{name}': parts of dtype {array.dtype} and shape {list(array.shape)} cannot join "
+                             f"parts of dtype {first.dtype} and shape {list(first.shape)}")
+    return sum(len(array) for array in arrays)
 
 
 def decode_arrays(header: dict[str, Any], payload: bytes | bytearray) -> Arrays:
@@ -207,11 +225,11 @@ class ReplicaListener:
             if "layout" in header:
                 outputs = None if self._run_shared is None else self._run_shared(Layout.from_json(header["layout"]))
                 if not outputs:
-                    return encode(None, segment=ABSENT if outputs is None else WRITTEN)
-                return encode(outputs)  # they did not fit the room the gateway left: they come back in the frame
-            return encode(self._run(decode_arrays(header, payload), bool(header.get("warm_up", False))))
+                    return encode(segment=ABSENT if outputs is None else WRITTEN)
+                return encode([outputs])  # they did not fit the room the gateway left: they come back in the frame
+            return encode([self._run(decode_arrays(header, payload), bool(header.get("warm_up", False)))])
         except Exception as exc:
-            return encode(None, error=f"{type(exc).__name__}: {exc}")
+            return encode(error=f"{type(exc).__name__}: {exc}")
 
 
 def _receive(connection: socket.socket, size: int, required: bool = False) -> bytearray | None:
@@ -307,15 +325,15 @@ class DirectReplicas:
             self._scan(now)
         return len(self._known) >= self.replicas
 
-    async def call(self, inputs: Arrays, warm_up: bool = False) -> Arrays:
+    async def call(self, parts: Parts, warm_up: bool = False) -> Arrays:
         """Run one batch on a replica; ChannelDown if no connection could carry it, ReplicaError if it failed."""
-        header, payload = await self._round_trip(encode(inputs, warm_up=warm_up) if warm_up else encode(inputs))
+        header, payload = await self._round_trip(encode(parts, warm_up=warm_up) if warm_up else encode(parts))
         return decode_arrays(header, payload)
 
     async def call_shared(self, layout: Layout) -> Arrays | None:
         """Run one batch laid out in shared memory on a replica, as ``call`` does: its outputs if they came back
         in the reply, {} if the replica wrote them into the segment, None if it cannot see the segment."""
-        header, payload = await self._round_trip(encode(None, layout=layout))
+        header, payload = await self._round_trip(encode(layout=layout))
         segment = header.get("segment")
         if segment == ABSENT:
             return None

@@ -51,11 +51,12 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from serving import shared_batch
+from serving.batch_inputs import Arrays, Parts, batch_nbytes, joined
 from serving.deployment import OnnxModel
 from serving.device import Device, gpus_per_replica
 from serving.direct_channel import ChannelDown, DirectReplicas, channel_directory
 from serving.repository import RepositoryEntry
-from serving.shared_batch import Arrays, RowSpec
+from serving.shared_batch import RowSpec
 from serving.transports import Transport
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class ReplicaSettings:
 
 @dataclass(frozen=True)
 class DeployedVersion:
-    execute: Callable[[Arrays], Awaitable[Arrays]]
-    warm_up: Callable[[Arrays], Awaitable[Arrays]]
+    execute: Callable[[Parts], Awaitable[Arrays]]
+    """Runs one batch, given each request's inputs (``serving.batch_inputs``); its outputs."""
+    warm_up: Callable[[Parts], Awaitable[Arrays]]
     """Like ``execute``, for warm-up calls (exempt from injected errors)."""
     device: str
 
@@ -191,31 +193,31 @@ class RayServeBackend:
                      "" if pool is None else f"; from {SHARED_OVER_CHANNEL_BYTES >> 10} KiB of inputs only their "
                                              "shared-memory layout")
 
-        async def execute(inputs: Arrays) -> Arrays:
-            nbytes = sum(array.nbytes for array in inputs.values())
+        async def execute(parts: Parts) -> Arrays:
+            nbytes = batch_nbytes(parts)
             channel = direct if direct is not None and direct.usable() else None
             if pool is not None and nbytes >= (SHARED_MEMORY_BYTES if channel is None else SHARED_OVER_CHANNEL_BYTES):
-                answer = await through_shared_memory(pool, inputs, nbytes, channel)
+                answer = await through_shared_memory(pool, parts, nbytes, channel)
                 if answer is not None:
                     return answer
             if channel is not None and nbytes < DIRECT_MAX_BYTES:
                 try:
-                    outputs = await channel.call(inputs)
+                    outputs = await channel.call(parts)
                     took("direct")
                     return outputs
                 except ChannelDown as exc:  # the replica died or was replaced: Serve knows where to go
                     log.warning("direct channel to %s failed (%s); sending the batch through Ray", name, exc)
             by_reference = sends_by_reference(nbytes)
-            result: Arrays = await (infer_by_reference if by_reference else infer).remote(inputs)
+            result: Arrays = await (infer_by_reference if by_reference else infer).remote(joined(parts))
             took("by_reference" if by_reference else "by_value")
             return result
 
-        async def through_shared_memory(pool: shared_batch.SegmentPool, inputs: Arrays, nbytes: int,
+        async def through_shared_memory(pool: shared_batch.SegmentPool, parts: Parts, nbytes: int,
                                         channel: DirectReplicas | None) -> Arrays | None:
             """The outputs of a batch written into one of ``pool``'s segments, its layout sent over ``channel``
             (else through Ray); None if no segment could carry it or the replica could not see it."""
             try:
-                with pool.batch(inputs) as batch:
+                with pool.batch(parts) as batch:
                     answer: Arrays | None = await (
                         infer_shared.remote(batch.layout) if channel is None else channel.call_shared(batch.layout))
                     if answer is None:
@@ -226,14 +228,14 @@ class RayServeBackend:
                 log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)
             except ChannelDown as exc:  # its segment is dropped with the call (a replica may still write it)
                 log.warning("direct channel to %s failed (%s); sending the layout through Ray", name, exc)
-                return await through_shared_memory(pool, inputs, nbytes, None)
+                return await through_shared_memory(pool, parts, nbytes, None)
             return None
 
-        async def warm_up(inputs: Arrays) -> Arrays:
+        async def warm_up(parts: Parts) -> Arrays:
             if direct is not None and direct.usable():
                 with contextlib.suppress(ChannelDown):
-                    return await direct.call(inputs, warm_up=True)
-            result: Arrays = await infer.remote(inputs, True)
+                    return await direct.call(parts, warm_up=True)
+            result: Arrays = await infer.remote(joined(parts), True)
             return result
 
         return DeployedVersion(execute=execute, warm_up=warm_up, device=str(description["device"]))

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-Arrays = dict[str, np.ndarray]
+from serving.batch_inputs import Arrays, Parts, batch_rows
+
 SHM_DIR = Path("/dev/shm")
 PREFIX = "mlgate-batch-"
 _ALIGN = 64
@@ -169,16 +170,17 @@ class SegmentPool:
         self._leased: set[Segment] = set()
 
     @contextmanager
-    def batch(self, inputs: Arrays) -> Iterator[SharedBatch]:
-        """A segment holding ``inputs`` and room for the outputs; NoSharedMemory if /dev/shm cannot give one."""
-        rows = len(next(iter(inputs.values())))
-        input_slots, end = _place([(n, a.dtype.str, a.shape) for n, a in inputs.items()], 0)
+    def batch(self, parts: Parts) -> Iterator[SharedBatch]:
+        """A segment holding the batch's inputs, each request's rows copied straight to their place (the one copy
+        of them the gateway makes), and room for the outputs; NoSharedMemory if /dev/shm cannot give one."""
+        rows = batch_rows(parts)
+        input_slots, end = _place([(n, a.dtype.str, (rows, *a.shape[1:])) for n, a in parts[0].items()], 0)
         output_slots, size = _place([(n, dtype, (rows, *row)) for n, (dtype, row) in self._output_rows.items()], end)
         segment = self._take(max(size, 1))
         returned = False
         try:
             for slot in input_slots:
-                _view(segment.map, slot)[...] = inputs[slot.name]
+                np.concatenate([part[slot.name] for part in parts], out=_view(segment.map, slot))
             yield SharedBatch(segment, Layout(segment.name, self._node_id, segment.size, tuple(input_slots),
                                               tuple(output_slots)))
             returned = True

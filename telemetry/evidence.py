@@ -216,17 +216,27 @@ class _SlotViews(NamedTuple):
     labels: np.ndarray
 
 
-def sampled_rows(x: np.ndarray, limit: int = FEATURE_ROWS_PER_BATCH) -> tuple[np.ndarray, int]:
-    """(sample, step): ``x`` itself and 1 up to ``limit`` rows, or when ``limit`` is 0; beyond, every ``step``-th
-    row from a random start below ``step`` (a view, no copy), ``step`` the smallest that leaves at most ``limit``.
+def sampled_rows(parts: Sequence[np.ndarray], limit: int = FEATURE_ROWS_PER_BATCH) -> tuple[np.ndarray, int]:
+    """(sample, step) of the rows of ``parts`` taken as one batch (each request's rows, in order): every row and 1
+    up to ``limit`` rows, or when ``limit`` is 0; beyond, every ``step``-th row of the batch from a random start
+    below ``step``, ``step`` the smallest that leaves at most ``limit``.
+
     Every row is in the sample with the same probability, ``1/step``, so counting each sampled row ``step`` times is
     unbiased, whatever the order of the rows (a fixed start would see only the even rows of a batch of two
-    interleaved kinds)."""
-    rows = x.shape[0]
-    if rows <= limit or limit == 0:
-        return x, 1
-    step = -(-rows // limit)
-    return x[random.randrange(step)::step], step
+    interleaved kinds). One part's sample is a view of it; several parts' is a new array of the sampled rows
+    only: the batch is never joined, which would copy every row."""
+    rows = sum(len(part) for part in parts)
+    step = 1 if rows <= limit or limit == 0 else -(-rows // limit)
+    start = random.randrange(step) if step > 1 else 0
+    if step == 1:
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), step
+    if len(parts) == 1:
+        return parts[0][start::step], step
+    pieces, offset = [], 0
+    for part in parts:
+        pieces.append(part[(start - offset) % step::step])  # the part's first row at a multiple of step from start
+        offset += len(part)
+    return np.concatenate(pieces), step
 
 
 def _floats(array: np.ndarray | None) -> np.ndarray | None:
@@ -273,7 +283,7 @@ class VersionMonitor:
             for contiguous, read_only in itertools.product((True, False), repeat=2):
                 inputs = {s.name: _zeros(s.datatype, s.shape, contiguous, read_only) for s in manifest.inputs}
                 outputs = {s.name: _zeros(s.datatype, s.shape, contiguous, read_only) for s in manifest.outputs}
-                self.batch(inputs, outputs, 1, np.zeros(1))
+                self.batch([inputs], outputs, 1, np.zeros(1))
         finally:
             self._views = saved
 
@@ -281,9 +291,10 @@ class VersionMonitor:
     def layout(self) -> CountsLayout:
         return self.shape.layout
 
-    def batch(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int,
+    def batch(self, inputs: Sequence[Mapping[str, np.ndarray]], outputs: Mapping[str, np.ndarray], rows: int,
               latencies_s: np.ndarray) -> None:
-        """One executed batch: its input rows, its outputs, and each answered request's time in the gateway."""
+        """One executed batch: its input rows (each request's arrays), its outputs, and each answered request's
+        time in the gateway."""
         views = self._views[self.ring.position(time.time())]
         layout, shape = self.layout, self.shape
         vector = views.vector
@@ -291,9 +302,11 @@ class VersionMonitor:
         vector[ROWS] += rows
         update_counts(views.latency, _LATENCY_BINS.edges, _LATENCY_BINS.n_edges, latencies_s.reshape(-1, 1))
         if layout.input_name is not None and (features := shape.feature_bins) is not None:
-            x = inputs.get(layout.input_name)
-            if x is not None and x.ndim == 2 and x.shape[1] == len(layout.features):
-                sample, step = sampled_rows(x, self.feature_rows_per_batch)
+            width = len(layout.features)
+            xs = [x for part in inputs if (x := part.get(layout.input_name)) is not None and x.ndim == 2
+                  and x.shape[1] == width]
+            if len(xs) == len(inputs):
+                sample, step = sampled_rows(xs, self.feature_rows_per_batch)
                 floats = _floats(sample)
                 if floats is not None:
                     update_counts(views.features, features.edges, features.n_edges, floats, step)

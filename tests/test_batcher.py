@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from gateway.arrivals import ArrivalRate
-from gateway.batcher import Arrays, Batcher, BatchPolicy
+from gateway.batcher import Batcher, BatchPolicy
 from gateway.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from gateway.loop_load import LoopLoad
+from serving.batch_inputs import Arrays, Parts, joined
 
 
 class RecordingExecutor:
@@ -25,8 +26,12 @@ class RecordingExecutor:
         self.delay_s = delay_s
         self.fail_with = fail_with
         self.batch_rows: list[int] = []
+        self.parts: list[np.ndarray] = []
+        """Each request's input array, as handed over."""
 
-    async def __call__(self, inputs: Arrays) -> Arrays:
+    async def __call__(self, parts: Parts) -> Arrays:
+        self.parts.extend(part["x"] for part in parts)
+        inputs = joined(parts)
         self.batch_rows.append(len(inputs["x"]))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -43,10 +48,11 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
     executor = RecordingExecutor(delay_s=0.005)
     batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1))
     sizes = [1, 5, 2, 7, 3, 1, 4, 9, 2, 6] * 4
+    starts = np.cumsum([0, *sizes[:-1]])
+    requests = [_rows(int(s), n) for s, n in zip(starts, sizes, strict=True)]
 
     async def main() -> list[Arrays]:
-        starts = np.cumsum([0, *sizes[:-1]])
-        return await asyncio.gather(*(batcher.submit(_rows(int(s), n), n) for s, n in zip(starts, sizes, strict=True)))
+        return await asyncio.gather(*(batcher.submit(inputs, n) for inputs, n in zip(requests, sizes, strict=True)))
 
     results = asyncio.run(main())
     start = 0
@@ -57,6 +63,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
     assert sum(executor.batch_rows) == sum(sizes)
     assert len(executor.batch_rows) < len(sizes) / 4, executor.batch_rows  # they really were grouped
     assert max(executor.batch_rows) <= 64
+    # each request's own array, in queue order: the executor joins them where it copies them anyway
+    assert len(executor.parts) == len(requests)
+    assert all(seen is inputs["x"] for seen, inputs in zip(executor.parts, requests, strict=True))
 
 
 def test_row_budget_splits_batches_but_never_blocks_a_large_request() -> None:
@@ -200,8 +209,8 @@ def test_inference_errors_pass_through_unchanged() -> None:
 
 
 def test_wrong_output_row_count_is_reported_not_mis_split() -> None:
-    async def broken(inputs: Arrays) -> Arrays:
-        return {"y": inputs["x"][:1]}
+    async def broken(parts: Parts) -> Arrays:
+        return {"y": parts[0]["x"][:1]}
 
     batcher = Batcher("m", broken, BatchPolicy(64, 0.0, 1))
 
@@ -422,8 +431,8 @@ class CountingObserver:
         self.rows = 0
         self.failures = 0
 
-    def batch(self, inputs: Arrays, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
-        assert len(inputs["x"]) == rows and len(outputs["double"]) == rows
+    def batch(self, inputs: Parts, outputs: Arrays, rows: int, latencies_s: np.ndarray) -> None:
+        assert len(joined(inputs)["x"]) == rows and len(outputs["double"]) == rows
         self.rows += rows
         self.answered.extend(latencies_s.tolist())
 

@@ -54,7 +54,7 @@ def listener(directory: Path) -> Iterator[ReplicaListener]:
 
 def _frame_arrays(arrays: Arrays) -> Arrays:
     """``arrays`` through encode and decode, as the other end sees them."""
-    frame = b"".join(bytes(b) for b in encode(arrays, warm_up=True))
+    frame = b"".join(bytes(b) for b in encode([arrays], warm_up=True))
     header_bytes, payload_bytes = direct_channel._PREFIX.unpack(frame[:12])
     header = orjson.loads(frame[12:12 + header_bytes])
     assert header["warm_up"] is True
@@ -83,13 +83,30 @@ def test_frames_carry_every_numeric_dtype_and_shape_exactly() -> None:
         assert decoded[name].ctypes.data % 8 == 0 or decoded[name].size == 0, f"{name} misaligned"
 
 
+def test_a_batch_of_several_requests_travels_as_one_array_per_input() -> None:
+    """Each request's buffers go into the frame as they are, back to back: the replica reads one array of all
+    their rows, in order. Parts that cannot be one array are refused rather than sent as garbage."""
+    rng = np.random.default_rng(1)
+    parts = [{"x": rng.random((n, 3), dtype=np.float32), "m": rng.random((n, 2, 2)) > 0.5} for n in (1, 4, 2)]
+    parts[1]["x"] = np.asfortranarray(parts[1]["x"])  # not C-contiguous: sent as a contiguous copy
+    frame = b"".join(bytes(b) for b in encode(parts))
+    header_bytes, _ = direct_channel._PREFIX.unpack(frame[:12])
+    decoded = decode_arrays(orjson.loads(frame[12:12 + header_bytes]), frame[12 + header_bytes:])
+    for name in ("x", "m"):
+        np.testing.assert_array_equal(decoded[name], np.concatenate([part[name] for part in parts]), err_msg=name)
+    with pytest.raises(ValueError, match=r"input 'x': parts of dtype float64 and shape \[2, 3\]"):
+        encode([parts[0], {"x": np.zeros((2, 3)), "m": parts[0]["m"]}])
+    with pytest.raises(ValueError, match=r"input 'x': parts of dtype float32 and shape \[1, 4\]"):
+        encode([parts[0], {"x": np.zeros((1, 4), np.float32), "m": parts[0]["m"]}])
+
+
 def test_a_batch_goes_to_the_replica_and_back(directory: Path, listener: ReplicaListener) -> None:
     async def run() -> tuple[Arrays, Arrays]:
         channel = DirectReplicas(directory, replicas=1)
         assert channel.usable()
         x = np.arange(12, dtype=np.float32).reshape(4, 3)
         try:
-            return await channel.call({"x": x}), await channel.call({"x": x[:1]}, warm_up=True)
+            return await channel.call([{"x": x}]), await channel.call([{"x": x[:1]}], warm_up=True)
         finally:
             channel.close()
 
@@ -106,8 +123,8 @@ def test_a_failing_model_comes_back_as_a_replica_error_and_the_connection_lives_
         assert channel.usable()
         try:
             with pytest.raises(ReplicaError, match=r"ValueError: cannot run 3 rows"):
-                await channel.call({"x": np.zeros((3, 1)), "fail": np.zeros((3, 1))})
-            return await channel.call({"x": np.ones((2, 1))})
+                await channel.call([{"x": np.zeros((3, 1)), "fail": np.zeros((3, 1))}])
+            return await channel.call([{"x": np.ones((2, 1))}])
         finally:
             channel.close()
 
@@ -137,10 +154,10 @@ def test_a_batch_in_shared_memory_crosses_the_channel_as_its_layout(directory: P
         channel = DirectReplicas(directory, replicas=1)
         assert channel.usable()
         try:
-            with fitting.batch({"x": x}) as batch:
+            with fitting.batch([{"x": x}]) as batch:
                 written = await channel.call_shared(batch.layout)
                 in_segment = batch.read_outputs()
-            with misfit.batch({"x": x}) as batch:
+            with misfit.batch([{"x": x}]) as batch:
                 returned = await channel.call_shared(batch.layout)
                 assert not np.any(batch.read_outputs()["y"])  # nothing written into a room that does not fit
             gone = Layout(shared_batch.segment_prefix(os.getpid()) + "999999", "n1", 4096, (), ())
@@ -172,7 +189,7 @@ def test_a_replica_without_shared_memory_says_it_cannot_see_the_segment(director
         channel = DirectReplicas(directory, replicas=1)
         assert channel.usable()
         try:
-            with pool.batch({"x": np.ones((2, 1), np.float32)}) as batch:
+            with pool.batch([{"x": np.ones((2, 1), np.float32)}]) as batch:
                 return await channel.call_shared(batch.layout)
         finally:
             channel.close()
@@ -212,7 +229,7 @@ def test_a_replica_killed_between_calls_sends_the_batch_through_ray_and_its_sock
         assert channel.usable()
         server.close()  # SIGKILL: nobody listens any more, the file stays
         with pytest.raises(ChannelDown, match=r"12345\.sock"):
-            await channel.call({"x": np.ones((1, 1))})
+            await channel.call([{"x": np.ones((1, 1))}])
         return channel.usable()
 
     assert asyncio.run(run()) is False
@@ -240,7 +257,7 @@ def test_a_replica_that_dies_mid_batch_is_forgotten(directory: Path) -> None:
         channel = DirectReplicas(directory, replicas=1)
         assert channel.usable()
         with pytest.raises(ChannelDown):
-            await channel.call({"x": np.ones((1, 1))})
+            await channel.call([{"x": np.ones((1, 1))}])
         return len(channel._known) == 0
 
     try:
@@ -270,7 +287,7 @@ def test_concurrent_batches_share_a_bounded_number_of_connections(directory: Pat
         channel = DirectReplicas(directory, replicas=1)
         assert channel.usable()
         try:
-            return await asyncio.gather(*(channel.call({"x": np.full((1, 1), float(i))}) for i in range(40)))
+            return await asyncio.gather(*(channel.call([{"x": np.full((1, 1), float(i))}]) for i in range(40)))
         finally:
             channel.close()
 

@@ -78,7 +78,7 @@ def test_batch_counts_match_numpy(manifest: Manifest, monkeypatch: pytest.Monkey
     x = _training_like(manifest, 300, seed=1)
     outputs = _outputs(x)
     latencies = np.array([0.0004, 0.003, 0.003, 0.2])
-    monitor.batch({"features": x}, outputs, 300, latencies)
+    monitor.batch([{"features": x}], outputs, 300, latencies)
     monitor.failed(2)
     monitor.compared(10, 7)
     _at(monkeypatch, 1001.5)
@@ -112,7 +112,7 @@ def test_large_batches_count_a_sample_of_their_rows_and_every_row_as_a_row(manif
     for second, (rows, step) in enumerate(((4 * FEATURE_ROWS_PER_BATCH, 4), (5000, 5))):
         _at(monkeypatch, 2000.2 + 10 * second)
         x = _training_like(manifest, rows, seed=rows)
-        monitor.batch({"features": x}, _outputs(x), rows, np.full(1, 0.002))
+        monitor.batch([{"features": x}], _outputs(x), rows, np.full(1, 0.002))
         _at(monkeypatch, 2001.5 + 10 * second)
         [(_, counts)] = monitor.completed_slots(2001.5 + 10 * second)
         features = monitor.layout.feature_counts(counts)
@@ -132,7 +132,7 @@ def test_the_row_limit_is_the_configs_default_and_zero_counts_every_row(manifest
     drift = DriftMonitor(feature_rows_per_batch=0)
     monitor = drift.add("m", "1", manifest)
     x = _training_like(manifest, 3 * FEATURE_ROWS_PER_BATCH + 1, seed=5)
-    monitor.batch({"features": x}, _outputs(x), len(x), np.full(1, 0.002))
+    monitor.batch([{"features": x}], _outputs(x), len(x), np.full(1, 0.002))
     _at(monkeypatch, 4001.5)
     [(_, counts)] = monitor.completed_slots(4001.5)
     profile = manifest.reference_profile
@@ -154,9 +154,9 @@ def test_samples_of_large_and_small_batches_add_up_to_the_traffic_they_stand_for
     low, high = x.copy(), x.copy()
     low[:, 0] = profile.features[0].bin_edges[0] - 1.0  # underflow
     high[:, 0] = profile.features[0].bin_edges[-1] + 1.0  # overflow
-    monitor.batch({"features": high}, _outputs(high), len(high), np.full(1, 0.002))  # one batch, 1 row in 8 counted
+    monitor.batch([{"features": high}], _outputs(high), len(high), np.full(1, 0.002))  # one batch, 1 row in 8 counted
     for part in np.split(low, 64):  # 64 batches of 128 rows, every row counted
-        monitor.batch({"features": part}, _outputs(part), len(part), np.full(1, 0.002))
+        monitor.batch([{"features": part}], _outputs(part), len(part), np.full(1, 0.002))
     _at(monkeypatch, 3001.5)
     [(_, counts)] = monitor.completed_slots(3001.5)
     feature0 = monitor.layout.feature_counts(counts)[0]
@@ -168,16 +168,36 @@ def test_the_row_sample_is_unbiased_whatever_the_order_of_the_rows() -> None:
     """Rows of two kinds interleaved: every other row is a 1. A sample of every 2nd row from a fixed start would be
     all 0s or all 1s every time; from a random start each batch's sample is one kind or the other, evenly."""
     interleaved = (np.arange(2 * FEATURE_ROWS_PER_BATCH) % 2).reshape(-1, 1)
-    samples = [sampled_rows(interleaved) for _ in range(400)]
+    samples = [sampled_rows([interleaved]) for _ in range(400)]
     assert all(len(sample) == FEATURE_ROWS_PER_BATCH and np.ptp(sample) == 0 and step == 2
                for sample, step in samples)
     assert 0.35 < np.mean([sample[0, 0] for sample, _ in samples]) < 0.65
     small = interleaved[:FEATURE_ROWS_PER_BATCH]
-    whole, step = sampled_rows(small)
+    whole, step = sampled_rows([small])
     assert whole is small and step == 1  # up to the limit, every row
     odd = np.arange(1000).reshape(-1, 1)
-    assert {len(sampled_rows(odd, limit=300)[0]) for _ in range(50)} == {250}  # step 4: 1,000 / 4 from any start
-    assert {int(sampled_rows(odd, limit=300)[0][0, 0]) for _ in range(200)} == {0, 1, 2, 3}
+    assert {len(sampled_rows([odd], limit=300)[0]) for _ in range(50)} == {250}  # step 4: 1,000 / 4 from any start
+    assert {int(sampled_rows([odd], limit=300)[0][0, 0]) for _ in range(200)} == {0, 1, 2, 3}
+
+
+def test_a_batch_of_several_requests_is_sampled_as_one_without_joining_it() -> None:
+    """The batcher hands the monitor each request's rows apart. Their sample is the batch's: every ``step``-th row
+    counted across request boundaries from one random start, so every row is in it with probability ``1/step``
+    (rows of a part shorter than ``step`` too), and the counts stay unbiased."""
+    sizes = [1, 700, 3, 1500, 2, 900]  # 3,106 rows: step 4, where three parts are shorter than a step
+    ids = np.arange(sum(sizes)).reshape(-1, 1)
+    parts = np.split(ids, np.cumsum(sizes)[:-1])
+    starts = set()
+    for _ in range(200):
+        sample, step = sampled_rows(parts)
+        assert step == 4
+        start = int(sample[0, 0])
+        # exactly the batch's rows from a start below the step, every step-th, across the request boundaries
+        np.testing.assert_array_equal(sample[:, 0], np.arange(start, len(ids), step))
+        starts.add(start)
+    assert starts == {0, 1, 2, 3}  # a random start: each row in the sample 1 time in 4
+    whole, step = sampled_rows(parts[:3])  # 704 rows: all of them, in order
+    assert step == 1 and np.array_equal(whole, ids[:704])
 
 
 def test_evidence_from_two_processes_adds_up(manifest: Manifest, tmp_path: Path,
@@ -191,7 +211,7 @@ def test_evidence_from_two_processes_adds_up(manifest: Manifest, tmp_path: Path,
         for i, monitor in enumerate(monitors):
             _at(monkeypatch, 2000.0 + second + 0.1)
             rows = x[(second * 2 + i) * 40:(second * 2 + i + 1) * 40]
-            monitor.batch({"features": rows}, _outputs(rows), 40, np.full(3, 0.002))
+            monitor.batch([{"features": rows}], _outputs(rows), 40, np.full(3, 0.002))
     now = 2005.5
     for i, monitor in enumerate(monitors):
         store.publish(f"process-{i}", [("m", "1", monitor.layout, slot, counts)
@@ -201,7 +221,7 @@ def test_evidence_from_two_processes_adds_up(manifest: Manifest, tmp_path: Path,
     assert total[ROWS] == 400 and total[REQUESTS] == 30
     _at(monkeypatch, 3000.1)
     single = VersionMonitor("m", "1", VersionShape.of(manifest))
-    single.batch({"features": x}, _outputs(x), 400, np.full(30, 0.002))
+    single.batch([{"features": x}], _outputs(x), 400, np.full(30, 0.002))
     [(_, one)] = single.completed_slots(3001.5)
     assert np.array_equal(total, one)  # merged slots == the same rows counted in one place
     assert store.window("m", "1", layout, now, window_s=2 * SLOT_S)[ROWS] == 160  # only the last two slots
@@ -222,8 +242,8 @@ def test_report_flags_exactly_the_shifted_features(manifest: Manifest, tmp_path:
         edges = profile.features[j].bin_edges
         shifted[:, j] += np.float32(edges[-1] - edges[0])  # moved by the feature's whole training range
     _at(monkeypatch, 5000.3)
-    champion.batch({"features": x}, _outputs(x), len(x), np.full(10, 0.001))
-    challenger.batch({"features": shifted}, _outputs(shifted), len(x), np.full(10, 0.001))
+    champion.batch([{"features": x}], _outputs(x), len(x), np.full(10, 0.001))
+    challenger.batch([{"features": shifted}], _outputs(shifted), len(x), np.full(10, 0.001))
     store = EvidenceStore(tmp_path / "evidence.db")
     now = 5001.5
     store.publish("p", [(m.model, m.version, m.layout, slot, counts)
@@ -276,16 +296,16 @@ compiled = (len(update_counts.signatures), len(label_counts.signatures))
 x = np.random.default_rng(0).normal(10, 3, size=(40, 60)).astype(np.float32)
 p = np.full((40, 2), 0.5, dtype=np.float32)
 labels = np.zeros(40, dtype=np.int64)
-monitor.batch({{"features": x[:, :30].copy()}}, {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
-monitor.batch({{"features": x[:, ::2]}}, {{"probabilities": p[:, :2], "label": labels}}, 40, np.full(4, 0.002))
+monitor.batch([{{"features": x[:, :30].copy()}}], {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
+monitor.batch([{{"features": x[:, ::2]}}], {{"probabilities": p[:, :2], "label": labels}}, 40, np.full(4, 0.002))
 big = np.repeat(x[:, :30], 100, axis=0)  # 4,000 rows: its histograms count a strided sample of them
-monitor.batch({{"features": big}}, {{"probabilities": np.repeat(p, 100, axis=0), "label": np.repeat(labels, 100)}},
-              4000, np.full(4, 0.002))
+big_outputs = {{"probabilities": np.repeat(p, 100, axis=0), "label": np.repeat(labels, 100)}}
+monitor.batch([{{"features": big}}], big_outputs, 4000, np.full(4, 0.002))
 decoded = np.frombuffer(big.tobytes(), np.float32).reshape(big.shape)  # binary tensors: read-only arrays
 assert not decoded.flags.writeable
-monitor.batch({{"features": decoded}}, {{"probabilities": np.repeat(p, 100, axis=0), "label": np.repeat(labels, 100)}},
-              4000, np.full(4, 0.002))
-monitor.batch({{"features": decoded[:40]}}, {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
+monitor.batch([{{"features": decoded}}], big_outputs, 4000, np.full(4, 0.002))
+monitor.batch([{{"features": decoded[:1500]}}, {{"features": decoded[1500:]}}], big_outputs, 4000, np.full(8, 0.002))
+monitor.batch([{{"features": decoded[:40]}}], {{"probabilities": p, "label": labels}}, 40, np.full(4, 0.002))
 assert compiled[0] > 0, compiled
 assert (len(update_counts.signatures), len(label_counts.signatures)) == compiled, compiled
 """

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.batcher import Arrays
 from gateway.http_app import OipHttpApp
 from gateway.http_protocol import RECEIVED_AT
+from serving.batch_inputs import Arrays, Parts
 from tests.test_tracing import MODEL, Deployment, make_service, post
 
 INFER = f"/v2/models/{MODEL}/infer"
@@ -28,9 +28,9 @@ class CountingDeployment(Deployment):
         super().__init__(delay_s)
         self.batches = 0
 
-    async def __call__(self, inputs: Arrays) -> Arrays:
+    async def __call__(self, parts: Parts) -> Arrays:
         self.batches += 1
-        return await super().__call__(inputs)
+        return await super().__call__(parts)
 
 
 async def _post(app: OipHttpApp, timeout_us: int, arrived_s_ago: float) -> tuple[int, dict[str, Any]]:
@@ -69,8 +69,8 @@ class StallingDeployment(Deployment):
         super().__init__(0.0)
         self.stall_s = stall_s
 
-    async def __call__(self, inputs: Arrays) -> Arrays:
-        outputs = await super().__call__(inputs)
+    async def __call__(self, parts: Parts) -> Arrays:
+        outputs = await super().__call__(parts)
         time.sleep(self.stall_s)
         return outputs
 

@@ -108,33 +108,34 @@ def test_large_batches_travel_both_ways_by_value_and_by_reference(tmp_path: Path
         assert batch.nbytes >= ray_backend.SHARED_MEMORY_BYTES and sends_by_reference(batch.nbytes)
 
         took: list[str] = []
+        halves = [{"x": batch[:1]}, {"x": batch[1:]}]  # two requests' rows: every way joins them in order
 
         async def roundtrips() -> tuple[dict[str, np.ndarray], list[str], str]:
             try:
                 deployed = await backend.wait_ready("echo", "1", timeout_s=120, took=took.append)
-                echoed = {"shared memory": (await deployed.execute({"x": batch}))["y"]}
+                echoed = {"shared memory": (await deployed.execute(halves))["y"]}
                 segments = _segments()  # the pool keeps its segment for the next batch
-                echoed["shared memory, reused"] = (await deployed.execute({"x": batch[::-1].copy()}))["y"][::-1]
+                echoed["shared memory, reused"] = (await deployed.execute(halves[::-1]))["y"][::-1]
                 assert _segments() == segments
                 # the layouts went over the direct channel, the bytes through the segment
                 assert calls == ["call_shared: answered"] * 2
                 monkeypatch.setattr(ray_backend, "SHARED_OVER_CHANNEL_BYTES", 2 * batch.nbytes)
                 monkeypatch.setattr(ray_backend, "DIRECT_MAX_BYTES", 2 * batch.nbytes)
-                echoed["direct channel"] = (await deployed.execute({"x": batch}))["y"]
+                echoed["direct channel"] = (await deployed.execute(halves))["y"]
                 assert calls[2:] == ["call: answered"]  # by the replica, over the channel, not by Ray after a failure
                 # As when the replica died mid-call: the channel gives up on the layout, its segment is dropped (the
                 # replica might still write into it), and the layout of a fresh one goes through Ray.
                 monkeypatch.setattr(DirectReplicas, "call_shared", _channel_down)
                 monkeypatch.setattr(ray_backend, "SHARED_OVER_CHANNEL_BYTES", 0)
-                echoed["shared memory, layout through Ray"] = (await deployed.execute({"x": batch}))["y"]
+                echoed["shared memory, layout through Ray"] = (await deployed.execute(halves))["y"]
                 assert len(_segments()) == 1 and _segments() != segments
                 # The channel gives up on the batch itself, and Ray carries it.
                 monkeypatch.setattr(DirectReplicas, "call", _channel_down)
                 monkeypatch.setattr(ray_backend, "SHARED_OVER_CHANNEL_BYTES", 2 * batch.nbytes)
                 monkeypatch.setattr(ray_backend, "SHARED_MEMORY_BYTES", 2 * batch.nbytes)
-                echoed["by reference"] = (await deployed.execute({"x": batch}))["y"]
+                echoed["by reference"] = (await deployed.execute(halves))["y"]
                 monkeypatch.setattr(ray_backend, "BY_REFERENCE_BYTES", 2 * batch.nbytes)
-                echoed["by value"] = (await deployed.execute({"x": batch}))["y"]
+                echoed["by value"] = (await deployed.execute(halves))["y"]
                 return echoed, segments, deployed.device
             finally:
                 await backend.stop_serve()
@@ -166,7 +167,7 @@ def test_a_killed_replica_is_replaced_and_the_direct_channel_finds_the_new_one(t
         async def scenario() -> tuple[Path, list[Path], int]:
             try:
                 deployed = await backend.wait_ready("echo", "1", timeout_s=120)
-                np.testing.assert_array_equal((await deployed.execute(batch))["y"], batch["x"])
+                np.testing.assert_array_equal((await deployed.execute([batch]))["y"], batch["x"])
                 assert calls == ["call: answered"], calls
                 directory = channel_directory(backend.gcs_address(), ray_backend.app_name("echo", "1"))
                 (killed,) = directory.glob("*.sock")
@@ -176,7 +177,7 @@ def test_a_killed_replica_is_replaced_and_the_direct_channel_finds_the_new_one(t
                     assert time.monotonic() < deadline, f"no direct answer from a replacement ({failures} failures)"
                     before = len(calls)
                     try:
-                        outputs = await asyncio.wait_for(deployed.execute(batch), 30)
+                        outputs = await asyncio.wait_for(deployed.execute([batch]), 30)
                     except Exception:  # the replica is dead and not replaced yet
                         failures += 1
                         await asyncio.sleep(0.5)

@@ -37,7 +37,8 @@ def test_a_batch_goes_in_and_its_outputs_come_back_through_one_reused_segment() 
         names = []
         for rows in (1000, 700, 1000):  # the smaller batch fits the first batch's segment
             x = rng.standard_normal((rows, 30)).astype(np.float32)
-            with pool.batch({"features": x}) as batch:
+            requests = [{"features": part} for part in np.array_split(x, 3)]  # each copied to its rows' place
+            with pool.batch(requests) as batch:
                 assert _replica(mappings, batch.layout)
                 outputs = batch.read_outputs()
                 names.append(batch.layout.segment)
@@ -55,12 +56,23 @@ def test_a_segment_whose_call_failed_is_unlinked_and_never_reused() -> None:
     pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
     x = np.ones((10, 30), np.float32)
     try:
-        with pytest.raises(TimeoutError), pool.batch({"features": x}) as batch:
+        with pytest.raises(TimeoutError), pool.batch([{"features": x}]) as batch:
             failed = batch.layout.segment
             raise TimeoutError
         assert failed not in _names(os.getpid())
-        with pool.batch({"features": x}) as batch:
+        with pool.batch([{"features": x}]) as batch:
             assert batch.layout.segment != failed
+    finally:
+        pool.close()
+
+
+def test_requests_that_cannot_be_one_batch_are_refused_and_their_segment_dropped() -> None:
+    pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
+    try:
+        with pytest.raises(ValueError), pool.batch([{"features": np.ones((2, 30), np.float32)},
+                                                    {"features": np.ones((2, 29), np.float32)}]):
+            raise AssertionError("not reached")
+        assert _names(os.getpid()) == set()
     finally:
         pool.close()
 
@@ -68,7 +80,7 @@ def test_a_segment_whose_call_failed_is_unlinked_and_never_reused() -> None:
 def test_outputs_that_do_not_fit_the_room_are_not_written() -> None:
     pool, mappings = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS), Mappings()
     try:
-        with pool.batch({"features": np.ones((4, 30), np.float32)}) as batch:
+        with pool.batch([{"features": np.ones((4, 30), np.float32)}]) as batch:
             _, room = mappings.views(batch.layout)
             assert not write_outputs({"probabilities": np.ones((5, 2), np.float32),
                                       "label": np.ones(5, np.int64)}, room)
@@ -82,7 +94,7 @@ def test_outputs_that_do_not_fit_the_room_are_not_written() -> None:
 def test_a_layout_survives_json_as_the_direct_channel_carries_it() -> None:
     pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
     try:
-        with pool.batch({"features": np.ones((3, 30), np.float32), "mask": np.ones((3, 2, 2), bool)}) as batch:
+        with pool.batch([{"features": np.ones((3, 30), np.float32), "mask": np.ones((3, 2, 2), bool)}]) as batch:
             assert Layout.from_json(orjson.loads(orjson.dumps(batch.layout))) == batch.layout
     finally:
         pool.close()
@@ -99,7 +111,7 @@ def test_a_replica_maps_nothing_but_a_gateway_segment() -> None:
 
 def test_no_shared_memory_is_a_distinct_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(shared_batch, "SHM_DIR", tmp_path / "missing")
-    with pytest.raises(NoSharedMemory), SegmentPool(node_id="n1", output_rows={}).batch({"x": np.ones((1, 1))}):
+    with pytest.raises(NoSharedMemory), SegmentPool(node_id="n1", output_rows={}).batch([{"x": np.ones((1, 1))}]):
         pass
 
 
@@ -111,7 +123,7 @@ def test_orphans_of_dead_gateways_are_removed_and_live_ones_kept() -> None:
     foreign = shared_batch.SHM_DIR / f"{shared_batch.PREFIX}{shared_batch.PID_NAMESPACE + 1}-{int(dead.stdout)}-0"
     pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
     try:
-        with pool.batch({"features": np.ones((1, 30), np.float32)}) as batch:
+        with pool.batch([{"features": np.ones((1, 30), np.float32)}]) as batch:
             live = shared_batch.SHM_DIR / batch.layout.segment
         orphan.write_bytes(b"left by a gateway that died")
         foreign.write_bytes(b"a gateway in another PID namespace")

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.batcher import Arrays, Batcher, BatchPolicy
+from gateway.batcher import Batcher, BatchPolicy
 from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
 from gateway.proto import grpc_service_pb2 as pb
@@ -46,6 +46,7 @@ from gateway.service import InferenceService
 from gateway.shadows import ShadowMirror
 from routing.live import LiveRouting
 from routing.store import StateStore, StoredRouting
+from serving.batch_inputs import Arrays, Parts, joined
 from serving.manifest import Manifest, TensorSpec
 from telemetry.tracing import REQUEST_SPAN, Tracing, build_tracing
 from tests.conftest import RunningGateway, free_port, start_gateway, stop_gateway
@@ -66,11 +67,11 @@ class Deployment:
         self.delay_s = delay_s
         self.failing = failing
 
-    async def __call__(self, inputs: Arrays) -> Arrays:
+    async def __call__(self, parts: Parts) -> Arrays:
         await asyncio.sleep(self.delay_s)
         if self.failing:
             raise RuntimeError("replica died")
-        return {"y": inputs["x"] * 2}
+        return {"y": joined(parts)["x"] * 2}
 
 
 @pytest.fixture
