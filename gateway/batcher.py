@@ -117,6 +117,10 @@ class BatchPolicy:
     objective_s: float | None = None
     """Latency objective: the deadline of requests that set none; None = such requests have no deadline."""
     max_queue_rows: int = 65536
+    variable_shapes: bool = False
+    """Some input has a variable dimension after the rows: then only requests whose inputs agree on their shapes
+    share a batch (their rows could not be one array), consecutive ones in arrival order, as Triton batches
+    without ragged batching. Off, nobody pays for the check."""
 
 
 class Batcher:
@@ -394,9 +398,12 @@ class Batcher:
         budget = self._policy.max_batch_rows
         batch: list[_Pending] = []
         rows = 0
+        shapes: list[tuple[int, ...]] | None = None
         while self._queue:
             head = self._queue[0]
             if batch and rows + head.rows > budget:
+                break
+            if shapes is not None and _trailing_shapes(head.inputs) != shapes:
                 break
             self._queue.popleft()
             self._queued_rows -= head.rows
@@ -408,6 +415,8 @@ class Batcher:
                     budget = fits
             batch.append(head)
             rows += head.rows
+            if shapes is None and self._policy.variable_shapes:
+                shapes = _trailing_shapes(head.inputs)
         if self._metrics is not None:
             for pending in batch:
                 self._metrics.queue_wait.observe(now - pending.enqueued_at)
@@ -514,6 +523,10 @@ class Batcher:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 await asyncio.sleep(0.001)
+
+
+def _trailing_shapes(inputs: Arrays) -> list[tuple[int, ...]]:
+    return [array.shape[1:] for array in inputs.values()]
 
 
 def _scatter(label: str, batch: list[_Pending], outputs: Arrays, total_rows: int) -> None:

@@ -139,6 +139,7 @@ def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
         max_inflight=batching.max_inflight_batches * replicas,
         objective_s=None if batching.latency_objective_ms is None else batching.latency_objective_ms / 1000.0,
         max_queue_rows=batching.max_queue_rows,
+        variable_shapes=entry.manifest is not None and any(-1 in spec.shape[1:] for spec in entry.manifest.inputs),
     )
 
 

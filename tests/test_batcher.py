@@ -9,6 +9,7 @@ itself is covered end to end in test_concurrency.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -484,3 +485,22 @@ def test_a_round_trip_the_event_loop_delayed_does_not_teach_the_latency_model() 
     assert learned == 1  # a clean round trip is learned...
     assert after_stall == 1  # ...the delayed one is not
     assert len(executor.batch_rows) == 2
+
+
+def test_requests_of_different_shapes_never_share_a_batch() -> None:
+    """A model whose input has a variable dimension after the rows (sequences, say) takes requests of different
+    widths; their rows cannot be one array, so each batch holds requests of one shape, in arrival order."""
+    executor = RecordingExecutor(delay_s=0.005)
+    batcher = Batcher("m", executor, BatchPolicy(64, 0.0, 1, variable_shapes=True))
+    widths = [3, 3, 5, 5, 5, 3, 2, 2, 3, 5] * 3
+    requests = [{"x": np.full((2, width), float(i), np.float32)} for i, width in enumerate(widths)]
+
+    async def main() -> list[Arrays]:
+        return await asyncio.gather(*(batcher.submit(inputs, 2) for inputs in requests))
+
+    for inputs, result in zip(requests, asyncio.run(main()), strict=True):
+        np.testing.assert_array_equal(result["double"], inputs["x"] * 2)
+    assert len(executor.parts) == len(requests)
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(widths))  # 18 runs of one width
+    # a batch per run, and the first request's own (it went at once, alone): alike neighbours were grouped
+    assert len(executor.batch_rows) <= runs + 1, executor.batch_rows

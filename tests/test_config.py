@@ -90,3 +90,26 @@ models:
     assert config.batching_for("m", "1").latency_objective_ms == 50
     assert config.batching_for("other", "1").max_batch_rows == 64
     assert config.batching_for("other", "1").latency_objective_ms is None
+
+
+def test_only_a_version_with_a_variable_dimension_after_the_rows_batches_its_requests_by_shape(
+        tmp_path: Path) -> None:
+    from gateway.registry import ServedVersion
+    from mlgate.server import batch_policy
+    from serving.manifest import Manifest, TensorSpec
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    config = load_config(path)
+
+    def policy(*input_shapes: tuple[int, ...]) -> bool:
+        manifest = Manifest(name="m", version="1", sha256="0" * 64,
+                            inputs=tuple(TensorSpec(name=f"in{i}", datatype="FP32", shape=shape)
+                                         for i, shape in enumerate(input_shapes)),
+                            outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),))
+        return batch_policy(config, ServedVersion("m", "1", manifest)).variable_shapes
+
+    assert not policy((-1, 30))
+    assert not policy((-1, 30), (-1, 4, 4))
+    assert policy((-1, 30), (-1, -1))  # a sequence of any length
+    assert policy((-1, 8, -1))
