@@ -92,9 +92,16 @@ def _private_directory(directory: Path) -> bool:
 # ----------------------------------------------------------------------------------------------- frames
 
 
+JOIN_PARTS_BELOW = 32 << 10
+"""An input whose parts average fewer bytes than this goes into the frame joined, one buffer: a buffer per part costs
+about 1 µs, as much as copying 30 KiB. On the 2-core box, encoding 16 parts of 30 KiB took 20.7 µs either way;
+128 single rows of the champion took 142 µs as parts and 27 µs joined; 4 parts of 480 KiB, 7 µs and 154 µs."""
+
+
 def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
     """A frame carrying ``fields`` and one array per input of ``parts``: the parts' rows back to back in the
-    payload, 64-byte aligned per input, each part's buffer sent as it is (the batch is never joined first).
+    payload, 64-byte aligned per input, each part's buffer sent as it is unless the parts are small
+    (``JOIN_PARTS_BELOW``): a large batch is never joined first.
 
     Numeric and boolean arrays only: a version with string tensors never opens the channel. ValueError if the
     parts disagree on an input's dtype or trailing shape."""
@@ -103,6 +110,9 @@ def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
     offset = 0
     for name, first in (parts[0] if parts else {}).items():
         arrays = [part[name] for part in parts]
+        if len(arrays) > 1 and sum(array.nbytes for array in arrays) < JOIN_PARTS_BELOW * len(arrays):
+            first = np.concatenate(arrays)
+            arrays = [first]
         shape = list(first.shape)
         if len(arrays) > 1:
             shape[0] = _agreeing_rows(name, first, arrays)

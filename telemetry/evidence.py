@@ -302,10 +302,9 @@ class VersionMonitor:
         vector[ROWS] += rows
         update_counts(views.latency, _LATENCY_BINS.edges, _LATENCY_BINS.n_edges, latencies_s.reshape(-1, 1))
         if layout.input_name is not None and (features := shape.feature_bins) is not None:
-            width = len(layout.features)
-            xs = [x for part in inputs if (x := part.get(layout.input_name)) is not None and x.ndim == 2
-                  and x.shape[1] == width]
-            if len(xs) == len(inputs):
+            x = inputs[0].get(layout.input_name)  # the batch's requests have the same inputs and trailing shapes
+            if x is not None and x.ndim == 2 and x.shape[1] == len(layout.features):
+                xs = [part[layout.input_name] for part in inputs]
                 sample, step = sampled_rows(xs, self.feature_rows_per_batch)
                 floats = _floats(sample)
                 if floats is not None:

@@ -83,21 +83,29 @@ def test_frames_carry_every_numeric_dtype_and_shape_exactly() -> None:
         assert decoded[name].ctypes.data % 8 == 0 or decoded[name].size == 0, f"{name} misaligned"
 
 
-def test_a_batch_of_several_requests_travels_as_one_array_per_input() -> None:
-    """Each request's buffers go into the frame as they are, back to back: the replica reads one array of all
-    their rows, in order. Parts that cannot be one array are refused rather than sent as garbage."""
+@pytest.mark.parametrize(("rows", "joined"), [((1, 4, 2), True), ((3000, 3500, 2800), False)])
+def test_a_batch_of_several_requests_travels_as_one_array_per_input(rows: tuple[int, ...], joined: bool) -> None:
+    """The replica reads one array of all the requests' rows, in order, whether small parts were joined into one
+    buffer or large ones' buffers went into the frame as they are. Parts that cannot be one array are refused,
+    not sent as garbage."""
     rng = np.random.default_rng(1)
-    parts = [{"x": rng.random((n, 3), dtype=np.float32), "m": rng.random((n, 2, 2)) > 0.5} for n in (1, 4, 2)]
-    parts[1]["x"] = np.asfortranarray(parts[1]["x"])  # not C-contiguous: sent as a contiguous copy
-    frame = b"".join(bytes(b) for b in encode(parts))
-    header_bytes, _ = direct_channel._PREFIX.unpack(frame[:12])
-    decoded = decode_arrays(orjson.loads(frame[12:12 + header_bytes]), frame[12 + header_bytes:])
+    parts = [{"x": rng.random((n, 3), dtype=np.float32), "m": rng.random((n, 2, 2)) > 0.5} for n in rows]
+    parts[1]["x"] = np.asfortranarray(parts[1]["x"])  # not C-contiguous
+    frame = encode(parts)
+    # prefix, header, x (one buffer, or one per part), a pad, m (4 bytes a row: small enough to join either way)
+    assert len(frame) == 2 + (1 if joined else len(rows)) + 1 + 1
+    body = b"".join(bytes(b) for b in frame[2:])
+    assert direct_channel._PREFIX.unpack(frame[0]) == (len(frame[1]), len(body))
+    decoded = decode_arrays(orjson.loads(frame[1]), body)
     for name in ("x", "m"):
         np.testing.assert_array_equal(decoded[name], np.concatenate([part[name] for part in parts]), err_msg=name)
-    with pytest.raises(ValueError, match=r"input 'x': parts of dtype float64 and shape \[2, 3\]"):
-        encode([parts[0], {"x": np.zeros((2, 3)), "m": parts[0]["m"]}])
-    with pytest.raises(ValueError, match=r"input 'x': parts of dtype float32 and shape \[1, 4\]"):
-        encode([parts[0], {"x": np.zeros((1, 4), np.float32), "m": parts[0]["m"]}])
+    n = rows[0]
+    wider = {"x": np.zeros((n, 4), np.float32), "m": parts[0]["m"]}
+    with pytest.raises(ValueError, match="dimension 1" if joined else r"input 'x': parts of dtype float32 and shape"):
+        encode([parts[0], wider])
+    if not joined:  # joining converts a dtype that differs; large parts are not copied, so theirs must agree
+        with pytest.raises(ValueError, match=r"input 'x': parts of dtype float64 and shape"):
+            encode([parts[0], {"x": np.zeros((n, 3)), "m": parts[0]["m"]}])
 
 
 def test_a_batch_goes_to_the_replica_and_back(directory: Path, listener: ReplicaListener) -> None:
