@@ -8,7 +8,9 @@ requests, ``np.concatenate`` alone was 7.6% of a busy gateway's samples (py-spy,
 a 16,384-row batch of 30 float32 features.
 
 Every part has the same input names, and each input the same dtype and trailing shape in every part: the
-gateway binds each request's tensors to the model's manifest before it queues them.
+gateway binds each request's tensors to the model's manifest before it queues them, and where the manifest lets
+a trailing dimension vary, the batcher batches only requests that agree on it (``BatchPolicy.variable_shapes``).
+Parts that could not be one array make the joining raise ValueError, and their batch fail, never garbage.
 """
 
 from __future__ import annotations

@@ -226,10 +226,10 @@ def sampled_rows(parts: Sequence[np.ndarray], limit: int = FEATURE_ROWS_PER_BATC
     interleaved kinds). One part's sample is a view of it; several parts' is a new array of the sampled rows
     only: the batch is never joined, which would copy every row."""
     rows = sum(len(part) for part in parts)
-    step = 1 if rows <= limit or limit == 0 else -(-rows // limit)
-    start = random.randrange(step) if step > 1 else 0
-    if step == 1:
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), step
+    if rows <= limit or limit == 0:
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), 1
+    step = -(-rows // limit)
+    start = random.randrange(step)
     if len(parts) == 1:
         return parts[0][start::step], step
     pieces, offset = [], 0
