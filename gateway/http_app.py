@@ -21,7 +21,7 @@ import orjson
 
 from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response, error_body, json_body
-from gateway.http_protocol import RECEIVED_AT
+from gateway.http_protocol import RECEIVED_AT, WHOLE_BODY
 from gateway.service import CLIENT_CLOSED, InferenceService, InferResult
 from gateway.traffic import Target
 from telemetry.metrics import exposition
@@ -98,8 +98,8 @@ class OipHttpApp:
             return _json(200 if ready else 503, {"ready": ready})
         if parts == ["repository", "index"]:
             _allow(method, "POST")
-            body = await self._read_body(scope, receive)
-            return _json(200, service.repository_index(ready_only=_index_ready_only(body)))
+            index_request = await self._read_body(scope, receive)
+            return _json(200, service.repository_index(ready_only=_index_ready_only(index_request)))
         raise NotFound(f"no such endpoint: {method} {scope['path']}")
 
     async def _model_endpoint(self, method: str, parts: list[str], scope: Scope, receive: Receive) -> Response:
@@ -183,7 +183,7 @@ class OipHttpApp:
             response[1].append((TRACE_ID, trace_id.encode()))
         return response
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | bytearray:
         limit = self.max_request_bytes
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -201,7 +201,10 @@ class OipHttpApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body: bytes | bytearray = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        gathered: bytearray | None = scope.get(WHOLE_BODY)  # a large body the protocol gathered: no messages carried it
+        if gathered is not None:
+            body = gathered
         encoding = _header(scope, b"content-encoding")
         if encoding is not None and encoding not in ("identity", ""):
             body = _decompress(body, encoding, limit)
@@ -220,7 +223,7 @@ def _infer_response(result: InferResult, request: HttpInferRequest) -> Response:
     return 200, headers, payload
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     """gzip/deflate request bodies (tritonclient's request_compression_algorithm), bounded against bombs."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
@@ -260,7 +263,7 @@ def _header_length(scope: Scope) -> int | None:
     return int(raw)
 
 
-def _index_ready_only(body: bytes) -> bool:
+def _index_ready_only(body: bytes | bytearray) -> bool:
     if not body.strip():
         return False
     try:

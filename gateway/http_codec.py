@@ -39,9 +39,9 @@ class HttpInferRequest:
     """OIP parameter ``routing_key``: keeps a caller on one version of a split."""
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> HttpInferRequest:
+def decode_infer_request(body: bytes | bytearray, header_length: int | None) -> HttpInferRequest:
     if header_length is None:
-        header: bytes | memoryview = body
+        header: bytes | bytearray | memoryview = body
         tail = memoryview(b"")
     else:
         if header_length > len(body):
@@ -67,7 +67,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> HttpInferReq
     return HttpInferRequest(request_id, tensors, requested, binary, timeout_s, routing_key)
 
 
-def _parse_json(raw: bytes | memoryview) -> Any:
+def _parse_json(raw: bytes | bytearray | memoryview) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

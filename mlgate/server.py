@@ -471,7 +471,7 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
                             gateway.rollouts if gateway.config.monitoring.drift else None)
     http = _QuietUvicorn(listener_config(
         OipHttpApp(gateway.service, config.max_request_bytes, admin), config.host, config.http_port,
-        timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
+        gather_up_to=config.max_request_bytes, timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))
     if listeners.worker > 0:  # a worker listens only once it can answer: no connection lands on it before
         await gateway.load_models(deploy=False)

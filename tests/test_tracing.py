@@ -86,11 +86,12 @@ def make_tracing(exporter: InMemorySpanExporter, ratio: float = 0.0) -> Tracing:
 
 
 def make_service(tracing: Tracing | None, deployment: Deployment, versions: Sequence[str] = ("1",),
-                 live: LiveRouting | None = None, failing: Deployment | None = None) -> InferenceService:
+                 live: LiveRouting | None = None, failing: Deployment | None = None,
+                 manifest: Manifest = MANIFEST) -> InferenceService:
     """Versions of one model, the first the champion; ``failing`` serves the last version instead, if given."""
     registry = ModelRegistry()
     for version in versions:
-        entry = ServedVersion(MODEL, version, MANIFEST.model_copy(update={"version": version}))
+        entry = ServedVersion(MODEL, version, manifest.model_copy(update={"version": version}))
         registry.add(entry)
         execute = failing if failing is not None and version == versions[-1] else deployment
         batcher = Batcher(entry.label, execute, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1),
