@@ -12,7 +12,8 @@ working tree as it is), served by this environment's ``mlgate`` with
 serve the demo champion and the wide model with the same latency objective;
 each point is one ``loadtests.loadgen`` open-loop run, optionally beside a
 ``loadtests.cpu_neighbour``. Per point and round it reports goodput (answers
-within the objective per second), refusals per second and the p99 of answers.
+within the objective per second), refusals per second and the p99 of answers, and in a second table the
+gateway process's CPU per answer: a figure that moves far less than goodput from round to round.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from loadtests.bench_gpu import build_repository
 from loadtests.bench_oip import mlgate_command
 from loadtests.loadgen import Arrival
 from loadtests.payloads import json_body, load_rows
-from loadtests.procs import free_port, running, wait_ready
+from loadtests.procs import CLK_TCK, free_port, read_proc, running, wait_ready
 
 ARRIVALS = get_args(Arrival)
 NEIGHBOUR_MAX_S = 3600.0
@@ -106,8 +107,10 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
                 neighbour = subprocess.Popen([sys.executable, "-m", "loadtests.cpu_neighbour", "--busy-ms", str(busy),
                                               "--period-ms", str(period), "--duration", str(NEIGHBOUR_MAX_S)],
                                              cwd=REPO)
+            ticks_before = _cpu_ticks(server.popen.pid)
             try:
                 result = open_loop(port, model, arrival, rate, args, args.rows)
+                result["cpu_us_per_answer"] = _per_answer(_cpu_ticks(server.popen.pid) - ticks_before, result, args)
             finally:
                 if neighbour is not None:
                     neighbour.terminate()
@@ -117,6 +120,19 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
             print(f"  {name:9s} {model:20s} {rate:7.0f} {arrival:8s} good {result['goodput']:7.0f}/s "
                   f"refused {result['refused']:6d} p99 {result['p99_ms']:8.1f} ms", file=sys.stderr, flush=True)
     return results
+
+
+def _cpu_ticks(pid: int) -> int:
+    info = read_proc(pid)
+    return info.cpu_ticks if info is not None else 0
+
+
+def _per_answer(ticks: int, result: dict[str, Any], args: argparse.Namespace) -> float:
+    """Gateway CPU µs per answer over the whole point: its ticks (warm-up included) over the answers counted in
+    the measured window, scaled to the warm-up too (as if the rate were steady). Refusals cost CPU as well; at
+    overload the figure is what each answer cost, refusals included."""
+    answers = result["ok"] * (args.warmup + args.duration) / args.duration
+    return ticks * 1e6 / CLK_TCK / answers if answers else float("nan")
 
 
 def render(args: argparse.Namespace, rounds: list[dict[str, list[dict[str, Any]]]]) -> str:
@@ -131,6 +147,12 @@ def render(args: argparse.Namespace, rounds: list[dict[str, list[dict[str, Any]]
             cells.append("; ".join(f"{r[side][i]['goodput']:,.0f} ({r[side][i]['refused'] / seconds:,.0f}, "
                                    f"{r[side][i]['p99_ms']:,.0f})" for r in rounds))
         lines.append(f"| {model} | {rate:,.0f} | {arrival} | {cells[0]} | {cells[1]} |")
+    lines += ["", "The gateway process's CPU per answer, µs, per round:", "",
+              "| model | offered | arrivals | baseline | candidate |", "|---|---:|---|---|---|"]
+    for i, (model, rate, arrival) in enumerate(args.points):
+        cpu = ["; ".join(f"{r[side][i]['cpu_us_per_answer']:,.0f}" for r in rounds)
+               for side in ("baseline", "candidate")]
+        lines.append(f"| {model} | {rate:,.0f} | {arrival} | {cpu[0]} | {cpu[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -178,7 +178,7 @@ def open_loop(port: int, model: str, trace: str, rate: float, args: argparse.Nam
                      payload="binary" if rows > 1 else "json", binary_outputs=rows > 1)
     report = run_load_sync(cfg)
     refused = report.errors.get("http_429", 0)
-    return {"ok_rps": report.throughput, "goodput": report.goodput or 0.0,
+    return {"ok_rps": report.throughput, "ok": report.ok, "goodput": report.goodput or 0.0,
             "p50_ms": report.latency_ms.get("p50", float("nan")), "p99_ms": report.latency_ms.get("p99", float("nan")),
             "refused": refused, "failed": report.error_count - refused}
 
