@@ -10,8 +10,8 @@ Each side is a git revision checked out in a temporary worktree (``.``: the
 working tree as it is), served by this environment's ``mlgate`` with
 ``PYTHONPATH`` pointing at that tree, so Ray's workers import it too. Both sides
 serve the demo champion and the wide model with the same latency objective;
-each point is one ``loadtests.loadgen`` open-loop run, optionally beside a
-``loadtests.cpu_neighbour``. Per point and round it reports goodput (answers
+each point is one ``loadtests.loadgen`` open-loop run (or closed-loop: ``MODEL:N:closed``, N
+connections), optionally beside a ``loadtests.cpu_neighbour``. Per point and round it reports goodput (answers
 within the objective per second), refusals per second and the p99 of answers, and in a second table the
 gateway process's CPU per answer: a figure that moves far less than goodput from round to round.
 """
@@ -31,21 +31,24 @@ from typing import Any, get_args
 
 import yaml
 
-from loadtests.bench_batching import BASE_MODELS, open_loop, settle
+from loadtests.bench_batching import BASE_MODELS, open_loop, run_summary, settle
 from loadtests.bench_gpu import build_repository
 from loadtests.bench_oip import mlgate_command
-from loadtests.loadgen import Arrival
+from loadtests.loadgen import Arrival, LoadConfig, run_load_sync
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import CLK_TCK, free_port, read_proc, running, wait_ready
 
-ARRIVALS = get_args(Arrival)
+CLOSED = "closed"
+"""A point's "arrival" for a closed loop: its RATE is then the number of connections, each sending its next request
+when the last is answered. The gateway's CPU per answer is steadiest there."""
+ARRIVALS = (*get_args(Arrival), CLOSED)
 NEIGHBOUR_MAX_S = 3600.0
 """The neighbour is stopped when its point ends; this only bounds it if the tool itself dies."""
 REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_point(text: str) -> tuple[str, float, str]:
-    """``MODEL:RATE:ARRIVAL``, e.g. ``breast-cancer-wide:1130:poisson``."""
+    """``MODEL:RATE:ARRIVAL``, e.g. ``breast-cancer-wide:1130:poisson``; ``breast-cancer:8:closed``: 8 connections."""
     try:
         model, rate, arrival = text.split(":")
         value = float(rate)
@@ -109,7 +112,8 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
                                              cwd=REPO)
             ticks_before = _cpu_ticks(server.popen.pid)
             try:
-                result = open_loop(port, model, arrival, rate, args, args.rows)
+                result = (closed_loop(port, model, int(rate), args) if arrival == CLOSED
+                          else open_loop(port, model, arrival, rate, args, args.rows))
                 result["cpu_us_per_answer"] = _per_answer(_cpu_ticks(server.popen.pid) - ticks_before, result, args)
             finally:
                 if neighbour is not None:
@@ -120,6 +124,14 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
             print(f"  {name:9s} {model:20s} {rate:7.0f} {arrival:8s} good {result['goodput']:7.0f}/s "
                   f"refused {result['refused']:6d} p99 {result['p99_ms']:8.1f} ms", file=sys.stderr, flush=True)
     return results
+
+
+def closed_loop(port: int, model: str, connections: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One closed-loop run, reported as ``open_loop`` reports an open one."""
+    cfg = LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="closed", concurrency=connections,
+                     duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0, quiet=True, slo_ms=args.slo_ms,
+                     rows=args.rows, payload="binary" if args.rows > 1 else "json", binary_outputs=args.rows > 1)
+    return run_summary(run_load_sync(cfg))
 
 
 def _cpu_ticks(pid: int) -> int:

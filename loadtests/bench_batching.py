@@ -72,6 +72,7 @@ from loadtests.bench_routing import metric_sum, scrape
 from loadtests.loadgen import LoadConfig, run_load_sync
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import CLK_TCK, Server, free_port, read_proc, running, wait_ready
+from loadtests.report import Report
 
 BASE_MODELS = ("breast-cancer", "breast-cancer-wide")
 SERVE_DEFAULTS = "serve-defaults"
@@ -176,7 +177,11 @@ def open_loop(port: int, model: str, trace: str, rate: float, args: argparse.Nam
                      connections=256, duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0,
                      quiet=True, slo_ms=args.slo_ms, seed=args.seed, rows=rows,
                      payload="binary" if rows > 1 else "json", binary_outputs=rows > 1)
-    report = run_load_sync(cfg)
+    return run_summary(run_load_sync(cfg))
+
+
+def run_summary(report: Report) -> dict[str, Any]:
+    """What the benchmarks keep of one load run."""
     refused = report.errors.get("http_429", 0)
     return {"ok_rps": report.throughput, "ok": report.ok, "goodput": report.goodput or 0.0,
             "p50_ms": report.latency_ms.get("p50", float("nan")), "p99_ms": report.latency_ms.get("p99", float("nan")),

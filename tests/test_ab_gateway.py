@@ -12,6 +12,7 @@ from loadtests.ab_gateway import _per_answer, parse_args, parse_point, render
 
 def test_points_name_a_demo_model_a_positive_rate_and_an_arrival_process() -> None:
     assert parse_point("breast-cancer-wide:1130:poisson") == ("breast-cancer-wide", 1130.0, "poisson")
+    assert parse_point("breast-cancer:8:closed") == ("breast-cancer", 8.0, "closed")  # 8 connections
     for bad in ("breast-cancer:1130", "champion:1130:poisson", "breast-cancer:0:poisson", "breast-cancer:nan:poisson",
                 "breast-cancer:fast:poisson", "breast-cancer:100:steady"):
         with pytest.raises(argparse.ArgumentTypeError):
