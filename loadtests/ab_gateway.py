@@ -34,9 +34,10 @@ import yaml
 from loadtests.bench_batching import BASE_MODELS, open_loop, run_summary, settle
 from loadtests.bench_gpu import build_repository
 from loadtests.bench_oip import mlgate_command
+from loadtests.bench_routing import cpu_ticks
 from loadtests.loadgen import Arrival, LoadConfig, run_load_sync
 from loadtests.payloads import json_body, load_rows
-from loadtests.procs import CLK_TCK, free_port, read_proc, running, wait_ready
+from loadtests.procs import CLK_TCK, free_port, running, wait_ready
 
 CLOSED = "closed"
 """A point's "arrival" for a closed loop: its RATE is then the number of connections, each sending its next request
@@ -110,11 +111,12 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
                 neighbour = subprocess.Popen([sys.executable, "-m", "loadtests.cpu_neighbour", "--busy-ms", str(busy),
                                               "--period-ms", str(period), "--duration", str(NEIGHBOUR_MAX_S)],
                                              cwd=REPO)
-            ticks_before = _cpu_ticks(server.popen.pid)
+            gateway = [server.popen.pid]
+            ticks_before = cpu_ticks(gateway)
             try:
                 result = (closed_loop(port, model, int(rate), args) if arrival == CLOSED
                           else open_loop(port, model, arrival, rate, args, args.rows))
-                result["cpu_us_per_answer"] = _per_answer(_cpu_ticks(server.popen.pid) - ticks_before, result, args)
+                result["cpu_us_per_answer"] = _per_answer(cpu_ticks(gateway) - ticks_before, result, args)
             finally:
                 if neighbour is not None:
                     neighbour.terminate()
@@ -132,11 +134,6 @@ def closed_loop(port: int, model: str, connections: int, args: argparse.Namespac
                      duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0, quiet=True, slo_ms=args.slo_ms,
                      rows=args.rows, payload="binary" if args.rows > 1 else "json", binary_outputs=args.rows > 1)
     return run_summary(run_load_sync(cfg))
-
-
-def _cpu_ticks(pid: int) -> int:
-    info = read_proc(pid)
-    return info.cpu_ticks if info is not None else 0
 
 
 def _per_answer(ticks: int, result: dict[str, Any], args: argparse.Namespace) -> float:
