@@ -200,6 +200,19 @@ def test_a_batch_of_several_requests_is_sampled_as_one_without_joining_it() -> N
     assert step == 1 and np.array_equal(whole, ids[:704])
 
 
+def test_a_batch_counts_the_same_whether_its_requests_come_apart_or_joined(manifest: Manifest,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _at(monkeypatch, 6000.2)
+    x = _training_like(manifest, 600, seed=9)
+    apart, joined = (VersionMonitor("m", "1", VersionShape.of(manifest)) for _ in range(2))
+    apart.batch([{"features": x[:1]}, {"features": x[1:250]}, {"features": x[250:]}], _outputs(x), 600,
+                np.full(3, 0.002))
+    joined.batch([{"features": x}], _outputs(x), 600, np.full(3, 0.002))
+    [(_, counts_apart)] = apart.completed_slots(6001.5)
+    [(_, counts_joined)] = joined.completed_slots(6001.5)
+    assert counts_apart[ROWS] == 600 and np.array_equal(counts_apart, counts_joined)
+
+
 def test_evidence_from_two_processes_adds_up(manifest: Manifest, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     store = EvidenceStore(evidence_path(tmp_path / "state.db"))

@@ -43,15 +43,28 @@ def server() -> Iterator[tuple[int, Seen]]:
     seen = Seen()
 
     async def recording(scope: Any, receive: Any, send: Any) -> None:
-        messages = 0
+        messages, recorded = 0, False
 
         async def counted() -> Any:
             nonlocal messages
             messages += 1
             return await receive()
 
-        await app(scope, counted, send)
-        seen.requests.append((WHOLE_BODY in scope, messages))
+        def record() -> None:  # before the response leaves, so that a client holding it can look
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                seen.requests.append((WHOLE_BODY in scope, messages))
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                record()
+            await send(message)
+
+        try:
+            await app(scope, counted, sending)
+        finally:
+            record()  # a request that got no response (its client went away)
 
     port = free_port()
     uvicorn_server = uvicorn.Server(listener_config(recording, "127.0.0.1", port, gather_up_to=LIMIT))
