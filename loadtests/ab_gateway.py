@@ -31,11 +31,11 @@ from typing import Any, get_args
 
 import yaml
 
-from loadtests.bench_batching import BASE_MODELS, open_loop, run_summary, settle
+from loadtests.bench_batching import BASE_MODELS, closed_loop, open_loop, settle
 from loadtests.bench_gpu import build_repository
 from loadtests.bench_oip import mlgate_command
 from loadtests.bench_routing import cpu_ticks
-from loadtests.loadgen import Arrival, LoadConfig, run_load_sync
+from loadtests.loadgen import Arrival
 from loadtests.payloads import json_body, load_rows
 from loadtests.procs import CLK_TCK, free_port, running, wait_ready
 
@@ -114,7 +114,7 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
             gateway = [server.popen.pid]
             ticks_before = cpu_ticks(gateway)
             try:
-                result = (closed_loop(port, model, int(rate), args) if arrival == CLOSED
+                result = (closed_loop(port, model, int(rate), args, args.rows) if arrival == CLOSED
                           else open_loop(port, model, arrival, rate, args, args.rows))
                 result["cpu_us_per_answer"] = _per_answer(cpu_ticks(gateway) - ticks_before, result, args)
             finally:
@@ -126,14 +126,6 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
             print(f"  {name:9s} {model:20s} {rate:7.0f} {arrival:8s} good {result['goodput']:7.0f}/s "
                   f"refused {result['refused']:6d} p99 {result['p99_ms']:8.1f} ms", file=sys.stderr, flush=True)
     return results
-
-
-def closed_loop(port: int, model: str, connections: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One closed-loop run, reported as ``open_loop`` reports an open one."""
-    cfg = LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="closed", concurrency=connections,
-                     duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0, quiet=True, slo_ms=args.slo_ms,
-                     rows=args.rows, payload="binary" if args.rows > 1 else "json", binary_outputs=args.rows > 1)
-    return run_summary(run_load_sync(cfg))
 
 
 def _per_answer(ticks: int, result: dict[str, Any], args: argparse.Namespace) -> float:

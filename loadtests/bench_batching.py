@@ -172,12 +172,22 @@ def write_config(path: Path, repository: Path, http_port: int, slo_ms: float,
 
 def open_loop(port: int, model: str, trace: str, rate: float, args: argparse.Namespace,
               rows: int = 1) -> dict[str, Any]:
-    """One open-loop run; requests of more than one row carry binary tensors both ways, as tritonclient sends them."""
-    cfg = LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="open", rate=rate, arrival=trace,  # type: ignore[arg-type]
-                     connections=256, duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0,
-                     quiet=True, slo_ms=args.slo_ms, seed=args.seed, rows=rows,
-                     payload="binary" if rows > 1 else "json", binary_outputs=rows > 1)
-    return run_summary(run_load_sync(cfg))
+    """One open-loop run, summarised (``run_summary``)."""
+    load = replace(_load(port, model, args, rows), rate=rate, arrival=trace)  # type: ignore[arg-type]
+    return run_summary(run_load_sync(load))
+
+
+def closed_loop(port: int, model: str, connections: int, args: argparse.Namespace, rows: int = 1) -> dict[str, Any]:
+    """One closed-loop run: ``connections`` callers, each sending its next request when the last is answered."""
+    return run_summary(run_load_sync(replace(_load(port, model, args, rows), mode="closed", concurrency=connections)))
+
+
+def _load(port: int, model: str, args: argparse.Namespace, rows: int) -> LoadConfig:
+    """The benchmarks' load against ``model``: requests of more than one row carry binary tensors both ways, as
+    tritonclient sends them."""
+    return LoadConfig(url=f"http://127.0.0.1:{port}", model=model, mode="open", connections=256,
+                      duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0, quiet=True, slo_ms=args.slo_ms,
+                      seed=args.seed, rows=rows, payload="binary" if rows > 1 else "json", binary_outputs=rows > 1)
 
 
 def run_summary(report: Report) -> dict[str, Any]:
