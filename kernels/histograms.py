@@ -2,7 +2,8 @@
 
 Why one packed array: the gateway updates the histograms of every feature of every
 decoded batch inline, on the request path, so the update must be a single call into
-compiled code — no Python loop per row or per feature, no allocation.
+compiled code — no Python loop per row or per feature, no allocation beyond a few KiB of scratch for
+large batches (``COLUMN_SCAN_MIN_ROWS``).
 
 Binning (the convention of the model manifests, ``serving.demo_models.bin_counts``)
 ----------------------------------------------------------------------------------
@@ -87,6 +88,23 @@ data: it only looked fast when a benchmark replayed the same batch and the branc
 predictor learnt it), the branch-free scan 2.8 ns at 8 edges, 4.3 at 32, 15.8 at 128.
 """
 
+COLUMN_SCAN_MIN_ROWS = 16
+"""From this many rows (and up to ``LINEAR_SCAN_MAX_EDGES`` edges) ``update_counts`` counts a column at a time.
+
+Row by row, each value scans its feature's edges and is then counted in its bin: about 4 ns a value on the 2-core
+Intel Xeon box with 11 edges, and with large requests the histograms were the largest single cost left in the
+gateway (1,024 sampled rows of 30 features, 131 µs a batch; 12,288 rows of 2 class probabilities, 95 µs).
+Column by column, a block of one feature's values is compared with one edge at a time and the comparisons summed,
+loops the compiler turns into SIMD, and no value is counted one by one: 51 and 34 µs (``timeit``, 2026-11-24).
+Counting one by one also cost more when most values fell in one bin (108 µs for values of the wrong scale), as
+increments of one counter wait for each other; the sums do not. Below 16 rows of 30 features the column way's
+fixed costs made it slower (1 row: 1.5 µs against 1.0).
+"""
+
+COLUMN_BLOCK_ROWS = 256
+"""Rows per block of the column-at-a-time count: a block of one feature's values stays in L1 while every edge is
+compared with it."""
+
 PROBABILITY_EDGES: npt.NDArray[np.float64] = np.arange(1, 10, dtype=np.float64) / 10.0
 """0.1, 0.2, ..., 0.9: ten probability bins, ``p < 0.1`` up to ``p >= 0.9``."""
 PROBABILITY_EDGES.flags.writeable = False
@@ -161,8 +179,9 @@ def update_counts(
 
     Finding the bin: for ``K <= LINEAR_SCAN_MAX_EDGES`` (the manifests have ``K <= 11``)
     the kernel counts the edges ``<= v`` with a branch-free scan of the padded row,
-    which relies on the ``+inf`` padding of ``pack_edges``; above that, a binary search
-    over the feature's own ``n_f`` edges. Both give ``searchsorted(side="right")``.
+    which relies on the ``+inf`` padding of ``pack_edges``, or from ``COLUMN_SCAN_MIN_ROWS`` rows
+    the same comparisons a column of values at a time (``_count_by_columns``); above that, a binary
+    search over the feature's own ``n_f`` edges. All give ``searchsorted(side="right")``.
     float32 values are compared with the float64 edges after exact widening, as
     ``np.searchsorted`` does.
 
@@ -178,6 +197,9 @@ def update_counts(
         raise ValueError("update_counts: counts must have shape (F, K + 2) for edges of shape (F, K)")
     nan_col = k + 1
     linear = k <= LINEAR_SCAN_MAX_EDGES
+    if linear and n_rows >= COLUMN_SCAN_MIN_ROWS:
+        _count_by_columns(counts, edges, n_edges, x, weight)
+        return
     for r in range(n_rows):
         for f in range(n_feat):
             v = x[r, f]
@@ -204,6 +226,50 @@ def update_counts(
                     else:
                         hi = mid
             counts[f, lo] += weight
+
+
+@_njit
+def _count_by_columns(
+    counts: CountArray,
+    edges: npt.NDArray[np.float64],
+    n_edges: npt.NDArray[np.int64],
+    x: FloatArray,
+    weight: int,
+) -> None:
+    """``update_counts``' linear scan turned inside out (``COLUMN_SCAN_MIN_ROWS``): how many of a feature's values
+    are ``>=`` each of its ``n_f`` edges, summed over blocks copied into a contiguous column; the bins are the
+    differences of consecutive sums. NaN compares false with every edge, so it is counted apart and taken off the
+    underflow; ``+inf`` is ``>=`` every edge and lands in overflow."""
+    n_rows = x.shape[0]
+    n_feat = x.shape[1]
+    k = edges.shape[1]
+    nan_col = k + 1
+    column = np.empty(COLUMN_BLOCK_ROWS, dtype=np.float64)
+    at_or_above = np.empty(k, dtype=np.int64)
+    for f in range(n_feat):
+        n = max(min(n_edges[f], k), 0)
+        at_or_above[:] = 0
+        nans = 0
+        for start in range(0, n_rows, COLUMN_BLOCK_ROWS):
+            m = min(COLUMN_BLOCK_ROWS, n_rows - start)
+            for r in range(m):
+                column[r] = x[start + r, f]
+            found = 0
+            for r in range(m):
+                found += column[r] != column[r]  # NaN
+            nans += found
+            for i in range(n):
+                edge = edges[f, i]
+                found = 0
+                for r in range(m):
+                    found += column[r] >= edge
+                at_or_above[i] += found
+        below = n_rows - nans  # values below the next edge, counting up from underflow
+        for i in range(n):
+            counts[f, i] += (below - at_or_above[i]) * weight
+            below = at_or_above[i]
+        counts[f, n] += below * weight
+        counts[f, nan_col] += nans * weight
 
 
 def reference_counts(

@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels.histograms import (
+    COLUMN_BLOCK_ROWS,
+    COLUMN_SCAN_MIN_ROWS,
     LINEAR_SCAN_MAX_EDGES,
     PROBABILITY_EDGES,
     count_agreement,
@@ -70,7 +72,8 @@ def tricky_values(
 
 @pytest.mark.parametrize("search", ["linear", "binary"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("rows", [0, 1, 7, 1000])
+@pytest.mark.parametrize("rows", [0, 1, 7, COLUMN_SCAN_MIN_ROWS - 1, COLUMN_SCAN_MIN_ROWS, COLUMN_BLOCK_ROWS,
+                                  COLUMN_BLOCK_ROWS + 1, 1000])
 def test_counts_equal_searchsorted(dtype: type[np.floating], rows: int, search: str) -> None:
     rng = np.random.default_rng(rows)
     edge_lists = random_edges(rng, 13, float32_exact=dtype is np.float32)
@@ -204,7 +207,7 @@ def test_read_only_input_and_float_counts() -> None:
     rng = np.random.default_rng(9)
     edge_lists = random_edges(rng, 4, float32_exact=True)
     edges, n_edges = pack_edges(edge_lists)
-    values = tricky_values(rng, edge_lists, 50, np.float32)
+    values = tricky_values(rng, edge_lists, COLUMN_SCAN_MIN_ROWS + 10, np.float32)  # binned a column at a time
     x = np.frombuffer(values.tobytes(), dtype=np.float32).reshape(values.shape)
     assert not x.flags.writeable
     counts = new_counts(edges)
@@ -220,7 +223,7 @@ def test_a_weight_counts_each_value_that_many_times_nans_included() -> None:
     rng = np.random.default_rng(5)
     edge_lists = random_edges(rng, 6, float32_exact=True)
     edges, n_edges = pack_edges(edge_lists)
-    values = tricky_values(rng, edge_lists, 80, np.float32)
+    values = tricky_values(rng, edge_lists, 3 * COLUMN_SCAN_MIN_ROWS, np.float32)  # a sample binned by columns too
     assert np.isnan(values).any()
     once, weighted = new_counts(edges), new_counts(edges)
     update_counts(once, edges, n_edges, values)
