@@ -115,7 +115,8 @@ class BatchPolicy:
     max_wait_s: float
     max_inflight: int
     objective_s: float | None = None
-    """Latency objective: the deadline of requests that set none; None = such requests have no deadline."""
+    """Latency objective (p99 target): the admission limit's, and the longest a partial batch's head waits for
+    company; None = no admission against it. It never cuts a request off: only a request's own deadline does."""
     max_queue_rows: int = 65536
     variable_shapes: bool = False
     """Some input has a variable dimension after the rows: then only requests whose inputs agree on their shapes
@@ -171,17 +172,16 @@ class Batcher:
         """Queue one request's rows and wait for its own slice of the batch's outputs.
 
         ``deadline`` (``time.monotonic()``) is when the caller's own time budget runs out (already
-        past: refused at once); without one the latency objective applies to admission and batch
-        sizing, but the request is never cut off. The caller's layers pass the one deadline down
-        as it is, so time spent before the batcher (reading, decoding, routing) counts against it.
+        past: refused at once); without one the request is never cut off. The latency objective
+        applies either way, through the admission limit and the hold, never as a deadline. The
+        caller's layers pass the one deadline down as it is, so time spent before the batcher
+        (reading, decoding, routing) counts against it.
         ``trace``: the recorded request (or shadow call) whose spans its batch writes; kept on the
         queued entry, because the batch runs in a task of its own.
         """
         now = time.monotonic()
-        objective = self._policy.objective_s
         own_deadline = math.inf if deadline is None else deadline
-        answer_by = min(own_deadline, now + objective) if objective is not None else own_deadline
-        self._admit(rows, now, answer_by, own_deadline)
+        self._admit(rows, now, own_deadline)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(inputs, rows, future, own_deadline, now, trace))
         self._queued_rows += rows
@@ -200,7 +200,7 @@ class Batcher:
                 "before it was answered"
             ) from None
 
-    def _admit(self, rows: int, now: float, answer_by: float, own_deadline: float) -> None:
+    def _admit(self, rows: int, now: float, own_deadline: float) -> None:
         """Refuse at once what would not be answered in time, rather than queue it and delay everyone.
 
         Against the latency objective, the admission limit decides (``AdmissionLimit``: what
@@ -224,12 +224,12 @@ class Batcher:
             finish = self._predicted_finish(rows, now)
         else:
             finish = now + self.latency.mean(rows)
-        if finish > answer_by:
+        if finish > own_deadline:
             self._count_rejection("deadline")
             raise DeadlineUnreachable(
-                f"{self.label}: cannot answer within {(answer_by - now) * 1e3:.1f} ms "
-                f"(predicted {(finish - now) * 1e3:.1f} ms with {self._queued_rows} rows queued)",
-                retry_after_s=max(0.0, finish - answer_by),
+                f"{self.label}: cannot answer within the request's timeout, {(own_deadline - now) * 1e3:.1f} ms "
+                f"from now (predicted {(finish - now) * 1e3:.1f} ms with {self._queued_rows} rows queued)",
+                retry_after_s=max(0.0, finish - own_deadline),
             )
 
     def _check_objective(self, rows: int) -> None:

@@ -73,10 +73,10 @@ class BatchingConfig(_Strict):
         gt=0,
         description=(
             "Latency objective (p99 target, from decode to answer) of each version of the model; unset = none. "
-            "When set, it is the deadline of requests that set no timeout of their own (batch sizing), and an "
-            "adaptive limit on rows queued or running, steered to where 1% of answers miss the objective, "
-            "refuses requests with 429 before their body is read (docs/architecture.md). A request's own OIP "
-            "'timeout' parameter or gRPC deadline always applies, objective or not."
+            "When set, an adaptive limit on rows queued or running, steered to where 1% of answers miss the "
+            "objective, refuses requests with 429 before their body is read, and a partial batch waits for company "
+            "no longer than the objective allows (docs/architecture.md). It cuts no request off: a request's own "
+            "OIP 'timeout' parameter or gRPC deadline does, objective or not."
         ),
     )
     max_queue_rows: int = Field(65536, ge=1, description="Most rows waiting per deployment; beyond it, 429.")

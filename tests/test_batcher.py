@@ -280,9 +280,28 @@ def test_request_that_cannot_meet_its_deadline_is_refused_at_once() -> None:
     async def main() -> Arrays:
         return await batcher.submit(_rows(0, 1), 1, deadline=_after(0.005))
 
-    with pytest.raises(Overloaded, match=r"cannot answer within [45]\.\d ms \(predicted 20\.0 ms"):
+    with pytest.raises(Overloaded, match=r"cannot answer within the request's timeout, [45]\.\d ms from now "
+                                         r"\(predicted 20\.0 ms"):
         asyncio.run(main())
     assert executor.batch_rows == []  # refused before it reached the model
+
+
+def test_a_timeout_longer_than_the_objective_is_not_held_to_the_objective_by_prediction() -> None:
+    """The objective is the admission limit's to enforce, for requests with a timeout as for those without; the
+    prediction only judges the request's own timeout. Once, a request with a 1 s timeout was refused here for a
+    predicted 20 ms against a 5 ms objective, which the same request without a timeout was not."""
+    executor = RecordingExecutor(delay_s=0.02)
+    batcher = _trained(Batcher("m", executor, BatchPolicy(64, 0.0, 1, objective_s=0.005)), 0.02)
+
+    async def main() -> tuple[Arrays, Arrays]:
+        with_timeout = await batcher.submit(_rows(0, 1), 1, deadline=_after(1.0))
+        without = await batcher.submit(_rows(1, 1), 1)
+        return with_timeout, without
+
+    with_timeout, without = asyncio.run(main())
+    np.testing.assert_array_equal(with_timeout["double"], _rows(0, 1)["x"] * 2)
+    np.testing.assert_array_equal(without["double"], _rows(1, 1)["x"] * 2)
+    assert executor.batch_rows == [1, 1]
 
 
 def test_request_with_no_time_left_is_refused_even_before_the_model_is_learned() -> None:
