@@ -82,6 +82,9 @@ class Layout:
     """What the replica is sent instead of the batch: where to find its inputs and where to put its outputs."""
 
     segment: str
+    inode: int
+    """The segment file's inode: a name can come back (a new gateway process with a recycled pid), an inode cannot
+    while the replica still maps the file that had it."""
     node_id: str
     size: int
     inputs: tuple[Slot, ...]
@@ -93,8 +96,8 @@ class Layout:
         def slots(described: list[dict[str, Any]]) -> tuple[Slot, ...]:
             return tuple(Slot(str(s["name"]), str(s["dtype"]), tuple(int(d) for d in s["shape"]), int(s["offset"]))
                          for s in described)
-        return cls(str(fields["segment"]), str(fields["node_id"]), int(fields["size"]), slots(fields["inputs"]),
-                   slots(fields["outputs"]))
+        return cls(str(fields["segment"]), int(fields["inode"]), str(fields["node_id"]), int(fields["size"]),
+                   slots(fields["inputs"]), slots(fields["outputs"]))
 
 
 RowSpec = tuple[str, tuple[int, ...]]
@@ -128,6 +131,7 @@ class Segment:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.posix_fallocate(fd, 0, size)
+            self.inode = os.fstat(fd).st_ino
             self.map = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -136,8 +140,7 @@ class Segment:
         os.close(fd)
 
     def close(self) -> None:
-        with suppress(BufferError):  # a view still alive keeps the mapping; it is freed with the view
-            self.map.close()
+        _close(self.map)
         self.path.unlink(missing_ok=True)
 
 
@@ -181,8 +184,8 @@ class SegmentPool:
         try:
             for slot in input_slots:
                 np.concatenate([part[slot.name] for part in parts], out=_view(segment.map, slot))
-            yield SharedBatch(segment, Layout(segment.name, self._node_id, segment.size, tuple(input_slots),
-                                              tuple(output_slots)))
+            yield SharedBatch(segment, Layout(segment.name, segment.inode, self._node_id, segment.size,
+                                              tuple(input_slots), tuple(output_slots)))
             returned = True
         finally:
             self._leased.discard(segment)
@@ -227,30 +230,45 @@ class Mappings:
 
     def __init__(self, keep: int = 64) -> None:
         self._keep = keep
-        self._maps: dict[str, mmap.mmap] = {}
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
+        """By segment name: the inode of the file mapped under it, and the mapping."""
         self._lock = threading.Lock()
 
     def views(self, layout: Layout) -> tuple[Arrays, Arrays]:
-        """(inputs, room for outputs) as arrays over the segment; FileNotFoundError if it is not on this node,
-        ValueError if ``layout`` does not name a gateway's segment (nothing outside /dev/shm's is opened)."""
+        """(inputs, room for outputs) as arrays over the segment; FileNotFoundError if it is not on this node (or
+        its name now belongs to another file), ValueError if ``layout`` does not name a gateway's segment (nothing
+        outside /dev/shm's is opened)."""
         if _NAME.match(layout.segment) is None:
             raise ValueError(f"{layout.segment!r} is not the name of a gateway's shared-memory segment")
         with self._lock:
-            buffer = self._maps.pop(layout.segment, None)
+            inode, buffer = self._maps.pop(layout.segment, (0, None))
+            if buffer is not None and inode != layout.inode:  # the name's old file: unlinked, its name reused
+                _close(buffer)
+                buffer = None
             if buffer is None:
-                fd = os.open(SHM_DIR / layout.segment, os.O_RDWR)
-                try:
-                    buffer = mmap.mmap(fd, layout.size)
-                finally:
-                    os.close(fd)
+                buffer = self._map(layout)
                 while len(self._maps) >= self._keep:
-                    oldest = next(iter(self._maps))
-                    with suppress(BufferError):
-                        self._maps.pop(oldest).close()
-            self._maps[layout.segment] = buffer  # (re)inserted last: the most recently used
+                    _close(self._maps.pop(next(iter(self._maps)))[1])
+            self._maps[layout.segment] = (layout.inode, buffer)  # (re)inserted last: the most recently used
             # views made under the lock: another thread's eviction cannot close the mapping before they hold it
             return ({slot.name: _view(buffer, slot) for slot in layout.inputs},
                     {slot.name: _view(buffer, slot) for slot in layout.outputs})
+
+
+    @staticmethod
+    def _map(layout: Layout) -> mmap.mmap:
+        fd = os.open(SHM_DIR / layout.segment, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_ino != layout.inode:
+                raise FileNotFoundError(f"{layout.segment} is no longer the segment the gateway wrote")
+            return mmap.mmap(fd, layout.size)
+        finally:
+            os.close(fd)
+
+
+def _close(buffer: mmap.mmap) -> None:
+    with suppress(BufferError):  # a view still alive keeps the mapping; it is freed with the view
+        buffer.close()
 
 
 def write_outputs(results: Arrays, room: Arrays) -> bool:

@@ -168,10 +168,10 @@ def test_a_batch_in_shared_memory_crosses_the_channel_as_its_layout(directory: P
             with misfit.batch([{"x": x}]) as batch:
                 returned = await channel.call_shared(batch.layout)
                 assert not np.any(batch.read_outputs()["y"])  # nothing written into a room that does not fit
-            gone = Layout(shared_batch.segment_prefix(os.getpid()) + "999999", "n1", 4096, (), ())
+            gone = Layout(shared_batch.segment_prefix(os.getpid()) + "999999", 0, "n1", 4096, (), ())
             absent = await channel.call_shared(gone)
             with pytest.raises(ReplicaError, match="not the name of a gateway's shared-memory segment"):
-                await channel.call_shared(Layout("../../etc/passwd", "n1", 4096, (), ()))
+                await channel.call_shared(Layout("../../etc/passwd", 0, "n1", 4096, (), ()))
             return written, in_segment, returned, absent
         finally:
             channel.close()

@@ -3,6 +3,7 @@ test_ray_backend.py)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -104,9 +105,31 @@ def test_a_replica_maps_nothing_but_a_gateway_segment() -> None:
     """The name comes from a request over Ray or a socket: it must not open a file elsewhere."""
     for name in ("../../etc/passwd", "mlgate-batch-1-2-3/../../x", "something-else"):
         with pytest.raises(ValueError, match="not the name of a gateway's shared-memory segment"):
-            Mappings().views(Layout(name, "n1", 4096, (), ()))
+            Mappings().views(Layout(name, 0, "n1", 4096, (), ()))
     with pytest.raises(FileNotFoundError):  # well-formed, but not (or no longer) there
-        Mappings().views(Layout(shared_batch.segment_prefix(os.getpid()) + "999999", "n1", 4096, (), ()))
+        Mappings().views(Layout(shared_batch.segment_prefix(os.getpid()) + "999999", 0, "n1", 4096, (), ()))
+
+
+def test_a_recycled_segment_name_is_read_from_its_new_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new gateway process with a dead one's pid names its segments as that one did; the replica still maps the
+    old, unlinked file under the name. It must read the new one: before the inode was in the layout, the second
+    batch here read the first batch's values."""
+    mappings = Mappings()
+    first = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
+    with first.batch([{"features": np.full((4, 30), 1.0, np.float32)}]) as batch:
+        inputs, _ = mappings.views(batch.layout)
+        assert (inputs["features"] == 1.0).all()
+        name = batch.layout.segment
+    first.close()  # unlinked; the replica's mapping of it is kept
+    monkeypatch.setattr(shared_batch, "_serial", itertools.count(int(name.rsplit("-", 1)[1])))
+    second = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
+    try:
+        with second.batch([{"features": np.full((4, 30), 2.0, np.float32)}]) as batch:
+            assert batch.layout.segment == name
+            inputs, _ = mappings.views(batch.layout)
+            assert (inputs["features"] == 2.0).all()
+    finally:
+        second.close()
 
 
 def test_no_shared_memory_is_a_distinct_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
