@@ -182,31 +182,36 @@ class ReplicaListener:
 
     def start(self) -> bool:
         """Listen; False (and a warning) if this node gives no private place to do so."""
+        binding = self.path.with_suffix(".binding")
+        listener: socket.socket | None = None
         try:
             if not _private_directory(self.path.parent):
                 return False
-            binding = self.path.with_suffix(".binding")
             binding.unlink(missing_ok=True)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(binding))
             listener.listen(64)
             os.replace(binding, self.path)
         except OSError as exc:
+            if listener is not None:  # nothing left behind: neither the socket nor its half-made file
+                listener.close()
+                binding.unlink(missing_ok=True)
             log.warning("no direct channel for this replica: %s", exc)
             return False
         self._socket = listener
-        threading.Thread(target=self._accept, name="mlgate-direct-accept", daemon=True).start()
+        threading.Thread(target=self._accept, args=(listener,), name="mlgate-direct-accept", daemon=True).start()
         return True
 
     def close(self) -> None:
         if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept(); close alone does not
             self._socket.close()
             self.path.unlink(missing_ok=True)
             self._socket = None
 
-    def _accept(self) -> None:
-        listener = self._socket
-        while listener is not None:
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
             try:
                 connection, _ = listener.accept()
             except OSError:
@@ -322,15 +327,14 @@ class DirectReplicas:
     live sockets, i.e. every replica Serve runs (else Serve's router must spread the batches).
     A batch goes to the replica with the fewest of this gateway's batches in flight."""
 
-    def __init__(self, directory: Path, replicas: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, directory: Path, replicas: int) -> None:
         self.directory = directory
         self.replicas = replicas
-        self._clock = clock
         self._known: dict[Path, _Replica] = {}
         self._scanned_at = -RESCAN_S
 
     def usable(self) -> bool:
-        now = self._clock()
+        now = time.monotonic()
         if now - self._scanned_at >= RESCAN_S:
             self._scan(now)
         return len(self._known) >= self.replicas

@@ -312,6 +312,30 @@ def test_no_channel_where_the_directory_is_not_private(tmp_path: Path) -> None:
     assert not ReplicaListener(tmp_path / "channel", _double).start()
 
 
+def test_closing_a_replica_stops_its_accepting_thread_and_removes_its_socket(directory: Path) -> None:
+    """Closing the socket alone left the thread blocked in accept() for the replica's life."""
+    replica = ReplicaListener(directory, _double)
+    assert replica.start()
+
+    def accepting() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "mlgate-direct-accept" and t.is_alive()]
+
+    threads = accepting()
+    assert threads
+    replica.close()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not accepting()
+    assert not replica.path.exists()
+
+
+def test_a_replica_that_cannot_listen_leaves_no_file_behind(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (directory / f"{os.getpid()}.sock").mkdir()  # the socket's place is taken: os.replace fails
+    assert not ReplicaListener(directory, _double).start()
+    assert sorted(p.name for p in directory.iterdir()) == [f"{os.getpid()}.sock"]
+
+
 def test_clusters_and_applications_get_their_own_directories() -> None:
     first = channel_directory("127.0.0.1:6379", "breast-cancer--v1")
     assert first == channel_directory("127.0.0.1:6379", "breast-cancer--v1")
