@@ -440,6 +440,9 @@ class Batcher:
                 self._steer_admission(self.admission, waiting, total_rows, finished)
         except InferenceError as exc:
             outcome = exc
+        except asyncio.CancelledError:  # a drain that ran out of grace at shutdown: its callers get 503, not silence
+            _fail(batch, Unavailable(f"{self.label}: the gateway is shutting down; the batch was abandoned"))
+            raise
         except Exception as exc:  # a replica crash or a Ray error: the caller learns the model failed
             self._log_failure(len(batch), exc)
             outcome = Unavailable(f"{self.label} failed to execute the batch ({type(exc).__name__})")

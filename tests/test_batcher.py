@@ -222,6 +222,26 @@ def test_wrong_output_row_count_is_reported_not_mis_split() -> None:
         asyncio.run(main())
 
 
+def test_a_drain_cut_short_at_shutdown_answers_the_abandoned_batch_with_unavailable() -> None:
+    """Shutdown waits for the drain only so long; cancelling it cancels the batches in flight. Their callers, who may
+    have no deadline, got nothing before: they waited until their connection was dropped."""
+    executor = RecordingExecutor(delay_s=10.0)
+    batcher = Batcher("m", executor, BatchPolicy(64, 0.0, 1))
+
+    async def main() -> BaseException | Arrays:
+        caller = asyncio.ensure_future(batcher.submit(_rows(0, 1), 1))
+        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.drain(), timeout=0.05)
+        done, _ = await asyncio.wait([caller], timeout=1.0)
+        assert done, "the caller was left waiting"
+        return caller.exception() or caller.result()
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, Unavailable) and "shutting down" in str(outcome)
+    assert batcher.inflight == 0
+
+
 def test_cancelled_requests_are_not_executed() -> None:
     executor = RecordingExecutor(delay_s=0.02)
     batcher = Batcher("m", executor, BatchPolicy(64, 0.0, 1))
