@@ -401,10 +401,11 @@ class Batcher:
         shapes: list[tuple[int, ...]] | None = None
         while self._queue:
             head = self._queue[0]
-            if batch and rows + head.rows > budget:
-                break
-            if shapes is not None and _trailing_shapes(head.inputs) != shapes:
-                break
+            if not head.future.done():  # else dropped, whatever its rows and shapes: they must not end the batch
+                if batch and rows + head.rows > budget:
+                    break
+                if shapes is not None and _trailing_shapes(head.inputs) != shapes:
+                    break
             self._queue.popleft()
             self._queued_rows -= head.rows
             if head.future.done():

@@ -543,3 +543,25 @@ def test_requests_of_different_shapes_never_share_a_batch() -> None:
     runs = 1 + sum(a != b for a, b in itertools.pairwise(widths))  # 18 runs of one width
     # a batch per run, and the first request's own (it went at once, alone): alike neighbours were grouped
     assert len(executor.batch_rows) <= runs + 1, executor.batch_rows
+
+
+def test_a_request_whose_caller_left_does_not_end_a_batch() -> None:
+    """A cancelled request is dropped from the queue whatever its shape and rows: before, one of another width, or
+    too many rows for the batch, between two requests that could share a batch split them."""
+    executor = RecordingExecutor(delay_s=0.02)
+    batcher = Batcher("m", executor, BatchPolicy(8, 0.0, 1, variable_shapes=True))
+
+    async def main() -> None:
+        busy = asyncio.ensure_future(batcher.submit(_rows(0, 1), 1))  # occupies the one slot
+        await asyncio.sleep(0.001)
+        first = asyncio.ensure_future(batcher.submit(_rows(1, 2), 2))
+        wider = asyncio.ensure_future(batcher.submit({"x": np.zeros((2, 5), np.float32)}, 2))
+        larger = asyncio.ensure_future(batcher.submit(_rows(3, 7), 7))
+        second = asyncio.ensure_future(batcher.submit(_rows(10, 2), 2))
+        await asyncio.sleep(0.001)
+        wider.cancel()
+        larger.cancel()
+        await asyncio.gather(busy, first, second)
+
+    asyncio.run(main())
+    assert executor.batch_rows == [1, 4]
