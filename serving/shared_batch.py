@@ -171,6 +171,7 @@ class SegmentPool:
         self._output_rows = output_rows
         self._free: list[Segment] = []
         self._leased: set[Segment] = set()
+        self._closed = False
 
     @contextmanager
     def batch(self, parts: Parts) -> Iterator[SharedBatch]:
@@ -189,7 +190,7 @@ class SegmentPool:
             returned = True
         finally:
             self._leased.discard(segment)
-            if returned:
+            if returned and not self._closed:  # a pool closed meanwhile unlinked it: it must not come back
                 self._free.append(segment)
             else:
                 segment.close()
@@ -209,6 +210,7 @@ class SegmentPool:
 
     def close(self) -> None:
         """Unlink every segment (a replica's mapping of one outlives this)."""
+        self._closed = True
         for segment in [*self._free, *self._leased]:
             segment.close()
         self._free.clear()

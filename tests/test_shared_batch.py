@@ -158,3 +158,18 @@ def test_orphans_of_dead_gateways_are_removed_and_live_ones_kept() -> None:
         orphan.unlink(missing_ok=True)
         foreign.unlink(missing_ok=True)
         pool.close()
+
+
+def test_a_segment_leased_when_its_pool_closes_is_not_reused() -> None:
+    """A batch still out when the deployment's pool closed: its segment was unlinked and unmapped by the close, and
+    once put back in the pool the next batch failed on the closed mapping."""
+    pool = SegmentPool(node_id="n1", output_rows=OUTPUT_ROWS)
+    with pool.batch([{"features": np.ones((4, 30), np.float32)}]) as batch:
+        pool.close()
+        name = batch.layout.segment
+    assert not (shared_batch.SHM_DIR / name).exists()
+    with pool.batch([{"features": np.full((4, 30), 3.0, np.float32)}]) as batch:
+        assert batch.layout.segment != name
+        inputs, _ = Mappings().views(batch.layout)
+        assert (inputs["features"] == 3.0).all()
+    pool.close()
