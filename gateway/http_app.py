@@ -239,10 +239,9 @@ def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1").strip().lower())
-    return None
+    """A header's value, lower-cased (lengths, encodings: compared without case)."""
+    value = _raw_header(scope["headers"], name.decode("latin-1"))
+    return None if value is None else value.lower()
 
 
 def _raw_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:

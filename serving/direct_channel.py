@@ -35,7 +35,6 @@ import contextlib
 import errno
 import hashlib
 import logging
-import math
 import os
 import socket
 import struct
@@ -51,13 +50,13 @@ import numpy as np
 import orjson
 
 from serving.batch_inputs import Arrays, Parts
+from serving.buffers import aligned, array_at
 from serving.shared_batch import Layout
 
 log = logging.getLogger(__name__)
 
 _PREFIX = struct.Struct("<IQ")
 """A frame: header length, payload length, then the JSON header and the payload."""
-_ALIGN = 64
 MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 34
 RESCAN_S = 1.0
@@ -116,7 +115,7 @@ def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
         shape = list(first.shape)
         if len(arrays) > 1:
             shape[0] = _agreeing_rows(name, first, arrays)
-        pad = -offset % _ALIGN
+        pad = aligned(offset) - offset
         if pad:
             buffers.append(bytes(pad))
             offset += pad
@@ -145,8 +144,7 @@ def decode_arrays(header: dict[str, Any], payload: bytes | bytearray) -> Arrays:
     """The arrays a frame's header describes, as views over its payload (no copy)."""
     arrays = {}
     for name, dtype, shape, offset in header["arrays"]:
-        count = math.prod(shape)  # (np.prod costs 3.5 µs a call, more than the rest of a small frame's decoding)
-        arrays[name] = np.frombuffer(payload, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
+        arrays[name] = array_at(payload, dtype, shape, offset)
     return arrays
 
 
