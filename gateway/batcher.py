@@ -42,8 +42,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -53,16 +53,11 @@ from gateway.arrivals import ArrivalRate
 from gateway.errors import DeadlineExceeded, DeadlineUnreachable, InferenceError, Overloaded, Unavailable
 from gateway.latency_model import LatencyModel
 from gateway.loop_load import LoopLoad
-from serving.batch_inputs import Arrays, Parts
+from serving.batch_inputs import Arrays, BatchExecutor, Parts
 from telemetry.metrics import BatchMetrics
 from telemetry.tracing import BatchTracer, RequestTrace
 
 log = logging.getLogger(__name__)
-
-BatchExecutor = Callable[[Parts], Awaitable[Arrays]]
-"""Runs one batch on a model deployment: each request's named input arrays in, in queue order, not joined (the
-executor joins them where it copies them anyway); the batch's named output arrays out, rows in that order."""
-
 
 class BatchObserver(Protocol):
     """Told about every executed batch, after its callers have their answers (the drift monitor)."""
@@ -104,7 +99,7 @@ class _Pending:
     """The caller's own deadline (inf if it set none): batches are capped for it. The objective is
     not: under overload, batches capped to fit it shrink, the gateway's CPU goes to Ray calls
     instead of rows, and throughput collapses (measured); the admission limit enforces it instead."""
-    enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_at: float
     trace: RequestTrace | None = None
     """Set when the request is traced and recorded: its batch writes the request's queue and execute spans."""
 

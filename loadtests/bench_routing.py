@@ -67,7 +67,6 @@ import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.batcher import BatchExecutor
 from loadtests.httpclient import build_request
 from loadtests.loadgen import LoadConfig, OpenLoopDriver, parse_target
 from loadtests.payloads import json_body, load_rows
@@ -83,7 +82,7 @@ from loadtests.procs import (
     wait_ready,
 )
 from loadtests.report import Recorder, latency_summary
-from serving.batch_inputs import Arrays, Parts, batch_rows, joined
+from serving.batch_inputs import Arrays, BatchExecutor, Parts, batch_rows, joined
 
 BASE_MODEL = "breast-cancer"
 SINGLE, SPLIT = "single", "split"

@@ -15,7 +15,7 @@ Parts that could not be one array make the joining raise ValueError, and their b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -24,6 +24,10 @@ Arrays = dict[str, np.ndarray]
 
 Parts = Sequence[Arrays]
 """One batch's inputs: each request's arrays, in the order their rows are in the batch (and in its outputs)."""
+
+BatchExecutor = Callable[[Parts], Awaitable[Arrays]]
+"""Runs one batch on a model deployment: each request's named input arrays in, in queue order, not joined (the
+executor joins them where it copies them anyway); the batch's named output arrays out, rows in that order."""
 
 
 def joined(parts: Parts) -> Arrays:

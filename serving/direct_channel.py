@@ -103,7 +103,8 @@ def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
     (``JOIN_PARTS_BELOW``): a large batch is never joined first.
 
     Numeric and boolean arrays only: a version with string tensors never opens the channel. ValueError if the
-    parts disagree on an input's dtype or trailing shape."""
+    parts disagree on an input's trailing shape, or, sent part by part, on its dtype (joined, np.concatenate would
+    widen it; the gateway binds every request to the manifest's dtypes, so neither happens in service)."""
     described: list[list[Any]] = []
     buffers: list[bytes | memoryview] = []
     offset = 0
@@ -131,8 +132,8 @@ def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
 
 
 def _agreeing_rows(name: str, first: np.ndarray, arrays: list[np.ndarray]) -> int:
-    """The rows of ``arrays`` together; ValueError (as np.concatenate would raise) if their dtypes or trailing
-    shapes differ, which would make their bytes one meaningless array."""
+    """The rows of ``arrays`` together; ValueError if their dtypes or trailing shapes differ, which would make their
+    bytes back to back one meaningless array."""
     for array in arrays:
         if array.dtype != first.dtype or array.shape[1:] != first.shape[1:] or array.ndim == 0:
             raise ValueError(f"input '{name}': parts of dtype {array.dtype} and shape {list(array.shape)} cannot join "

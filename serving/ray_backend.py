@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from serving import shared_batch
-from serving.batch_inputs import Arrays, Parts, batch_nbytes, joined
+from serving.batch_inputs import Arrays, BatchExecutor, Parts, batch_nbytes, joined
 from serving.deployment import OnnxModel
 from serving.device import Device, gpus_per_replica
 from serving.direct_channel import ChannelDown, DirectReplicas, channel_directory
@@ -75,9 +75,9 @@ class ReplicaSettings:
 
 @dataclass(frozen=True)
 class DeployedVersion:
-    execute: Callable[[Parts], Awaitable[Arrays]]
+    execute: BatchExecutor
     """Runs one batch, given each request's inputs (``serving.batch_inputs``); its outputs."""
-    warm_up: Callable[[Parts], Awaitable[Arrays]]
+    warm_up: BatchExecutor
     """Like ``execute``, for warm-up calls (exempt from injected errors)."""
     device: str
 

@@ -223,13 +223,13 @@ def _view(buffer: mmap.mmap, slot: Slot) -> np.ndarray:
 
 class Mappings:
     """The replica's side: the segments it has mapped, kept mapped between calls (mapping and faulting the
-    pages in is what costs), the ``keep`` most recently used of them: enough for 32 gateway processes
-    (``server.workers``) with two batches in flight each (the default ``max_inflight_batches``).
+    pages in is what costs), the ``keep`` most recently used of them: enough for 64 gateway processes (the most
+    ``server.workers`` allows) with two batches in flight each (the default ``max_inflight_batches``).
 
     Thread-safe: layouts arrive on the replica's event loop (through Ray) and on the direct channel's
     threads at once."""
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 128) -> None:
         self._keep = keep
         self._maps: dict[str, tuple[int, mmap.mmap]] = {}
         """By segment name: the inode of the file mapped under it, and the mapping."""

@@ -215,6 +215,11 @@ class _SlotViews(NamedTuple):
     probabilities: np.ndarray
     labels: np.ndarray
 
+    @classmethod
+    def of(cls, layout: CountsLayout, vector: np.ndarray) -> _SlotViews:
+        return cls(vector, layout.latency(vector).reshape(1, -1), layout.feature_counts(vector),
+                   layout.probability_counts(vector), layout.label_counts(vector))
+
 
 def sampled_rows(parts: Sequence[np.ndarray], limit: int = FEATURE_ROWS_PER_BATCH) -> tuple[np.ndarray, int]:
     """(sample, step) of the rows of ``parts`` taken as one batch (each request's rows, in order): every row and 1
@@ -224,7 +229,8 @@ def sampled_rows(parts: Sequence[np.ndarray], limit: int = FEATURE_ROWS_PER_BATC
     Every row is in the sample with the same probability, ``1/step``, so counting each sampled row ``step`` times is
     unbiased, whatever the order of the rows (a fixed start would see only the even rows of a batch of two
     interleaved kinds). One part's sample is a view of it; several parts' is a new array of the sampled rows
-    only: the batch is never joined, which would copy every row."""
+    only: a batch over the limit is never joined, which would copy every row (with ``limit`` 0 every row is the
+    sample, and several parts are joined)."""
     rows = sum(len(part) for part in parts)
     if rows <= limit or limit == 0:
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), 1
@@ -266,17 +272,14 @@ class VersionMonitor:
     def __post_init__(self) -> None:
         self.ring = WindowRing(n_slots=LOCAL_SLOTS, slot_s=SLOT_S, shape=(self.shape.layout.size,))
         self.published_slot = _slot(time.time()) - 1
-        layout = self.layout
-        self._views = [_SlotViews(v, layout.latency(v).reshape(1, -1), layout.feature_counts(v),
-                                  layout.probability_counts(v), layout.label_counts(v)) for v in self.ring.slots]
+        self._views = [_SlotViews.of(self.layout, v) for v in self.ring.slots]
 
     def warm_up(self, manifest: Manifest) -> None:
         """Compile (or load from numba's cache) every kernel specialisation ``batch`` will need, on scratch
         counts: a first compile takes a second or more, and must not land on the first requests' batches."""
         layout, scratch = self.layout, np.zeros(self.layout.size, dtype=np.int64)
         saved = self._views
-        self._views = [_SlotViews(scratch, layout.latency(scratch).reshape(1, -1), layout.feature_counts(scratch),
-                                  layout.probability_counts(scratch), layout.label_counts(scratch))] * LOCAL_SLOTS
+        self._views = [_SlotViews.of(layout, scratch)] * LOCAL_SLOTS
         try:
             # whole batches, and column views of wider arrays or row samples; each writable, and read-only as
             # np.frombuffer decodes binary tensors (numba compiles the two apart)
