@@ -49,6 +49,9 @@ def serialize_bytes_tensor(array: np.ndarray) -> bytes:
 def deserialize_bytes_tensor(buffer: memoryview | bytes, count: int) -> np.ndarray:
     """Parse ``count`` length-prefixed elements; ValueError if the buffer is short or has bytes left over."""
     view = memoryview(buffer)
+    if count > len(view) // 4:  # checked before allocating: the count comes from the client's shape
+        raise ValueError(f"{count} BYTES elements need at least {4 * count} bytes (a 4-byte length each), "
+                         f"got {len(view)}")
     out = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):

@@ -47,7 +47,7 @@ from gateway.service import (
     parse_timeout_us,
     tighter,
 )
-from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape
+from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape, refuse_shared_memory
 from gateway.traffic import Target
 from telemetry.tracing import NOT_TRACED, TRACE_ID_HEADER
 
@@ -76,9 +76,6 @@ _WIRE_DTYPE: Final[dict[str, np.dtype]] = {
     "uint_contents": np.dtype(np.uint32),
 }
 """Typed fields wider than the datatypes they carry: decode at field width, then range-check and narrow."""
-
-_UNSUPPORTED_PARAMETERS: Final[tuple[str, ...]] = ("shared_memory_region", "shared_memory_byte_size")
-
 
 # --------------------------------------------------------------------------- codec (pure)
 
@@ -145,7 +142,7 @@ def _header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, str, tu
     name = tensor.name
     if not name:
         raise BadRequest("every input needs a non-empty 'name'")
-    _refuse_unsupported_parameters(f"input '{name}'", tensor.parameters)
+    refuse_shared_memory(f"input '{name}'", tensor.parameters)
     datatype = check_datatype(name, tensor.datatype)
     shape = parse_shape(name, list(tensor.shape))
     return name, datatype, shape
@@ -212,19 +209,11 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[str] | None:
     names: list[str] = []
     for output in request.outputs:
         where = f"output '{output.name}'"
-        _refuse_unsupported_parameters(where, output.parameters)
+        refuse_shared_memory(where, output.parameters)
         if "classification" in output.parameters:
             raise BadRequest(f"{where}: the classification extension is not supported")
         names.append(output.name)
     return names
-
-
-def _refuse_unsupported_parameters(where: str, parameters: Any) -> None:
-    for key in _UNSUPPORTED_PARAMETERS:
-        if key in parameters:
-            raise BadRequest(
-                f"{where}: shared-memory tensors are not supported by this server (parameter '{key}')"
-            )
 
 
 def encode_infer_response(result: InferResult, request_id: str, raw: bool) -> pb.ModelInferResponse:

@@ -80,7 +80,7 @@ class OipHttpApp:
             _allow(method, "GET")
             body, content_type = exposition()
             return 200, [(b"content-type", content_type.encode())], body
-        if not scope["path"].startswith("/v2"):
+        if scope["path"] != "/v2" and not scope["path"].startswith("/v2/"):
             raise NotFound(f"no such endpoint: {method} {scope['path']}")
         parts = scope["path"].rstrip("/").split("/")[2:]  # drop "" and "v2"
         if len(parts) >= 2 and parts[0] == "models":
@@ -224,18 +224,32 @@ def _infer_response(result: InferResult, request: HttpInferRequest) -> Response:
 
 
 def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
-    """gzip/deflate request bodies (tritonclient's request_compression_algorithm), bounded against bombs."""
+    """gzip/deflate request bodies (tritonclient's request_compression_algorithm), bounded against bombs. A gzip
+    body may be several members back to back (RFC 1952), as Python's gzip reads them; a stream that stops before
+    its end, or bytes after a deflate stream, are refused rather than served as what could be read."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
         raise BadRequest(f"unsupported Content-Encoding '{encoding}'; use gzip, deflate or identity")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"request body is not valid {encoding} data: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
-    return out
+    pieces: list[bytes] = []
+    size = 0
+    rest: bytes | bytearray = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            piece = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(f"request body is not valid {encoding} data: {exc}") from None
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+        if not inflater.eof:
+            raise BadRequest(f"request body is truncated {encoding} data: the compressed stream does not end")
+        rest = inflater.unused_data
+        if not rest:
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if encoding != "gzip":
+            raise BadRequest(f"request body has {len(rest)} bytes after the end of its {encoding} data")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -257,8 +271,8 @@ def _header_length(scope: Scope) -> int | None:
     raw = _header(scope, b"inference-header-content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise BadRequest(f"Inference-Header-Content-Length must be a non-negative integer, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):  # ('²' is a digit to str.isdigit, not to int)
+        raise BadRequest(f"Inference-Header-Content-Length must be a non-negative integer, got {raw[:40]!r}")
     return int(raw)
 
 

@@ -21,7 +21,14 @@ import orjson
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest
 from gateway.service import InferResult, parse_routing_key, parse_timeout_us
-from gateway.tensors import WireTensor, array_from_buffer, array_from_json, check_datatype, parse_shape
+from gateway.tensors import (
+    WireTensor,
+    array_from_buffer,
+    array_from_json,
+    check_datatype,
+    parse_shape,
+    refuse_shared_memory,
+)
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -68,15 +75,33 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None) -> 
 
 
 def _parse_json(raw: bytes | bytearray | memoryview) -> Any:
+    """The request's JSON, as orjson reads it.
+
+    orjson refuses the NaN/Infinity literals Python's json writes; a body orjson refused is read again by Python's
+    json only to accept those, so that the finiteness check can name the tensor that holds them instead of saying
+    "bad JSON". Only then: Python's json also reads what orjson rightly refuses and mlgate cannot handle (lone
+    surrogates, which fail later on encoding; integers of any size; UTF-16 and UTF-32 bodies; nesting deep enough to
+    exhaust the interpreter's stack), each once a 500. A document read that way must still be one orjson could
+    write back, which rules those out.
+    """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses the NaN/Infinity literals Python's json writes; accept them here so
-        # the finiteness check can name the tensor that holds them instead of "bad JSON".
+        refusal = BadRequest(f"request body is not valid JSON: {exc}")
+        constants: list[str] = []
+
+        def constant(literal: str) -> float:
+            constants.append(literal)
+            return float(literal)
+
         try:
-            return json.loads(bytes(raw))
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+            doc = json.loads(bytes(raw).decode("utf-8"), parse_constant=constant)
+            if not constants:
+                raise refusal from None
+            orjson.dumps(doc)
+        except (ValueError, UnicodeDecodeError, RecursionError, orjson.JSONEncodeError):
+            raise refusal from None
+        return doc
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
@@ -100,7 +125,9 @@ def _decode_inputs(raw: Any, tail: memoryview) -> list[WireTensor]:
             raise BadRequest("every input needs a non-empty string 'name'")
         datatype = check_datatype(name, item.get("datatype"))
         shape = parse_shape(name, item.get("shape"))
-        size = _parameters(item.get("parameters"), f"input '{name}'").get("binary_data_size")
+        parameters = _parameters(item.get("parameters"), f"input '{name}'")
+        refuse_shared_memory(f"input '{name}'", parameters)
+        size = parameters.get("binary_data_size")
         if size is not None:
             if "data" in item:
                 raise BadRequest(f"input '{name}' has both 'data' and parameter 'binary_data_size'")
@@ -124,7 +151,9 @@ def _decode_inputs(raw: Any, tail: memoryview) -> list[WireTensor]:
 
 
 def _decode_outputs(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[str]]:
-    if raw is None:
+    """The outputs asked for (None: all of them, also for an empty list, as gRPC, where an empty list and none
+    cannot be told apart, reads it) and which of them go as binary tensors."""
+    if raw is None or raw == []:
         return None, {"*"} if binary_default else set()
     if not isinstance(raw, list):
         raise BadRequest("'outputs' must be a list")
@@ -135,6 +164,7 @@ def _decode_outputs(raw: Any, binary_default: bool) -> tuple[list[str] | None, s
             raise BadRequest("each entry of 'outputs' must be an object with a string 'name'")
         name = item["name"]
         parameters = _parameters(item.get("parameters"), f"output '{name}'")
+        refuse_shared_memory(f"output '{name}'", parameters)
         if parameters.get("classification"):
             raise BadRequest(f"output '{name}': the classification extension is not supported")
         wants_binary = parameters.get("binary_data", binary_default)

@@ -27,6 +27,13 @@ from serving.manifest import TensorSpec
 
 MAX_DIMS = 8
 
+MAX_SHAPE_PRODUCT = 1 << 56
+"""The product of a shape's non-zero dimensions may not exceed this. A shape holding no elements passes every size
+check, and numpy then refuses to make an empty array of, say, [0, 2**62, 2**62] ("array is too big"), once a 500;
+any shape that could hold data is refused far below this by the size of the body."""
+
+SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size")
+
 
 @dataclass(slots=True)
 class WireTensor:
@@ -44,11 +51,21 @@ def parse_shape(name: str, raw: Any) -> tuple[int, ...]:
     for dim in raw:
         if type(dim) is not int or dim < 0:
             raise BadRequest(f"input '{name}': shape must hold non-negative integers, got {raw!r}")
+    if math.prod(dim for dim in raw if dim) > MAX_SHAPE_PRODUCT:
+        raise BadRequest(f"input '{name}': shape {raw!r} is too large (its dimensions multiply past 2**56)")
     return tuple(raw)
 
 
+def refuse_shared_memory(where: str, parameters: Any) -> None:
+    """BadRequest if a tensor's parameters ask for the shared-memory extension, which this server does not offer
+    (rather than ignore the parameter, or say the tensor has no data)."""
+    for key in SHARED_MEMORY_PARAMETERS:
+        if key in parameters:
+            raise BadRequest(f"{where}: shared-memory tensors are not supported by this server (parameter '{key}')")
+
+
 def check_datatype(name: str, datatype: Any) -> str:
-    if datatype not in NUMPY_DTYPES:
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
         known = ", ".join(NUMPY_DTYPES)
         raise BadRequest(f"input '{name}': unknown datatype {datatype!r}; expected one of {known}")
     return str(datatype)
@@ -88,6 +105,8 @@ def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
         if kind != "b":
             raise BadRequest(f"input '{name}': BOOL data must be true/false, got {_describe_kind(kind)}")
     elif target.kind in "iu":
+        if kind == "f" and target == np.uint64:  # integers from 2**63 up beside smaller ones: numpy made floats of them
+            parsed, kind = _uint64_from_json(name, data), "u"
         if kind not in "iu":
             raise BadRequest(f"input '{name}': {datatype} data must be integers, got {_describe_kind(kind)}")
         info = np.iinfo(target)
@@ -102,6 +121,19 @@ def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
     return parsed.astype(target, copy=False)
 
 
+def _uint64_from_json(name: str, data: list[Any]) -> np.ndarray:
+    """UINT64 data numpy read as floats: exact if every value is an integer in range, else BadRequest. Element by
+    element, but only for UINT64 data holding values from 2**63 up."""
+    values = np.asarray(data, dtype=object)
+    if not all(type(value) is int for value in values.flat):
+        raise BadRequest(f"input '{name}': UINT64 data must be integers, got non-integer numbers")
+    low, high = min(values.flat), max(values.flat)
+    if low < 0 or high > np.iinfo(np.uint64).max:
+        raise BadRequest(f"input '{name}': value out of range for UINT64 [0, {np.iinfo(np.uint64).max}]: "
+                         f"{low if low < 0 else high}")
+    return values.astype(np.uint64)
+
+
 def _describe_kind(kind: str) -> str:
     return {"b": "booleans", "U": "strings", "S": "strings", "O": "mixed or non-numeric values",
             "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(kind, "other values")
@@ -110,16 +142,18 @@ def _describe_kind(kind: str) -> str:
 def _bytes_from_json(name: str, data: Any) -> np.ndarray:
     flat: list[bytes] = []
 
-    def walk(item: Any) -> None:
+    def walk(item: Any, depth: int) -> None:
         if isinstance(item, list):
+            if depth == MAX_DIMS:  # deeper lists could not match any shape (and recursing on would exhaust the stack)
+                raise BadRequest(f"input '{name}': BYTES data is nested deeper than {MAX_DIMS} levels")
             for sub in item:
-                walk(sub)
+                walk(sub, depth + 1)
         elif isinstance(item, str):
             flat.append(item.encode("utf-8"))
         else:
             raise BadRequest(f"input '{name}': BYTES data must be strings, got {type(item).__name__}")
 
-    walk(data)
+    walk(data, 0)
     out = np.empty(len(flat), dtype=object)
     out[:] = flat
     return out

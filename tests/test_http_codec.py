@@ -60,8 +60,10 @@ def test_bytes_binary_round_trip_and_truncation() -> None:
     body, header_length = _binary_request("BYTES", array)
     assert decode_infer_request(body, header_length).tensors[0].array.tolist() == array.tolist()
     raw = serialize_bytes_tensor(array)
-    with pytest.raises(ValueError, match="claims 3 bytes but only 2 remain"):
-        deserialize_bytes_tensor(raw[:6], 3)
+    with pytest.raises(ValueError, match="element 2 claims 5 bytes but only 3 remain"):
+        deserialize_bytes_tensor(raw[:18], 3)
+    with pytest.raises(ValueError, match="element 2 has no length prefix"):
+        deserialize_bytes_tensor(raw[:12], 3)
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,63 @@ def test_json_values_of_the_wrong_kind_are_refused(datatype: str, data: list[Any
 def test_structural_errors_are_precise(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         decode_infer_request(orjson.dumps(doc), None)
+
+
+def _input(**fields: Any) -> dict[str, Any]:
+    return {"name": "x", "datatype": "FP32", "shape": [1], "data": [1], **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (orjson.dumps({"inputs": [_input(datatype=[])]}), "unknown datatype"),
+        (orjson.dumps({"inputs": [_input(datatype={})]}), "unknown datatype"),
+        # what orjson refuses and Python's json would read: each was a 500 further on
+        (b'{"inputs": [{"name": "\\ud800", "datatype": "FP32", "shape": [1], "data": [1]}]}', "not valid JSON"),
+        (b'{"inputs": [{"name": "\\ud800", "datatype": "FP32", "shape": [1], "data": [NaN]}]}', "not valid JSON"),
+        (b'{"id": "\\udc00", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+         "not valid JSON"),
+        (b'{"parameters": {"timeout": 1' + b"0" * 400 + b'}, "inputs": [{"name": "x", "datatype": "FP32", '
+         b'"shape": [1], "data": [1]}]}', "not valid JSON"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ' + b"[" * 3000 + b"]" * 3000 + b"}]}",
+         "not valid JSON"),
+        ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaN]}]}'.encode("utf-16"),
+         "not valid JSON"),
+        (orjson.dumps({"inputs": [_input(datatype="BYTES", data=[["a"]], shape=[1])]}).replace(
+            b'[["a"]]', b"[" * 900 + b'"a"' + b"]" * 900), "nested deeper than 8 levels"),
+        (orjson.dumps({"inputs": [_input(shape=[0, 2**62, 2**62], data=[])]}), "is too large"),
+        (orjson.dumps({"inputs": [_input(parameters={"shared_memory_region": "r"})]}), "shared-memory tensors"),
+        (orjson.dumps({"inputs": [_input()], "outputs": [{"name": "y", "parameters": {"shared_memory_region": "r"}}]}),
+         "shared-memory tensors"),
+    ],
+)
+def test_bodies_that_were_500s_are_precise_400s(body: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        decode_infer_request(body, None)
+
+
+@pytest.mark.parametrize("count", [20_000_000, 2**40])
+def test_a_bytes_shape_larger_than_its_buffer_is_refused_before_anything_is_allocated(count: int) -> None:
+    """Each BYTES element takes at least its 4-byte length: a 4-byte buffer holds at most one. The element array was
+    allocated from the shape first: 160 MB for 20 million, a MemoryError (a 500) for 2**40."""
+    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [count],
+                                       "parameters": {"binary_data_size": 4}}]})
+    with pytest.raises(BadRequest, match=f"{count} BYTES elements need at least {4 * count} bytes"):
+        decode_infer_request(header + b"\0\0\0\0", len(header))
+
+
+def test_uint64_from_2_63_up_beside_smaller_values_decodes_exactly() -> None:
+    """numpy reads [2**64 - 1, 1] as float64; it was refused as 'non-integer numbers'."""
+    values = [2**64 - 1, 2**63, 1, 0]
+    tensor = decode_infer_request(_json_request("UINT64", [4], values), None).tensors[0]
+    assert tensor.array.dtype == np.uint64 and tensor.array.tolist() == values
+    with pytest.raises(BadRequest, match="UINT64 data must be integers, got non-integer numbers"):
+        decode_infer_request(_json_request("UINT64", [2], [2**63, 1.5]), None)
+
+
+def test_an_empty_outputs_list_asks_for_every_output_as_grpc_reads_it() -> None:
+    request = decode_infer_request(orjson.dumps({"inputs": [_input()], "outputs": []}), None)
+    assert request.requested_outputs is None
 
 
 def test_trailing_binary_bytes_are_refused() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -163,6 +165,70 @@ def test_binary_size_not_matching_shape(http: httpx.Client) -> None:
     _assert_error(http.post(INFER, content=body, headers=headers), 400, "needs 120 bytes but 60 were sent")
 
 
+@pytest.mark.parametrize("value", [b"\xb2", b"9" * 5000, b"-1", b"12a"])
+def test_binary_header_length_that_is_not_a_plain_number(http: httpx.Client, value: bytes) -> None:
+    """'²' passes str.isdigit but not int(), and 5,000 digits pass isdigit but not int()'s digit limit: both were
+    500s."""
+    body, headers = _binary_request(np.ones((1, 30), np.float32))
+    raw_headers = {name.encode(): text.encode() for name, text in headers.items()}
+    response = http.post(INFER, content=body, headers={**raw_headers, b"Inference-Header-Content-Length": value})
+    _assert_error(response, 400, "Inference-Header-Content-Length must be a non-negative integer")
+
+
+def test_a_lone_surrogate_is_bad_json_not_a_server_error(http: httpx.Client) -> None:
+    body = b'{"id": "\\udc00", "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": [NaN' + \
+        b", 0.5" * 29 + b"]}]}"
+    _assert_error(http.post(INFER, content=body, headers={"Content-Type": "application/json"}), 400,
+                  "not valid JSON")
+
+
+def _compressed(encoding: str, payload: bytes) -> bytes:
+    return gzip.compress(payload) if encoding == "gzip" else zlib.compress(payload)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_bodies_are_served(http: httpx.Client, encoding: str) -> None:
+    """tritonclient's request_compression_algorithm: the body gzip- or deflate-compressed, said in Content-Encoding."""
+    payload = orjson.dumps(_body())
+    response = http.post(INFER, content=_compressed(encoding, payload),
+                         headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [1, 2]
+
+
+def test_a_gzip_body_of_several_members_is_read_whole(http: httpx.Client) -> None:
+    payload = orjson.dumps(_body())
+    body = gzip.compress(payload[:50]) + gzip.compress(payload[50:])
+    response = http.post(INFER, content=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("encoding", "cut", "extra", "message"),
+    [
+        ("gzip", 8, b"", "truncated gzip data"),
+        ("deflate", 3, b"", "truncated deflate data"),
+        ("deflate", 0, b"??", "2 bytes after the end of its deflate data"),
+        ("gzip", 0, b"junk", "not valid gzip data"),
+    ],
+)
+def test_compressed_bodies_cut_short_or_with_trailing_bytes(http: httpx.Client, encoding: str, cut: int,
+                                                           extra: bytes, message: str) -> None:
+    """A truncated stream was served as the part that could be inflated; bytes after it were dropped."""
+    whole = _compressed(encoding, orjson.dumps(_body()))
+    body = (whole[:-cut] if cut else whole) + extra
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    _assert_error(http.post(INFER, content=body, headers=headers), 400, message)
+
+
+def test_compression_bomb_and_unknown_encoding(http: httpx.Client) -> None:
+    bomb = gzip.compress(b" " * (2 << 20))  # 2 KiB on the wire, more than the test gateway's 1 MiB once inflated
+    response = http.post(INFER, content=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    _assert_error(response, 413, "decompressed request body exceeds the limit")
+    response = http.post(INFER, content=b"{}", headers={"Content-Type": "application/json", "Content-Encoding": "br"})
+    _assert_error(response, 400, "unsupported Content-Encoding 'br'")
+
+
 def test_unknown_requested_output(http: httpx.Client) -> None:
     body = {**_body(), "outputs": [{"name": "logits"}]}
     _assert_error(http.post(INFER, json=body), 400, "unknown output 'logits'", "probabilities, label")
@@ -176,6 +242,7 @@ def test_wrong_method(http: httpx.Client) -> None:
 
 def test_unknown_endpoint(http: httpx.Client) -> None:
     _assert_error(http.get("/v2/nothing/here"), 404, "no such endpoint")
+    _assert_error(http.post("/v2foo/models/breast-cancer/infer", json=_body()), 404, "no such endpoint")
 
 
 def test_malformed_timeout_parameter(http: httpx.Client) -> None:
