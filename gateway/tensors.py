@@ -118,6 +118,15 @@ def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
             )
     elif kind not in "iuf":
         raise BadRequest(f"input '{name}': {datatype} data must be numbers, got {_describe_kind(kind)}")
+    elif target == np.float16:  # JSON numbers are float64: beyond FP16's range they would become infinities
+        with np.errstate(over="ignore"):
+            converted = parsed.astype(target)
+        overflowed = np.isinf(converted) & np.isfinite(parsed)
+        if overflowed.any():
+            largest = float(np.finfo(np.float16).max)
+            raise BadRequest(f"input '{name}': value out of range for FP16 [{-largest:g}, {largest:g}]: "
+                             f"{float(parsed[overflowed].flat[0]):g}")
+        return converted
     return parsed.astype(target, copy=False)
 
 
