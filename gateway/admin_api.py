@@ -27,9 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import AuthState, Principal, Role, create_stored_token, revoke_stored_token
-from gateway.errors import Conflict, InferenceError, NotFound, Unavailable, Unprocessable
+from gateway.errors import Conflict, InferenceError, NotFound, PayloadTooLarge, Unavailable, Unprocessable
 from gateway.registry import ModelRegistry
 from gateway.shadows import ShadowMirror
 from gateway.traffic import policy_problems
@@ -92,6 +94,50 @@ Operator = Annotated[Principal, _role(Role.OPERATOR)]
 Admin = Annotated[Principal, _role(Role.ADMIN)]
 
 
+OPEN_PATHS = frozenset({f"{PREFIX}/openapi.json", f"{PREFIX}/docs", f"{PREFIX}/docs/oauth2-redirect"})
+"""The API's description and its browsable page: served without a token, as a browser cannot send one."""
+
+
+class TokenBeforeBody:
+    """The admin app behind a gate that checks the bearer token, and a declared body against the request limit,
+    before a byte of the body is read.
+
+    FastAPI reads and parses a route's body before it runs the route's dependencies, the token check among them:
+    a caller with no token made the gateway buffer a body of any size (the data plane's ``max_request_bytes`` did
+    not apply here) and got 422 for malformed JSON instead of 401. Roles are still checked per route."""
+
+    def __init__(self, app: FastAPI, max_request_bytes: int) -> None:
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            headers: list[tuple[bytes, bytes]] = scope["headers"]
+            try:
+                auth_state: AuthState = self.app.state.auth
+                auth_state.current.authenticate(_header_value(headers, b"authorization"))
+                declared = _header_value(headers, b"content-length")
+                if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+                    raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
+                                          f"{self.max_request_bytes} bytes")
+            except InferenceError as exc:
+                await _error(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in headers if key == name), None)
+
+
+def _error(exc: InferenceError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    body: dict[str, Any] = {"error": exc.message}
+    if isinstance(exc, Unprocessable) and exc.problems:
+        body["problems"] = exc.problems
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+
 def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistry, auth_state: AuthState,
                     shadows: ShadowMirror, drift: DriftView | None = None,
                     rollouts: RolloutController | None = None) -> FastAPI:
@@ -101,11 +147,12 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
 
     @app.exception_handler(InferenceError)
     async def _inference_error(request: Request, exc: InferenceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-        body: dict[str, Any] = {"error": exc.message}
-        if isinstance(exc, Unprocessable) and exc.problems:
-            body["problems"] = exc.problems
-        return JSONResponse(body, status_code=exc.http_status, headers=headers)
+        return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes, wrong methods, unreadable bodies: the OIP error shape, as everywhere else."""
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StaleRevision)
     async def _stale(request: Request, exc: StaleRevision) -> JSONResponse:
@@ -230,7 +277,7 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
 
     @app.get(f"{PREFIX}/audit", summary="Audit log entries, oldest first")
     async def audit_entries(principal: Viewer, target: str | None = None,
-                            since: Annotated[int, Query(ge=0)] = 0,
+                            since: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                             limit: Annotated[int | None, Query(ge=1, le=10000)] = None) -> list[dict[str, Any]]:
         def read() -> list[audit.AuditEntry]:
             with store.separate_reader() as conn:
@@ -282,8 +329,8 @@ def _expected_revision(body_revision: int | None, if_match: str | None) -> int:
     header_revision = None
     if if_match is not None:
         text = if_match.strip().removeprefix("W/").strip('"')
-        if not (text.isascii() and text.isdigit()):
-            raise Unprocessable(f"If-Match must be a routing revision (an integer), got {if_match!r}")
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+            raise Unprocessable(f"If-Match must be a routing revision (an integer), got {if_match[:40]!r}")
         header_revision = int(text)
     if body_revision is None and header_revision is None:
         raise Unprocessable("say which revision the change is based on: body field 'revision' or If-Match")

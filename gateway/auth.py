@@ -85,7 +85,7 @@ def digest(token: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # (match with ^...$ lets a trailing newline through)
         raise BadRequest(f"token name {name!r} must be 1-64 characters of letters, digits, '_', '.', '@', '-' "
                          "and start with a letter or digit")
     return name

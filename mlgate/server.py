@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from gateway.admin_api import build_admin_app
+from gateway.admin_api import TokenBeforeBody, build_admin_app
 from gateway.auth import AuthState, Role, TokenRecord
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.grpc_server import build_grpc_server
@@ -470,7 +470,8 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
                             gateway.drift if gateway.config.monitoring.drift else None,
                             gateway.rollouts if gateway.config.monitoring.drift else None)
     http = _QuietUvicorn(listener_config(
-        OipHttpApp(gateway.service, config.max_request_bytes, admin), config.host, config.http_port,
+        OipHttpApp(gateway.service, config.max_request_bytes, TokenBeforeBody(admin, config.max_request_bytes)),
+        config.host, config.http_port,
         gather_up_to=config.max_request_bytes, timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))
     if listeners.worker > 0:  # a worker listens only once it can answer: no connection lands on it before

@@ -60,12 +60,14 @@ class LiveRouting:
             return current
         try:
             policy = RoutingPolicy.model_validate(stored.policy)
-        except ValidationError as exc:  # written by hand into the file: keep serving the last good one
+            router = Router(policy)
+        except (ValidationError, ValueError, ArithmeticError) as exc:  # written by hand, or by an older mlgate that
+            # checked less: keep serving the last good revision (and keep polling, for tokens as for routing)
             log.error("routing of model '%s' revision %d in %s is invalid, keeping revision %s: %s",
                       stored.model, stored.revision, self.store.path,
                       current.revision if current else "none", exc)
             return None
-        active = ActiveRouting(stored, policy, Router(policy))
+        active = ActiveRouting(stored, policy, router)
         self._active[stored.model] = active
         log.info("routing of model '%s' is now revision %d (by %s): %s", stored.model, stored.revision,
                  stored.updated_by, policy.model_dump_json(exclude_defaults=True))

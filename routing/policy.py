@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from routing.champion import version_sort_key
 
@@ -38,6 +38,11 @@ def _header_name(value: str) -> str:
 
 
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+MAX_WEIGHT = 1_000_000
+"""Largest weight of a split. The router works in floats: a 400-digit weight overflowed there, a revision holding
+one failed to load in every other process (and on restart), and 10**308 made every unkeyed request fail."""
 
 
 class _Strict(BaseModel):
@@ -77,6 +82,7 @@ class FallbackPolicy(_Strict):
     challenger_timeout_ms: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "How long a challenger may take before the champion is asked instead; "
             "unset = only the request's own deadline limits it."
@@ -105,11 +111,11 @@ class RoutingPolicy(_Strict):
     champion: str = Field(
         min_length=1, description="Version that answers by default and that failed challenger requests fall back to."
     )
-    weights: dict[str, int] = Field(
+    weights: dict[str, StrictInt] = Field(
         default_factory=dict,
         description=(
-            "Version -> non-negative integer weight of the traffic split (percentages are weights summing to "
-            "100). Empty = all traffic to the champion."
+            f"Version -> non-negative integer weight of the traffic split, at most {MAX_WEIGHT:,} (percentages are "
+            "weights summing to 100). Empty = all traffic to the champion."
         ),
     )
     sticky: StickyPolicy = Field(
@@ -136,8 +142,8 @@ class RoutingPolicy(_Strict):
         for version, weight in weights.items():
             if not version:
                 raise ValueError("weights: a version must be non-empty")
-            if weight < 0:
-                raise ValueError(f"weights.{version}: weight must be >= 0, got {weight}")
+            if not 0 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"weights.{version}: weight must be from 0 to {MAX_WEIGHT:,}, got {weight}")
         if weights and not any(weights.values()):
             raise ValueError("weights: at least one weight must be positive (or leave weights empty)")
         return weights

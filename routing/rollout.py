@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from routing.policy import RoutingPolicy
 from telemetry.audit import iso_utc
+from telemetry.evidence_store import RETENTION_S
 
 CONTROLLER_ACTOR = "rollout-controller"
 """The ``actor`` of transitions made by ``tick`` (operators' actions carry their own name)."""
@@ -184,9 +185,11 @@ class RolloutChecks(_Frozen):
     window_s: float = Field(
         10.0,
         gt=0,
+        le=RETENTION_S,
         description=(
             "Length of the evidence window the controller gathers each tick (a sliding window; ticks are about "
-            "a second apart). One tick credits at most this much held time."
+            f"a second apart), at most the {RETENTION_S:g} s the evidence is kept. One tick credits at most this "
+            "much held time."
         ),
     )
     error_rate: ErrorRateCheck = Field(

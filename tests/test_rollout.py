@@ -39,6 +39,7 @@ from routing.rollout import (
     start,
     tick,
 )
+from telemetry.evidence_store import RETENTION_S
 
 T0 = 1_798_761_600.0  # 2027-01-01T00:00:00Z
 S = RolloutState
@@ -670,3 +671,11 @@ def test_a_corrupt_record_is_refused() -> None:
         RolloutRecord.model_validate({**document, "step": 4})
     with pytest.raises(ValidationError, match="a paused rollout must name shadow or canary"):
         RolloutRecord.model_validate({**document, "state": "paused"})
+
+
+def test_an_evidence_window_longer_than_the_evidence_is_kept_is_refused() -> None:
+    """window_s = 1e300 was accepted (201); every tick then failed reading the evidence (an SQLite integer overflow),
+    and the rollout sat in shadow mirroring all traffic."""
+    assert RolloutChecks(window_s=RETENTION_S).window_s == RETENTION_S
+    with pytest.raises(ValidationError, match="less than or equal to 900"):
+        RolloutChecks(window_s=1e300)

@@ -10,6 +10,7 @@ inference without a token).
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -84,7 +85,11 @@ def test_a_stale_revision_gets_409(routed: RunningGateway) -> None:
 
 @pytest.mark.parametrize("routing, message", [
     ({"champion": "1", "weights": {"1": 0, "2": 0}}, "at least one weight must be positive"),
-    ({"champion": "1", "weights": {"1": -5}}, "weights.1: weight must be >= 0"),
+    ({"champion": "1", "weights": {"1": -5}}, "weights.1: weight must be from 0 to 1,000,000, got -5"),
+    # a 400-digit weight was stored, then overflowed the router's floats: 500 here, every other process unable
+    # to load the revision, a restart unable to start
+    ({"champion": "1", "weights": {"1": int("9" * 400)}}, "weights.1: weight must be from 0 to 1,000,000"),
+    ({"champion": "1", "weights": {"1": True}}, "weights.1: Input should be a valid integer"),
     ({"champion": "1", "weights": {"7": 100}}, "weights.7: version '7' does not exist; versions: 1, 2, 3, 4, 5"),
     ({"champion": "9"}, "champion: version '9' does not exist"),
     ({"champion": "1", "shadows": {"1": 10}}, "shadows.1: version '1' is the champion"),
@@ -105,6 +110,38 @@ def test_invalid_routing_gets_422_naming_the_problem(routed: RunningGateway, rou
         assert response.status_code == 422, response.text
         assert message in response.json()["error"], response.json()
         assert client.get(f"/models/{MODEL}/routing").json() == before, "a refused change must change nothing"
+
+
+def test_the_token_is_checked_before_the_body_is_read(routed: RunningGateway) -> None:
+    """FastAPI parses a body before a route's token check: without a token, malformed JSON got 422, and a body of
+    any size was read (the request limit did not apply to the admin API)."""
+    url = f"http://{routed.http_url}/admin/v1/models/{MODEL}/routing"
+    no_token = httpx.put(url, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert no_token.status_code == 401 and "missing bearer token" in no_token.json()["error"]
+    host, port = routed.http_url.rsplit(":", 1)
+    for authorization, status in ((b"", b"401"), (f"Authorization: Bearer {Tokens.operator}\r\n".encode(), b"413")):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:  # declares 1 GB, sends none of it
+            conn.sendall(b"PUT /admin/v1/models/" + MODEL.encode() + b"/routing HTTP/1.1\r\nHost: x\r\n"
+                         + authorization + b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
+            assert conn.recv(4096).split(b" ")[1] == status
+    with admin(routed, Tokens.viewer) as viewer:
+        unknown = viewer.get("/no/such/route")
+        assert unknown.status_code == 404 and unknown.json() == {"error": "Not Found"}  # the OIP error shape
+
+
+def test_out_of_range_values_are_422_not_500(routed: RunningGateway) -> None:
+    with admin(routed, Tokens.operator) as client:
+        revision = client.get(f"/models/{MODEL}/routing").json()["revision"]
+        huge = client.put(f"/models/{MODEL}/routing", headers={"If-Match": '"' + "9" * 5000 + '"'},
+                          json={"routing": {"champion": "1"}})
+        assert huge.status_code == 422 and "If-Match must be a routing revision" in huge.json()["error"]
+        infinite = client.put(f"/models/{MODEL}/routing", headers={"Content-Type": "application/json"},
+                              content=b'{"revision": %d, "routing": {"champion": "1", "fallback": '
+                                      b'{"challenger_timeout_ms": 1e999}}}' % revision)
+        assert infinite.status_code == 422 and "challenger_timeout_ms" in infinite.json()["error"]
+    with admin(routed, Tokens.viewer) as viewer:
+        beyond = viewer.get("/audit", params={"since": 2**63})
+        assert beyond.status_code == 422 and "since" in beyond.json()["error"]
 
 
 def test_other_refusals(routed: RunningGateway) -> None:
