@@ -391,13 +391,20 @@ def token_create(
     path = state if state is not None else _load_or_exit(config).state.path  # type: ignore[arg-type]
     store = StateStore(path)
     try:
+        parsed_role = Role.parse(role)  # before anything changes: a mistyped role once cost the existing token
         if out is not None and if_missing and out.exists() and _known_token(store, out, name):
             typer.echo(f"{role} token '{name}' is in {out} (unchanged)")
             return
+        if out is not None:  # writable before the token exists: else it would be created, audited and never shown
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(out, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as exc:
+                _fail(f"cannot write the token to {out}: {exc.strerror}")
         actor = f"local:{getpass.getuser()}"
         if if_missing and name in {r.name for r in AuthState(store, []).records}:  # file gone or stale: replace
             revoke_stored_token(store, name, actor, "token file missing or stale; replaced")
-        token, record = create_stored_token(store, name, Role.parse(role), actor, reason)
+        token, record = create_stored_token(store, name, parsed_role, actor, reason)
     except InferenceError as exc:
         _fail(exc.message)
     finally:
@@ -405,7 +412,6 @@ def token_create(
     if out is None:
         typer.echo(token)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(token + "\n")

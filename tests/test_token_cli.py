@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.auth import AuthState, Role
-from gateway.errors import Unauthorized
+import pytest
+
+from gateway.auth import AuthState, Role, check_name
+from gateway.errors import BadRequest, Unauthorized
 from routing.store import StateStore
 
 
@@ -47,3 +49,40 @@ def test_demo_token_file_is_private_stable_and_repaired(tmp_path: Path) -> None:
     replaced = out.read_text().strip()
     assert replaced != token and _authenticates(state, replaced)
     assert not _authenticates(state, token)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlgate.cli", "token", "create", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_mistyped_role_or_an_unwritable_file_changes_nothing(tmp_path: Path) -> None:
+    """A mistyped role with --if-missing revoked the existing token before the role was read; an --out that could
+    not be written failed with a traceback after the token had been created, so it existed and was never shown."""
+    state, out = tmp_path / "state.db", tmp_path / "token"
+    _create(state, out)
+    token = out.read_text().strip()
+
+    mistyped = _run("--state", str(state), "--name", "demo-admin", "--role", "admn", "--out", str(tmp_path / "other"),
+                    "--if-missing")
+    assert mistyped.returncode != 0 and "unknown role 'admn'" in mistyped.stdout + mistyped.stderr
+    assert _authenticates(state, token), "the existing token must survive a refused command"
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    unwritable = _run("--state", str(state), "--name", "ci", "--role", "viewer", "--out", str(blocked / "token"))
+    output = unwritable.stdout + unwritable.stderr
+    assert unwritable.returncode != 0 and "cannot write the token to" in output and "Traceback" not in output
+    store = StateStore(state)
+    try:
+        assert "ci" not in {record.name for record in AuthState(store, []).records}
+    finally:
+        store.close()
+
+
+def test_a_token_name_may_not_end_in_a_newline() -> None:
+    """re.match with ^...$ let 'alice\\n' through (through the API: 201)."""
+    assert check_name("alice") == "alice"
+    for name in ("alice\n", "", "-x", "a" * 65):
+        with pytest.raises(BadRequest, match="must be 1-64 characters"):
+            check_name(name)
