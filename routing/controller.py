@@ -96,6 +96,10 @@ def summary(record: RolloutRecord) -> dict[str, Any]:
             "step": record.step, "challenger_percent": record.challenger_percent, "reason": record.reason}
 
 
+class _RoutingHeld(Exception):
+    """The controller's next step could not be routed: nothing was written, the next tick judges again."""
+
+
 class RolloutController:
     def __init__(self, store: StateStore, check: PolicyCheck, evidence: EvidenceSource) -> None:
         self.store = store
@@ -180,7 +184,10 @@ class RolloutController:
         if len(updated.transitions) == len(record.transitions):  # bookkeeping only: no audit entry
             self.store.write_rollout(stored.model, updated.model_dump(mode="json"), stored.revision, None)
             return None
-        self._commit(stored, record, updated, CONTROLLER_ACTOR, "rollout.transition", None, strict=False)
+        try:
+            self._commit(stored, record, updated, CONTROLLER_ACTOR, "rollout.transition", None, strict=False)
+        except _RoutingHeld:
+            return None
         log.info("rollout of model '%s': %s (%s)", spec.model, updated.state.value, updated.reason)
         return updated
 
@@ -198,8 +205,11 @@ class RolloutController:
         """Persist ``record`` with the routing it implies, audited in the same transaction.
 
         A routing the gateway cannot serve (an unready version, say) refuses an operator's action
-        (``strict``) and holds the controller's step where it is, logged; a rollback is applied
-        regardless: taking traffic away from a failing challenger must never wait for anything.
+        (``strict``) and holds the controller's step where it is, logged: a tick that would change the
+        traffic is not written (``_RoutingHeld``) and is judged again next tick (it once wrote a terminal
+        ``promoted`` over a routing that still had the old champion); one that keeps the traffic is written,
+        the routing left as it is. A rollback is applied regardless: taking traffic away from a failing
+        challenger must never wait for anything.
         """
         model = record.spec.model
         routing = routing or self._routing(model)
@@ -215,7 +225,11 @@ class RolloutController:
                 raise RolloutRefused(f"{record.describe()} cannot route as it needs to: " + "; ".join(problems),
                                      422, problems)
             if problems and record.state is not RolloutState.ROLLED_BACK:
-                log.error("%s: routing not changed: %s", record.describe(), "; ".join(problems))
+                moves = previous is not None and desired_traffic(record) != desired_traffic(previous)
+                log.error("%s: routing not changed%s: %s", record.describe(),
+                          ", so neither is the rollout" if moves else "", "; ".join(problems))
+                if moves:  # a step or a promotion the routing cannot follow is not taken
+                    raise _RoutingHeld
             else:
                 change = (wanted.model_dump(mode="json"), routing.revision)
         note = AuditNote(actor, action, summary(previous) if previous is not None else None, summary(record),

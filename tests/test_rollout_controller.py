@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from routing import controller as controller_module
 from routing.controller import OPERATOR_ATTEMPTS, RolloutController, RolloutRefused
-from routing.rollout import CONTROLLER_ACTOR, RolloutSpec, RolloutState
+from routing.rollout import CONTROLLER_ACTOR, RolloutSpec, RolloutState, promote
 from routing.store import StateStore, StoredRollout
 from telemetry import audit
 
@@ -67,4 +68,34 @@ def test_an_operator_action_that_keeps_losing_is_refused_as_a_conflict(tmp_path:
     assert refused.value.status == 409 and store.races == OPERATOR_ATTEMPTS
     stored = store.rollout("m")
     assert stored is not None and stored.record["state"] != "paused"  # nothing half-applied
+    store.close()
+
+
+def test_a_step_the_gateway_cannot_route_is_held_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the routing a tick's judgement needs is refused (a version not ready, say), the rollout stays where it
+    was and the next tick judges again. It used to record the step anyway: a terminal 'promoted' over a routing that
+    still had the old champion, never retried. The judgement is forced to 'promote' here; the store is real."""
+    store = StateStore(tmp_path / "state.db")
+    store.seed_routing("m", {"champion": "1"}, "config")
+    blocked: list[str] = []
+    controller = RolloutController(store, lambda model, policy: list(blocked), lambda *args: None)
+    controller.start(RolloutSpec(model="m", challenger="2"), "otto", now=100.0)
+    started, routing = store.rollout("m"), store.routing("m")
+    assert started is not None and routing is not None
+    monkeypatch.setattr(controller_module, "tick", lambda record, evidence, now: promote(record, now, CONTROLLER_ACTOR))
+
+    blocked.append("version '2' is not ready")
+    assert controller.tick_all(store.all_rollouts(), now=101.0) == []
+    held = store.rollout("m")
+    assert held is not None and held.record == started.record and held.revision == started.revision
+    assert store.routing("m") == routing
+
+    blocked.clear()
+    moved = controller.tick_all(store.all_rollouts(), now=102.0)
+    assert [record.state for record in moved] == [RolloutState.PROMOTED]
+    current = store.routing("m")
+    assert current is not None and current.policy["champion"] == "2"
+    with store.reading() as conn:
+        actions = [e.action for e in audit.read_entries(conn, target="rollout/m")]
+    assert actions == ["rollout.start", "rollout.transition"]
     store.close()
