@@ -7,6 +7,7 @@ what went wrong on the way.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -35,20 +36,26 @@ class AdminClient:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         if not self.token:
             raise AdminError("no token: pass --token or set MLGATE_TOKEN")
+        if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
+            raise AdminError("the token holds a space, a line break or other characters no token has: "
+                             "check --token or MLGATE_TOKEN")  # (never echoed: it is a secret)
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(f"{self.url}/admin/v1{path}", data=data, headers=headers, method=method)
         try:
+            request = urllib.request.Request(f"{self.url}/admin/v1{path}", data=data, headers=headers, method=method)
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read() or b"null")
+                raw = response.read()
         except urllib.error.HTTPError as exc:
             raise AdminError(f"{method} {path}: {exc.code} {_error_text(exc.read())}") from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:  # (a bad port in the
+            # URL is http.client.InvalidURL, a ValueError)
             reason = getattr(exc, "reason", exc)
             raise AdminError(f"cannot reach the gateway at {self.url}: {reason}") from None
+        try:
+            return json.loads(raw or b"null")
         except ValueError:
             raise AdminError(f"{method} {path}: the gateway's answer is not JSON") from None
 

@@ -230,15 +230,19 @@ def _print_routing(doc: dict[str, Any], as_json: bool) -> None:
                + (", static default response set" if fallback.default_response else ""))
 
 
+def _routing_path(model: str) -> str:
+    return f"/models/{urllib.parse.quote(model, safe='')}/routing"  # a name with a space was an InvalidURL traceback
+
+
 def _change_routing(url: str, token: str | None, model: str, change: Callable[[dict[str, Any]], None],
                     reason: str | None, as_json: bool) -> None:
     """Read the routing, apply ``change`` to it, write it back based on the revision read (409 if stale)."""
     client = _admin(url, token)
     try:
-        current = client.get(f"/models/{model}/routing")
+        current = client.get(_routing_path(model))
         routing = current["routing"]
         change(routing)
-        updated = client.put(f"/models/{model}/routing",
+        updated = client.put(_routing_path(model),
                              {"revision": current["revision"], "routing": routing, "reason": reason})
     except AdminError as exc:
         _fail(str(exc))
@@ -250,7 +254,7 @@ def split_show(model: str, url: UrlOption = DEFAULT_URL, token: TokenOption = No
                as_json: JsonOption = False) -> None:
     """A model's split, sticky key, header rules, shadows and fallback, with its revision."""
     try:
-        doc = _admin(url, token).get(f"/models/{model}/routing")
+        doc = _admin(url, token).get(_routing_path(model))
     except AdminError as exc:
         _fail(str(exc))
     _print_routing(doc, as_json)
@@ -322,7 +326,7 @@ def audit_show(
         with _sqlite(path) as conn:
             entries = audit.read_entries(conn, target=target, limit=limit)
     else:
-        query = "&".join(f"{k}={v}" for k, v in (("target", target), ("limit", limit)) if v is not None)
+        query = urllib.parse.urlencode({k: v for k, v in (("target", target), ("limit", limit)) if v is not None})
         try:
             docs = _admin(url, token).get("/audit" + (f"?{query}" if query else ""))
             entries = [audit.AuditEntry.from_json(doc) for doc in docs]
@@ -351,7 +355,7 @@ def audit_verify(
             doc = {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
                    "problem": result.problem, "head": audit.head_hash(conn)}
     else:
-        query = f"?expected_head={expected_head}" if expected_head else ""
+        query = "?" + urllib.parse.urlencode({"expected_head": expected_head}) if expected_head else ""
         try:
             doc = _admin(url, token).get(f"/audit/verify{query}")
         except AdminError as exc:
@@ -433,10 +437,15 @@ def _known_token(store: StateStore, path: Path, name: str) -> bool:
 
 @contextlib.contextmanager
 def _sqlite(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)  # as_uri escapes '#' and '?'
-
+    """The state file, read-only; a clear exit, not a traceback, for a path that is no state file."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)  # as_uri escapes '#' and '?'
+    except sqlite3.Error as exc:
+        _fail(f"cannot open the state file {path}: {exc}")
     try:
         yield conn
+    except sqlite3.DatabaseError as exc:
+        _fail(f"{path} is not an mlgate state file ({exc})")
     finally:
         conn.close()
 
