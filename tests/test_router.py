@@ -239,7 +239,8 @@ def test_no_shadows_is_empty() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"weights": {"1": 90, "2": -1}}, "weights.2: weight must be >= 0"),
+        ({"weights": {"1": 90, "2": -1}}, "weights.2: weight must be from 0 to 1,000,000, got -1"),
+        ({"weights": {"1": 10**400}}, "weights.1: weight must be from 0 to 1,000,000"),  # overflowed Router's floats
         ({"weights": {"1": 0, "2": 0}}, "weights: at least one weight must be positive"),
         ({"weights": {"": 1}}, "weights: a version must be non-empty"),
         ({"shadows": {"3": 0}}, "shadows.3: percent must be in (0, 100]"),
