@@ -118,16 +118,23 @@ def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
             )
     elif kind not in "iuf":
         raise BadRequest(f"input '{name}': {datatype} data must be numbers, got {_describe_kind(kind)}")
-    elif target == np.float16:  # JSON numbers are float64: beyond FP16's range they would become infinities
-        with np.errstate(over="ignore"):
-            converted = parsed.astype(target)
-        overflowed = np.isinf(converted) & np.isfinite(parsed)
-        if overflowed.any():
-            largest = float(np.finfo(np.float16).max)
-            raise BadRequest(f"input '{name}': value out of range for FP16 [{-largest:g}, {largest:g}]: "
-                             f"{float(parsed[overflowed].flat[0]):g}")
-        return converted
+    elif target.kind == "f" and target != parsed.dtype:
+        return _narrowed(name, datatype, parsed, target)
     return parsed.astype(target, copy=False)
+
+
+def _narrowed(name: str, datatype: str, parsed: np.ndarray, target: np.dtype) -> np.ndarray:
+    """JSON numbers are float64: beyond FP32's or FP16's range they would become infinities, then be refused as
+    non-finite, which misleads. The cast raises only on overflow, so the check costs nothing on valid data; the
+    NaN and Infinity literals read by the fallback parser are left to the finiteness check."""
+    try:
+        with np.errstate(over="raise"):
+            return parsed.astype(target)
+    except FloatingPointError:
+        largest = float(np.finfo(target).max)
+        beyond = np.isfinite(parsed) & (np.abs(parsed) > largest)
+        raise BadRequest(f"input '{name}': value out of range for {datatype} [{-largest:g}, {largest:g}]: "
+                         f"{float(parsed[beyond].flat[0]):g}") from None
 
 
 def _uint64_from_json(name: str, data: list[Any]) -> np.ndarray:

@@ -78,11 +78,22 @@ def test_bytes_binary_round_trip_and_truncation() -> None:
         ("FP32", ["1", "2"], "FP32 data must be numbers, got strings"),
         ("BYTES", [1, 2], "BYTES data must be strings, got int"),
         ("FP16", [1.0, 1e10], "value out of range for FP16 [-65504, 65504]: 1e+10"),
+        ("FP16", [70000, 1], "value out of range for FP16 [-65504, 65504]: 70000"),
+        # was an infinity, then refused as "a non-finite value (NaN or infinity)": not what the client sent
+        ("FP32", [1.0, -1e39], "value out of range for FP32 [-3.40282e+38, 3.40282e+38]: -1e+39"),
     ],
 )
 def test_json_values_of_the_wrong_kind_are_refused(datatype: str, data: list[Any], message: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(message)):
         decode_infer_request(_json_request(datatype, [2], data), None)
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32"])
+def test_json_values_at_the_edge_of_a_float_range_are_kept(datatype: str) -> None:
+    largest = float(np.finfo(NUMPY_DTYPES[datatype]).max)
+    array = decode_infer_request(_json_request(datatype, [2], [largest, -largest]), None).tensors[0].array
+    assert array.dtype == NUMPY_DTYPES[datatype]
+    assert array.tolist() == [largest, -largest]
 
 
 @pytest.mark.parametrize(
