@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.batcher import Batcher
-from gateway.datatypes import numpy_dtype
+from gateway.datatypes import is_float, numpy_dtype
 from gateway.errors import (
     DeadlineExceeded,
     DeadlineUnreachable,
@@ -274,9 +274,17 @@ def _default_response_problems(default: dict[str, list[object]], manifest: Manif
             problems.append(f"fallback.default_response: missing output '{name}' (give one row of every output)")
             continue
         try:
-            value = np.asarray(default[name], dtype=numpy_dtype(spec.datatype))
+            with np.errstate(over="raise"):  # 1e39 as FP32 would otherwise become an infinity, with a warning
+                value = np.asarray(default[name], dtype=numpy_dtype(spec.datatype))
+        except ArithmeticError:  # OverflowError (integers), FloatingPointError (floats)
+            problems.append(f"fallback.default_response.{name}: a value is out of range for {spec.datatype}")
+            continue
         except (TypeError, ValueError):
             problems.append(f"fallback.default_response.{name}: not convertible to {spec.datatype}")
+            continue
+        if is_float(spec.datatype) and not np.isfinite(value).all():
+            problems.append(f"fallback.default_response.{name}: values must be finite (a JSON answer cannot carry "
+                            "NaN or infinity)")
             continue
         wanted = (1, *spec.shape[1:])
         if value.ndim != len(wanted) or any(d not in (-1, v) for d, v in zip(wanted, value.shape, strict=True)):

@@ -100,6 +100,11 @@ def test_a_stale_revision_gets_409(routed: RunningGateway) -> None:
      "fallback.default_response.label: a one-row answer must have shape [1]"),
     ({"champion": "1", "fallback": {"default_response": {"label": [0]}}},
      "fallback.default_response: missing output 'probabilities'"),
+    # a label beyond INT64 was a 500; an FP32 probability of 1e39 was stored and answered as infinity
+    ({"champion": "1", "fallback": {"default_response": {"label": [10**30], "probabilities": [[0.5, 0.5]]}}},
+     "fallback.default_response.label: a value is out of range for INT64"),
+    ({"champion": "1", "fallback": {"default_response": {"label": [0], "probabilities": [[1e39, 0.5]]}}},
+     "fallback.default_response.probabilities: a value is out of range for FP32"),
     ({"champion": "1", "splitt": {}}, "splitt: Extra inputs are not permitted"),
 ])
 def test_invalid_routing_gets_422_naming_the_problem(routed: RunningGateway, routing: dict[str, Any],
@@ -139,6 +144,12 @@ def test_out_of_range_values_are_422_not_500(routed: RunningGateway) -> None:
                               content=b'{"revision": %d, "routing": {"champion": "1", "fallback": '
                                       b'{"challenger_timeout_ms": 1e999}}}' % revision)
         assert infinite.status_code == 422 and "challenger_timeout_ms" in infinite.json()["error"]
+        not_a_number = client.put(f"/models/{MODEL}/routing", headers={"Content-Type": "application/json"},
+                                  content=b'{"revision": %d, "routing": {"champion": "1", "fallback": '
+                                          b'{"default_response": {"label": [0], "probabilities": [[NaN, 1]]}}}}'
+                                          % revision)
+        assert not_a_number.status_code == 422, not_a_number.text  # was stored, then answered as null
+        assert "default_response.probabilities: values must be finite" in not_a_number.json()["error"]
     with admin(routed, Tokens.viewer) as viewer:
         beyond = viewer.get("/audit", params={"since": 2**63})
         assert beyond.status_code == 422 and "since" in beyond.json()["error"]
@@ -248,7 +259,8 @@ def _tamper(path: Path, *statements: str) -> None:
 ])
 def test_audit_verify_names_the_first_tampered_entry(routed: RunningGateway, tmp_path: Path,
                                                      tampering: tuple[str, ...], named: str) -> None:
-    set_routing(routed, weights={"1": 100}, reason="one more entry")
+    for n in range(3):  # entries 1-4 exist even when this test runs alone
+        set_routing(routed, weights={"1": 100}, reason=f"entry {n}")
     intact = _snapshot(routed, tmp_path / "intact.db")
     ok = _mlgate("audit", "verify", "--state", str(intact))
     assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stdout + ok.stderr
