@@ -351,9 +351,7 @@ def audit_verify(
     path = _state_path(state, config)
     if path is not None:
         with _sqlite(path) as conn:
-            result = audit.verify_database(conn, expected_head)
-            doc = {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
-                   "problem": result.problem, "head": audit.head_hash(conn)}
+            doc = audit.verify_database(conn, expected_head).to_json()
     else:
         query = "?" + urllib.parse.urlencode({"expected_head": expected_head}) if expected_head else ""
         try:

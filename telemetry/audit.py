@@ -394,12 +394,20 @@ class Verification:
     ``checked`` counts the entries found intact before the first bad one (all
     of them when ``ok``); ``first_bad_seq`` names the first bad entry where one
     can be named; ``problem`` says what is wrong in words ("" when ``ok``).
+    ``head`` is the newest hash of the entries checked: read in the same pass,
+    so an entry appended meanwhile cannot make it an anchor nothing vouched for.
     """
 
     ok: bool
     checked: int
     first_bad_seq: int | None
     problem: str
+    head: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The document the admin API answers and ``mlgate audit verify --json`` prints."""
+        return {"ok": self.ok, "checked": self.checked, "first_bad_seq": self.first_bad_seq,
+                "problem": self.problem, "head": self.head}
 
 
 def _span(first: int, last: int) -> str:
@@ -474,18 +482,19 @@ def verify(entries: Sequence[AuditEntry], expected_head: str | None = None) -> V
     anchor a hash chain cannot detect removal of its newest entries, because
     what remains is itself a valid chain.
     """
+    head = entries[-1].hash if entries else GENESIS_HASH
     present = {entry.seq for entry in entries}
     previous: AuditEntry | None = None
     for checked, entry in enumerate(entries):
         problem = _check_entry(entry, previous, present)
         if problem is not None:
-            return Verification(ok=False, checked=checked, first_bad_seq=entry.seq, problem=problem)
+            return Verification(ok=False, checked=checked, first_bad_seq=entry.seq, problem=problem, head=head)
         previous = entry
     if expected_head is not None:
         problem = _check_head(entries, expected_head)
         if problem is not None:
-            return Verification(ok=False, checked=len(entries), first_bad_seq=None, problem=problem)
-    return Verification(ok=True, checked=len(entries), first_bad_seq=None, problem="")
+            return Verification(ok=False, checked=len(entries), first_bad_seq=None, problem=problem, head=head)
+    return Verification(ok=True, checked=len(entries), first_bad_seq=None, problem="", head=head)
 
 
 def verify_database(conn: sqlite3.Connection, expected_head: str | None = None) -> Verification:

@@ -105,7 +105,9 @@ def test_append_builds_a_linked_chain(conn: sqlite3.Connection) -> None:
     assert verify(entries).ok
     result = verify_database(conn)
     assert (result.ok, result.checked, result.first_bad_seq, result.problem) == (True, 5, None, "")
-    assert head_hash(conn) == entries[-1].hash
+    assert head_hash(conn) == result.head == entries[-1].hash
+    # the head reported is that of the entries checked, never one read afterwards
+    assert verify(entries[:3]).head == entries[2].hash != head_hash(conn)
 
 
 def test_append_returns_what_reading_gives_back(conn: sqlite3.Connection) -> None:
@@ -377,7 +379,7 @@ def test_empty_log(conn: sqlite3.Connection) -> None:
     assert verify_database(conn) == verify([])
     result = verify([])
     assert (result.ok, result.checked, result.first_bad_seq) == (True, 0, None)
-    assert head_hash(conn) == GENESIS_HASH
+    assert head_hash(conn) == result.head == GENESIS_HASH
     assert verify([], expected_head=GENESIS_HASH).ok
     emptied = verify([], expected_head="ab" * 32)
     assert (emptied.ok, emptied.checked) == (False, 0)
