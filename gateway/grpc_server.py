@@ -34,6 +34,8 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest, DeadlineExceeded, InferenceError
@@ -252,6 +254,79 @@ def fill_contents(contents: pb.InferTensorContents, datatype: str, array: np.nda
     field.extend(flat.tolist())
 
 
+def describe_undecodable(descriptor: Any, payload: bytes) -> str:
+    """Why ``payload`` failed to parse as a ``descriptor`` message, for the caller: the first string field that is
+    not UTF-8, by its path (``inputs[0].name``), else that the bytes are not protobuf at all.
+
+    protobuf's own error names neither the field nor the cause. This walks the wire format in Python, but only
+    once parsing has already failed, so a valid request pays nothing for it.
+    """
+    what = f"the request is not a valid {descriptor.full_name} message"
+    try:
+        field = _first_non_utf8(descriptor, memoryview(payload), "")
+    except _Malformed as exc:
+        return f"{what}: malformed protobuf ({exc})"
+    if field is None:
+        return f"{what}: malformed protobuf"
+    return f"{what}: field '{field}' is not valid UTF-8 (protobuf string fields must be)"
+
+
+class _Malformed(Exception):
+    """The bytes break the protobuf wire format itself (a truncated field, an unknown wire type)."""
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 70:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise _Malformed(f"a varint runs past byte {pos}")
+
+
+def _first_non_utf8(descriptor: Any, data: memoryview, prefix: str) -> str | None:
+    """The path of the first string field in ``data`` (a ``descriptor`` message) that is not UTF-8; None if none."""
+    seen: dict[int, int] = {}
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise _Malformed(f"a field of {size} bytes at byte {pos} runs past the end ({len(data)} bytes)")
+            chunk, pos = data[pos:pos + size], pos + size
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            path: str = prefix + field.name
+            if field.is_repeated:
+                index = seen.get(number, 0)
+                seen[number] = index + 1
+                path += f"[{index}]"
+            if field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    str(chunk, "utf-8")
+                except UnicodeDecodeError:
+                    return path
+            elif field.message_type is not None:
+                found: str | None = _first_non_utf8(field.message_type, chunk, path + ".")
+                if found is not None:
+                    return found
+        else:
+            raise _Malformed(f"wire type {wire} at byte {pos}")
+        if pos > len(data):
+            raise _Malformed(f"a fixed-width field runs past the end ({len(data)} bytes)")
+    return None
+
+
 # --------------------------------------------------------------------------- deadlines
 
 
@@ -419,6 +494,52 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             service.finished("grpc", model, target, result, status, started, trace, request_id, trace_id)
 
 
+_METHODS: Final[dict[str, tuple[type[Message], type[Message]]]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+}
+"""Every RPC of ``GRPCInferenceService`` the servicer implements, with its request and response messages."""
+
+SERVICE_NAME: Final = "inference.GRPCInferenceService"
+
+
+def method_handlers(servicer: OipGrpcServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The servicer's RPCs, each parsing its own request (see ``_parsing``)."""
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            _parsing(request_type, getattr(servicer, name)),
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in _METHODS.items()
+    }
+
+
+def _parsing(
+    request_type: type[Message], method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]
+) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
+    """The RPC on the request's raw bytes: parsed here, so that bytes protobuf refuses (a string field that is not
+    UTF-8, a truncated message) are INVALID_ARGUMENT naming the field. Left to grpcio's deserializer, they were
+    UNKNOWN with a traceback in the log. The parse itself is the same ``FromString`` grpcio would call.
+    """
+
+    async def handler(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        try:
+            request = request_type.FromString(payload)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                describe_undecodable(request_type.DESCRIPTOR, payload))
+            raise AssertionError("context.abort() returned") from None
+        return await method(request, context)
+
+    return handler
+
+
 def server_metadata_response(doc: dict[str, Any]) -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=doc["name"], version=doc["version"], extensions=doc["extensions"])
 
@@ -467,9 +588,9 @@ def build_grpc_server(
         ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        OipGrpcServicer(service), server
-    )
+    handlers = method_handlers(OipGrpcServicer(service))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -487,6 +608,8 @@ __all__ = [
     "array_from_contents",
     "build_grpc_server",
     "decode_infer_request",
+    "describe_undecodable",
     "encode_infer_response",
+    "method_handlers",
     "request_deadline",
 ]

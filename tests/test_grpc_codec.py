@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 
 from gateway.datatypes import NUMPY_DTYPES, serialize_bytes_tensor
 from gateway.errors import BadRequest
@@ -18,6 +19,7 @@ from gateway.grpc_server import (
     TYPED_FIELD,
     array_from_contents,
     decode_infer_request,
+    describe_undecodable,
     encode_infer_response,
     model_metadata_response,
     repository_index_response,
@@ -428,3 +430,35 @@ def test_shared_message_fields_match_triton() -> None:
 
     for name, message in pb.DESCRIPTOR.message_types_by_name.items():
         check(message, triton_pb.DESCRIPTOR.message_types_by_name[name])
+
+
+# --------------------------------------------------------------------------- messages protobuf cannot parse
+
+
+def _undecodable(payload: bytes) -> str:
+    """What the caller is told about ``payload``, which protobuf itself must refuse."""
+    with pytest.raises(DecodeError):
+        pb.ModelInferRequest.FromString(payload)
+    return describe_undecodable(pb.ModelInferRequest.DESCRIPTOR, payload)
+
+
+def test_non_utf8_string_field_is_named_by_its_path() -> None:
+    request = pb.ModelInferRequest(model_name="m", id="r")
+    request.inputs.add(name="a", datatype="FP32", shape=[1])
+    request.inputs.add(name="b", datatype="FP32", shape=[1])
+    request.raw_input_contents.extend([b"\xff" * 4, b"\xff" * 4])  # bytes fields may hold anything
+    payload = request.SerializeToString().replace(b"\x0a\x01b", b"\x0a\x01\xff")
+    assert _undecodable(payload).endswith("field 'inputs[1].name' is not valid UTF-8 (protobuf string fields must be)")
+
+
+def test_non_utf8_map_key_is_named() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.parameters["k\u00e9"].int64_param = 1
+    payload = request.SerializeToString().replace("\u00e9".encode(), b"\xe9!")
+    assert "field 'parameters[0].key' is not valid UTF-8" in _undecodable(payload)
+
+
+def test_truncated_message_is_malformed() -> None:
+    payload = pb.ModelInferRequest(model_name="breast-cancer").SerializeToString()[:-3]
+    assert _undecodable(payload) == ("the request is not a valid inference.ModelInferRequest message: malformed "
+                                     "protobuf (a field of 13 bytes at byte 2 runs past the end (12 bytes))")

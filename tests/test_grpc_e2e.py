@@ -397,3 +397,37 @@ def test_generous_grpc_deadline_is_served(client: Any, repository: Path) -> None
     x = rows(10, 3)
     result = client.infer(MODEL, [features_input(x)], client_timeout=5.0, timeout=5_000_000)
     np.testing.assert_array_equal(result.as_numpy("label"), reference(repository, DEFAULT_VERSION, x)["label"])
+
+
+# --------------------------------------------------------------------------- messages protobuf cannot parse
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (``payload`` under 128 bytes), written by hand so it may hold bad UTF-8."""
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(("method", "payload", "named"), [
+    ("ModelInfer", _field(1, b"breast-\xffcancer"), "field 'model_name' is not valid UTF-8"),
+    ("ModelInfer", _field(1, MODEL.encode()) + _field(5, _field(1, b"feat\xc3") + _field(2, b"FP32")),
+     "field 'inputs[0].name' is not valid UTF-8"),
+    ("ModelInfer", _field(1, MODEL.encode()) + _field(4, _field(1, b"timeout") + _field(2, _field(3, b"\xfe"))),
+     "field 'parameters[0].value.string_param' is not valid UTF-8"),
+    ("ModelInfer", b"\x0a\x40" + MODEL.encode(), "malformed protobuf (a field of 64 bytes at byte 2 runs past"),
+    ("ModelReady", _field(1, MODEL.encode()) + _field(2, b"\x80"), "field 'version' is not valid UTF-8"),
+    ("ModelMetadata", _field(1, b"\xe9"), "field 'name' is not valid UTF-8"),
+    ("ServerLive", b"\x0b", "malformed protobuf (wire type 3 at byte 1)"),
+])
+def test_unparsable_message_is_invalid_argument_naming_the_field(
+    gateway: Any, client: Any, repository: Path, method: str, payload: bytes, named: str
+) -> None:
+    """Bytes protobuf refuses — a string field that is not UTF-8, a truncated message — were UNKNOWN
+    ("Unexpected DecodeError"), with grpcio's traceback in the gateway's log."""
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as exc:
+            call(payload, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    assert f"is not a valid inference.{method}Request message: {named}" in str(exc.value.details())
+    assert "DecodeError" not in gateway.log_path.read_text(errors="replace")
+    assert_still_serving(client, repository)
