@@ -8,32 +8,51 @@ that is wrong. Per-model (and per-version batching) sections replace the global 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from routing.policy import RoutingPolicy
 
 
+def _not_a_bool(value: Any) -> Any:
+    """Lax pydantic reads ``true`` as 1 and ``false`` as 0: ``http_port: true`` bound port 1, ``replicas: yes``
+    meant one replica. Strings stay accepted: YAML 1.1 reads ``1e3`` as the string "1e3", which is a number."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+VERSION_PATTERN = r"^[1-9][0-9]*$"
+"""How the repository names versions (serving.repository): a config naming ``01`` or ``v2`` could never match one."""
+Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf passed every ``ge``/``gt`` bound (a grace of .inf crashed shutdown in math.ceil,
+    # an injected delay of .inf made warm-up wait forever) and .nan failed them with a misleading message.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address both servers bind to.")
-    http_port: int = Field(8000, ge=0, le=65535, description="OIP HTTP/REST port (0 = pick a free one).")
-    grpc_port: int = Field(8001, ge=0, le=65535, description="OIP gRPC port (0 = pick a free one).")
-    max_request_bytes: int = Field(
+    http_port: Int = Field(8000, ge=0, le=65535, description="OIP HTTP/REST port (0 = pick a free one).")
+    grpc_port: Int = Field(8001, ge=0, le=65535, description="OIP gRPC port (0 = pick a free one).")
+    max_request_bytes: Int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
-    grpc_max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
+    grpc_max_message_bytes: Int = Field(
+        64 * 1024 * 1024, ge=1024, le=2**31 - 1,
+        description="Largest gRPC message accepted or sent (gRPC holds it in a C int: at most 2 GiB - 1).",
     )
-    shutdown_grace_s: float = Field(
-        5.0, ge=0, description="How long in-flight requests may finish on SIGTERM."
+    shutdown_grace_s: Float = Field(
+        5.0, ge=0, le=3600, description="How long in-flight requests may finish on SIGTERM (at most an hour)."
     )
-    workers: int = Field(
+    workers: Int = Field(
         1, ge=1, le=64, description="Gateway processes sharing the HTTP and gRPC ports (SO_REUSEPORT: the kernel "
         "spreads connections). The first starts Ray and deploys the models; the others join it, load nothing "
         "twice and only listen once their models are ready. Metrics of all of them are served by each one's "
@@ -45,30 +64,31 @@ class RayConfig(_Strict):
     address: str | None = Field(
         None, description="Address of an existing Ray cluster to join; unset starts a local Ray in-process."
     )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs a locally started Ray may use (default: all).")
-    object_store_bytes: int | None = Field(
+    num_cpus: Int | None = Field(None, ge=1, description="CPUs a locally started Ray may use (default: all).")
+    object_store_bytes: Int | None = Field(
         256 * 1024 * 1024, ge=78643200, description="Object store size of a locally started Ray."
     )
 
 
 class BatchingConfig(_Strict):
-    max_batch_rows: int = Field(
+    max_batch_rows: Int = Field(
         256, ge=1, description="Most rows one Ray call carries (capped by the model's own maximum)."
     )
-    max_wait_ms: float = Field(
+    max_wait_ms: Float = Field(
         0.0,
         ge=0,
+        le=10_000,
         description=(
             "Fixed time a partial batch waits for more requests while a replica slot is free (as Triton and "
             "@serve.batch do). 0 (default) = adaptive: dispatch whenever a slot is free, and wait only when the "
             "queue holds fewer rows than the batch size needed to keep up with the arrival rate, so a lone "
-            "request at low load never waits."
+            "request at low load never waits. At most 10 s: a lone request waits this long."
         ),
     )
-    max_inflight_batches: int = Field(
+    max_inflight_batches: Int = Field(
         2, ge=1, description="Batches in flight per replica (2 overlaps one batch's transfer with another's compute)."
     )
-    latency_objective_ms: float | None = Field(
+    latency_objective_ms: Float | None = Field(
         None,
         gt=0,
         description=(
@@ -79,19 +99,20 @@ class BatchingConfig(_Strict):
             "OIP 'timeout' parameter or gRPC deadline does, objective or not."
         ),
     )
-    max_queue_rows: int = Field(65536, ge=1, description="Most rows waiting per deployment; beyond it, 429.")
+    max_queue_rows: Int = Field(65536, ge=1, description="Most rows waiting per deployment; beyond it, 429.")
 
 
 class DeploymentConfig(_Strict):
-    replicas: int = Field(1, ge=1, description="Ray Serve replicas of each model version.")
-    num_cpus: float = Field(
+    replicas: Int = Field(1, ge=1, description="Ray Serve replicas of each model version.")
+    num_cpus: Float = Field(
         0.5, gt=0, description="Ray CPUs reserved per replica; ONNX Runtime threads = max(1, floor(num_cpus))."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = CUDA when Ray sees a GPU, CPU otherwise."
     )
-    startup_timeout_s: float = Field(
-        120.0, gt=0, description="How long a version may take to become ready before it is marked unavailable."
+    startup_timeout_s: Float = Field(
+        120.0, gt=0, le=3600,
+        description="How long a version may take to become ready before it is marked unavailable (at most an hour).",
     )
     direct_channel: bool = Field(
         True, description="Send batches to the replicas over a Unix socket instead of through Ray Serve's router "
@@ -104,8 +125,9 @@ class DeploymentConfig(_Strict):
 class FaultConfig(_Strict):
     """Faults injected into one version's replicas, for tests and game days (never set in production)."""
 
-    delay_ms: float = Field(0.0, ge=0, description="Extra time every batch takes on the replica.")
-    error_rate: float = Field(0.0, ge=0, le=1, description="Fraction of batches the replica fails.")
+    delay_ms: Float = Field(0.0, ge=0, le=60_000, description="Extra time every batch takes on the replica "
+                            "(at most a minute: warm-up runs batches with it and has no deadline of its own).")
+    error_rate: Float = Field(0.0, ge=0, le=1, description="Fraction of batches the replica fails.")
 
 
 class ModelConfig(_Strict):
@@ -143,7 +165,7 @@ class StateConfig(_Strict):
         description="SQLite file holding routing, tokens and the audit log (relative to the config file's folder). "
         "Gateways sharing it share their routing.",
     )
-    poll_interval_s: float = Field(
+    poll_interval_s: Float = Field(
         0.25, gt=0, le=1.0, description="How often a gateway checks the state file for changes by other processes."
     )
 
@@ -169,21 +191,21 @@ class MonitoringConfig(_Strict):
     drift: bool = Field(
         True, description="Count every version's inputs, predictions, outcomes and latencies inline (drift "
         "histograms and the rollout controller's evidence). About a microsecond per batch per kernel call.")
-    feature_rows_per_batch: int = Field(
+    feature_rows_per_batch: Int = Field(
         1024, ge=0, description="Most rows of one batch the input-feature histograms count: a uniform sample, each "
         "sampled row weighing the rows it stands for, so that large requests do not spend the gateway's CPU on "
         "binning (4,096-row requests: a third of it when every row was counted). 0: every row.")
-    window_s: float = Field(
+    window_s: Float = Field(
         60.0, gt=0, le=900, description="Window of the drift metrics and of 'mlgate drift' by default (seconds).")
-    refresh_s: float = Field(5.0, gt=0, le=300, description="How often the drift metrics are recomputed.")
+    refresh_s: Float = Field(5.0, gt=0, le=300, description="How often the drift metrics are recomputed.")
 
 
 class RolloutControllerConfig(_Strict):
     enabled: bool = Field(
         True, description="Run the rollout controller here. Gateways sharing a state file elect one by lease, so "
         "exactly one acts; turn it off to keep a gateway out of the election.")
-    tick_s: float = Field(1.0, gt=0, le=10, description="How often the controller judges every running rollout.")
-    lease_ttl_s: float = Field(
+    tick_s: Float = Field(1.0, gt=0, le=10, description="How often the controller judges every running rollout.")
+    lease_ttl_s: Float = Field(
         5.0, gt=0, le=60, description="How long the controller's lease lasts unrenewed: another gateway takes over "
         "this long after the holder dies. More than two ticks, or the lease lapses between them.")
 
@@ -204,7 +226,7 @@ class TracingConfig(_Strict):
                           description="OTLP/HTTP (protobuf) traces endpoint of a collector, Jaeger or Tempo.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent with every export "
                                     "(e.g. an API key of a hosted collector).")
-    sampling_ratio: float = Field(
+    sampling_ratio: Float = Field(
         0.01, ge=0, le=1, description="Share of new traces recorded (parent-based: a caller's sampled "
         "traceparent is always continued, an unsampled one never).")
     service_name: str = Field("mlgate", min_length=1, description="OpenTelemetry service.name of the spans.")
@@ -214,7 +236,7 @@ class LogsConfig(_Strict):
     format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line (UTC ISO-8601 time, level, logger, event, fields); "
         "text: human-readable lines for a terminal.")
-    access_log_sample: float = Field(
+    access_log_sample: Float = Field(
         0.0, ge=0, le=1, description="Share of inference requests logged as one 'access' event each, with status, "
         "duration, request id and trace id (0 = none). Unexpected errors (500) are always logged with their "
         "request id (the caller's x-request-id or OIP id, else a generated one the error message names).")

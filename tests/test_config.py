@@ -113,3 +113,56 @@ def test_only_a_version_with_a_variable_dimension_after_the_rows_batches_its_req
     assert not policy((-1, 30), (-1, 4, 4))
     assert policy((-1, 30), (-1, -1))  # a sequence of any length
     assert policy((-1, 8, -1))
+
+
+def _problems(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("batching: {latency_objective_ms: .inf}\n", "batching.latency_objective_ms"),
+    ("batching: {max_wait_ms: .nan}\n", "batching.max_wait_ms"),
+    ("server: {shutdown_grace_s: .inf}\n", "server.shutdown_grace_s"),  # crashed shutdown in math.ceil
+    ("deployment: {startup_timeout_s: .inf}\n", "deployment.startup_timeout_s"),
+    ("deployment: {num_cpus: -.inf}\n", "deployment.num_cpus"),
+    ("models: {m: {version_faults: {'1': {delay_ms: .inf}}}}\n", "models.m.version_faults.1.delay_ms"),
+])
+def test_non_finite_numbers_are_refused_as_such(tmp_path: Path, text: str, where: str) -> None:
+    """.inf passed every lower bound and .nan failed them with 'should be greater than 0'."""
+    assert f"{where}: Input should be a finite number" in _problems(tmp_path, text)
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("server: {http_port: true}\n", "server.http_port"),  # was port 1
+    ("deployment: {replicas: yes}\n", "deployment.replicas"),
+    ("batching: {latency_objective_ms: on}\n", "batching.latency_objective_ms"),
+    ("ray: {num_cpus: false}\n", "ray.num_cpus"),
+])
+def test_a_boolean_is_not_a_number(tmp_path: Path, text: str, where: str) -> None:
+    assert f"{where}: Input should be a number, not true/false" in _problems(tmp_path, text)
+
+
+@pytest.mark.parametrize(("text", "where", "bound"), [
+    ("server: {grpc_max_message_bytes: 4294967296}\n", "server.grpc_max_message_bytes", "2147483647"),
+    ("server: {shutdown_grace_s: 1e300}\n", "server.shutdown_grace_s", "3600"),
+    ("batching: {max_wait_ms: 1e12}\n", "batching.max_wait_ms", "10000"),
+    ("deployment: {startup_timeout_s: 1e300}\n", "deployment.startup_timeout_s", "3600"),
+    ("models: {m: {version_faults: {'1': {delay_ms: 1e300}}}}\n", "models.m.version_faults.1.delay_ms", "60000"),
+])
+def test_numbers_beyond_what_their_user_can_take_are_refused(tmp_path: Path, text: str, where: str,
+                                                             bound: str) -> None:
+    """gRPC keeps its message limit in a C int (a larger one was an OverflowError after Ray had started);
+    a huge wait or delay made requests or warm-up wait forever."""
+    assert f"{where}: Input should be less than or equal to {bound}" in _problems(tmp_path, text)
+
+
+def test_integers_and_exponents_still_fill_float_fields(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("batching: {latency_objective_ms: 50, max_wait_ms: 1e3}\ndeployment: {num_cpus: 1}\n")
+    config = load_config(path)
+    assert config.batching.latency_objective_ms == 50.0 and config.deployment.num_cpus == 1.0
+    assert config.batching.max_wait_ms == 1000.0  # YAML 1.1 reads 1e3 as a string; it is still a number
