@@ -292,14 +292,59 @@ class ConfigError(Exception):
     """A configuration file that cannot be used; the message lists every problem with its location."""
 
 
-def load_config(path: Path) -> MlgateConfig:
-    """Read and validate a config file. Relative repository and state paths resolve against the file's folder."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping.
+
+    Plain PyYAML keeps the last one silently: two ``server:`` sections, or ``http_port`` twice in one, lost
+    the first without a word, so ``config check`` passed a file that did not say what its author read.
+    Merge keys (``<<: *anchor``) still override what they merge, as YAML means them to.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: construct_mapping below says so with its position
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML document; ConfigError naming the file for anything that is not one."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)  # marks say 'in "FILE", line N' rather than 'in "<unicode string>"'
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # thousands of nested brackets
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits (int_max_str_digits)
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+
+def load_config(path: Path) -> MlgateConfig:
+    """Read and validate a config file. Relative repository and state paths resolve against the file's folder."""
+    raw = _read_yaml(path)
+    if raw is None:  # an empty file (or only comments): every default
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     try:

@@ -166,3 +166,37 @@ def test_integers_and_exponents_still_fill_float_fields(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.batching.latency_objective_ms == 50.0 and config.deployment.num_cpus == 1.0
     assert config.batching.max_wait_ms == 1000.0  # YAML 1.1 reads 1e3 as a string; it is still a number
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys without a word: the first server section vanished."""
+    message = _problems(tmp_path, "server: {http_port: 9000}\nbatching: {}\nserver: {grpc_port: 9001}\n")
+    assert "found duplicate key 'server' (first at line 1)" in message
+    assert f'in "{tmp_path / "c.yaml"}", line 3' in message
+    assert "found duplicate key 'http_port' (first at line 2)" in _problems(
+        tmp_path, "server:\n  http_port: 9000\n  http_port: 9001\n")
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("batching: &tight {max_batch_rows: 8, max_wait_ms: 1}\n"
+                    "models: {m: {batching: {<<: *tight, max_wait_ms: 2}, version_batching: {'2': *tight}}}\n")
+    config = load_config(path)
+    assert config.batching_for("m", "1").max_batch_rows == 8 and config.batching_for("m", "1").max_wait_ms == 2
+    assert config.batching_for("m", "2").max_wait_ms == 1
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"server: {http_port: \xff}\n", "not UTF-8 text (byte 20: invalid start byte)"),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid YAML: nested too deeply"),
+    (b"server: {http_port: 1" + b"0" * 5000 + b"}\n", "not valid YAML: Exceeds the limit (4300 digits)"),
+    (b"server:\n\thttp_port: 1\n", "found character '\\t' that cannot start any token"),
+])
+def test_files_yaml_cannot_read_are_one_message_not_a_traceback(tmp_path: Path, content: bytes,
+                                                                expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    failed = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert failed.exit_code == 2, failed.output
+    assert f"error: {path}: " in failed.output and expected in failed.output
+    assert failed.exception is None or isinstance(failed.exception, SystemExit)
