@@ -392,8 +392,49 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Inference
     trailers: tuple[tuple[str, str], ...] = ()
     if exc.retry_after_s is not None:
         trailers = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
-    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailers)
+    await context.abort(exc.grpc_code, status_message(exc.message), trailing_metadata=trailers)
     raise AssertionError("context.abort() returned")  # it always raises; this keeps type checkers sure
+
+
+STATUS_MESSAGE_BYTES: Final = 4096
+"""Most bytes an error message may take in the ``grpc-message`` trailer, as sent (percent-encoded). Clients
+refuse trailers past 16 KiB outright and, from 8 KiB, at random (grpc's metadata soft limit)."""
+
+
+def status_message(message: str) -> str:
+    """``message``, cut in the middle to fit ``STATUS_MESSAGE_BYTES`` once percent-encoded.
+
+    Messages quote what the client sent (a model name, a tensor name, a routing key); a long one made the trailer
+    too large, and the client saw RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of the
+    error. The head names the field and quotes the value, the tail says what was expected, so both are kept.
+    The fast path costs one length check: no character is sent as more than 12 bytes (4 UTF-8 bytes, each %XX);
+    past it, only the first and last ``STATUS_MESSAGE_BYTES`` characters are ever read.
+    """
+    if len(message) * 12 <= STATUS_MESSAGE_BYTES:
+        return message
+    if len(message) <= STATUS_MESSAGE_BYTES and _encoded_size(message) <= STATUS_MESSAGE_BYTES:
+        return message
+    half = (STATUS_MESSAGE_BYTES - 64) // 2  # 64: room for the marker
+    head, tail = _fitting_prefix(message[:half], half), _fitting_prefix(message[-half:][::-1], half)[::-1]
+    cut = len(message) - len(head) - len(tail)
+    return f"{head}... ({cut} characters cut) ...{tail}"
+
+
+def _encoded_size(text: str) -> int:
+    """Bytes ``text`` takes in a ``grpc-message`` trailer: printable ASCII but '%' as is, any other byte as %XX."""
+    data = text.encode("utf-8", "surrogatepass")
+    plain = sum(1 for byte in data if 0x20 <= byte <= 0x7E and byte != 0x25)
+    return plain + 3 * (len(data) - plain)
+
+
+def _fitting_prefix(text: str, budget: int) -> str:
+    """The longest prefix of ``text`` whose encoded size is at most ``budget``."""
+    used = 0
+    for index, char in enumerate(text):
+        used += _encoded_size(char)
+        if used > budget:
+            return text[:index]
+    return text
 
 
 class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -612,4 +653,5 @@ __all__ = [
     "encode_infer_response",
     "method_handlers",
     "request_deadline",
+    "status_message",
 ]

@@ -8,6 +8,7 @@ serialises with Triton's definitions, not ours.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from google.protobuf.message import DecodeError
 from gateway.datatypes import NUMPY_DTYPES, serialize_bytes_tensor
 from gateway.errors import BadRequest
 from gateway.grpc_server import (
+    STATUS_MESSAGE_BYTES,
     TYPED_FIELD,
     array_from_contents,
     decode_infer_request,
@@ -24,6 +26,7 @@ from gateway.grpc_server import (
     model_metadata_response,
     repository_index_response,
     requested_outputs,
+    status_message,
 )
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.registry import ServedVersion, VersionState
@@ -462,3 +465,26 @@ def test_truncated_message_is_malformed() -> None:
     payload = pb.ModelInferRequest(model_name="breast-cancer").SerializeToString()[:-3]
     assert _undecodable(payload) == ("the request is not a valid inference.ModelInferRequest message: malformed "
                                      "protobuf (a field of 13 bytes at byte 2 runs past the end (12 bytes))")
+
+
+# --------------------------------------------------------------------------- status messages
+
+
+def _trailer_size(message: str) -> int:
+    """Bytes of ``message`` in the ``grpc-message`` trailer: percent-encoded, as the gRPC spec says."""
+    return len(quote(message.encode(), safe=bytes(b for b in range(0x20, 0x7F) if b != 0x25)))
+
+
+def test_short_status_message_is_unchanged() -> None:
+    message = "input 'x': unknown datatype 'F'; expected one of " + ", ".join(NUMPY_DTYPES)
+    assert status_message(message) is message
+
+
+@pytest.mark.parametrize("value", ["n" * 50_000, "\u00e9" * 3_000, "%" * 5_000, "\U0001f600" * 1_000])
+def test_long_status_message_keeps_head_and_tail_within_the_trailer_budget(value: str) -> None:
+    message = f"unknown model '{value}'; served models: a, b"
+    fitted = status_message(message)
+    assert _trailer_size(fitted) <= STATUS_MESSAGE_BYTES < _trailer_size(message)
+    assert fitted.startswith(f"unknown model '{value[:10]}") and fitted.endswith("'; served models: a, b")
+    head, cut, tail = fitted.partition(" characters cut) ...")
+    assert cut and int(head.rsplit("(", 1)[1]) == len(message) - len(head.rsplit("... (", 1)[0]) - len(tail)

@@ -431,3 +431,27 @@ def test_unparsable_message_is_invalid_argument_naming_the_field(
     assert f"is not a valid inference.{method}Request message: {named}" in str(exc.value.details())
     assert "DecodeError" not in gateway.log_path.read_text(errors="replace")
     assert_still_serving(client, repository)
+
+
+# --------------------------------------------------------------------------- long values quoted in messages
+
+
+def test_error_quoting_a_long_model_name_keeps_its_status(client: Any, repository: Path) -> None:
+    """The message quotes the name; at 20,000 characters it made the ``grpc-message`` trailer too large for the
+    client, which then reported RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead."""
+    name = "m" * 20_000
+    message = expect_error(client, repository, "NOT_FOUND", name, [features_input(rows(0, 1))])
+    assert message.startswith("unknown model 'mmmm") and "characters cut" in message
+    assert message.endswith(f"; served models: {MODEL}, breast-cancer-wide")
+    with pytest.raises(InferenceServerException) as exc:
+        client.is_model_ready(name)
+    assert status_of(exc) == "StatusCode.NOT_FOUND"
+
+
+def test_error_quoting_a_long_non_ascii_value_keeps_its_status(stub: Any, client: Any, repository: Path) -> None:
+    """Non-ASCII characters are percent-encoded in the trailer (up to 12 bytes each): 2,000 of them overflowed it."""
+    request = typed_request(rows(0, 1))
+    request.parameters["routing_key"].string_param = "\U0001f600" * 2_000
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert message.startswith("request parameter 'routing_key' must be a string of 1 to 256 characters, got '")
+    assert "characters cut" in message
