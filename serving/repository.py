@@ -11,9 +11,11 @@ that a builder can assemble a version in ``MODEL/.tmp-*`` and rename it into
 place: a half-written version is then never visible under its final name.
 
 The scanner never raises for one bad version. A missing or invalid manifest,
-a manifest that claims another name or version, a missing model file or a
-SHA-256 mismatch each produce an entry whose ``error`` names the offending
-file, so an operator sees exactly what to fix while the good versions load.
+a manifest that claims another name or version, a missing model file, a
+SHA-256 mismatch, a file ONNX Runtime cannot load, or tensors (names,
+datatypes, shapes) the manifest declares otherwise than the model each produce
+an entry whose ``error`` names the offending file, so an operator sees exactly
+what to fix while the good versions load.
 """
 
 from __future__ import annotations
@@ -22,13 +24,24 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from serving.manifest import MANIFEST_FILENAME, Manifest, read_manifest
+from serving.manifest import MANIFEST_FILENAME, Manifest, TensorSpec, read_manifest
+
+if TYPE_CHECKING:
+    from onnxruntime import NodeArg
 
 _CHUNK_BYTES = 1024 * 1024
 # Canonical positive integers only: "01" would sort like "1" but name a different folder.
 _VERSION_RE = re.compile(r"[1-9][0-9]*")
 _DEFAULT_MODEL_FILE = "model.onnx"
+# The OIP datatype a manifest must declare for each ONNX Runtime tensor type.
+_OIP_OF_ORT = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
 
 
 def sha256_file(path: Path) -> str:
@@ -117,6 +130,54 @@ def _model_file_problem(version_dir: Path, manifest: Manifest) -> str | None:
     return None
 
 
+def _tensor_problem(kind: str, spec: TensorSpec, arg: NodeArg | None, names: list[str]) -> str | None:
+    """How one declared tensor differs from the model's tensor of that name, or None if it fits."""
+    if arg is None:
+        return f"{kind} {spec.name!r} is not in the model (its {kind}s: {', '.join(names)})"
+    datatype = _OIP_OF_ORT.get(arg.type)
+    if datatype is None:
+        return f"{kind} {spec.name!r} is {arg.type} in the model, which no OIP datatype carries"
+    if datatype != spec.datatype:
+        return f"{kind} {spec.name!r} is {datatype} in the model, {spec.datatype} in the manifest"
+    dims = list(arg.shape)
+    # A model dimension that is a number must be declared as that number; a named or unknown one (None, 'N')
+    # may be declared -1 or narrowed to a number. -1 where the model fixes a size admits requests it refuses.
+    if len(dims) != len(spec.shape) or any(
+            isinstance(d, int) and d > 0 and d != declared for d, declared in zip(dims, spec.shape, strict=True)):
+        model_shape = [d if isinstance(d, int) and d > 0 else -1 for d in dims]
+        return f"{kind} {spec.name!r} has shape {model_shape} in the model, {list(spec.shape)} in the manifest"
+    return None
+
+
+def signature_problem(model_file: Path, manifest: Manifest) -> str | None:
+    """Open the model in ONNX Runtime and compare its inputs and outputs with the manifest's; None if they agree.
+
+    The replicas open the model only after Ray has started, and trusted the manifest: a file ONNX Runtime
+    cannot parse failed there as "Failed to update the deployments", an output renamed in the manifest passed
+    warm-up and made every request a 500, and an output declared FP32 where the model gives INT64 was served
+    cast. Every input the model needs must be declared; outputs may be a subset (the others are not served).
+    CPU only, no graph optimisation: this reads the signature, it does not prepare to run.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own classes (InvalidProtobuf, Fail, NotImplemented, ...)
+        return f"{model_file}: ONNX Runtime cannot load it: {_one_line(str(exc))}"
+    inputs = {arg.name: arg for arg in session.get_inputs()}
+    outputs = {arg.name: arg for arg in session.get_outputs()}
+    problems = [f"the model's input {name!r} is not declared" for name in inputs if manifest.input(name) is None]
+    for kind, specs, args in (("input", manifest.inputs, inputs), ("output", manifest.outputs, outputs)):
+        problems += filter(None, (_tensor_problem(kind, spec, args.get(spec.name), list(args)) for spec in specs))
+    if not problems:
+        return None
+    return f"{model_file.parent / MANIFEST_FILENAME}: does not match {model_file.name}: " + "; ".join(problems)
+
+
 def _check_version(model: str, version_dir: Path, *, verify: bool) -> tuple[Manifest | None, str | None]:
     """Validate one version folder; returns (manifest if it parsed, error or None)."""
     version = version_dir.name
@@ -145,6 +206,7 @@ def _check_version(model: str, version_dir: Path, *, verify: bool) -> tuple[Mani
             verify_model_file(model_file, manifest.sha256)
         except (ModelIntegrityError, OSError) as exc:
             return manifest, str(exc)
+        return manifest, signature_problem(model_file, manifest)
     return manifest, None
 
 
@@ -163,8 +225,8 @@ def scan_repository(root: Path, *, verify: bool = True) -> list[RepositoryEntry]
     """List every version under ``root``, sorted by model name then numeric version.
 
     An unreadable model folder yields one entry with an empty version and an
-    error. ``verify=False`` skips the SHA-256 check (hashing every file costs time on
-    large repositories); everything else is still checked. Raises only when
+    error. ``verify=False`` skips the checks that read the model file, its SHA-256 and its
+    signature in ONNX Runtime (both cost time on large repositories); everything else is still checked. Raises only when
     ``root`` itself is missing or not a directory.
     """
     root = Path(root)

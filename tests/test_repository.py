@@ -341,3 +341,61 @@ def test_missing_or_non_directory_root_raises(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert scan_repository(empty) == []
+
+
+# --------------------------------------------------------------------------- manifest against the model itself
+
+_FEATURES = TensorSpec(name="features", datatype="FP32", shape=(-1, 30))
+_PROBABILITIES = TensorSpec(name="probabilities", datatype="FP32", shape=(-1, 2))
+_LABEL = TensorSpec(name="label", datatype="INT64", shape=(-1,))
+
+
+@pytest.mark.parametrize(("inputs", "outputs", "fragments"), [
+    ((TensorSpec(name="feats", datatype="FP32", shape=(-1, 30)),), (_PROBABILITIES, _LABEL),
+     ["the model's input 'features' is not declared", "input 'feats' is not in the model (its inputs: features)"]),
+    ((TensorSpec(name="features", datatype="FP64", shape=(-1, 30)),), (_PROBABILITIES, _LABEL),
+     ["input 'features' is FP32 in the model, FP64 in the manifest"]),
+    ((TensorSpec(name="features", datatype="FP32", shape=(-1, 20)),), (_PROBABILITIES, _LABEL),
+     ["input 'features' has shape [-1, 30] in the model, [-1, 20] in the manifest"]),
+    ((TensorSpec(name="features", datatype="FP32", shape=(-1, -1)),), (_PROBABILITIES, _LABEL),
+     ["input 'features' has shape [-1, 30] in the model, [-1, -1] in the manifest"]),
+    ((_FEATURES,), (TensorSpec(name="prob", datatype="FP32", shape=(-1, 2)), _LABEL),  # was a 500 per request
+     ["output 'prob' is not in the model (its outputs: label, probabilities)"]),
+    ((_FEATURES,), (_PROBABILITIES, TensorSpec(name="label", datatype="FP32", shape=(-1,))),  # was served cast
+     ["output 'label' is INT64 in the model, FP32 in the manifest"]),
+    ((_FEATURES,), (_PROBABILITIES, TensorSpec(name="label", datatype="INT64", shape=(-1, 5))),
+     ["output 'label' has shape [-1] in the model, [-1, 5] in the manifest"]),
+])
+def test_a_manifest_that_disagrees_with_its_model_is_refused(
+    tmp_path: Path, demo_root: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+    fragments: list[str],
+) -> None:
+    """The replicas trusted the manifest: these versions passed the scan, and some even warm-up."""
+    version_dir = _copy_version(demo_root / "breast-cancer" / "1", tmp_path / "models" / "breast-cancer" / "1")
+    _rewrite_manifest(version_dir, inputs=inputs, outputs=outputs)
+    (entry,) = scan_repository(tmp_path / "models")
+    assert entry.error is not None
+    assert entry.error.startswith(f"{version_dir / MANIFEST_FILENAME}: does not match model.onnx: "), entry.error
+    for fragment in fragments:
+        assert fragment in entry.error, entry.error
+    assert "\n" not in entry.error
+    assert scan_repository(tmp_path / "models", verify=False)[0].error is None  # verify=False opens no model
+
+
+def test_declaring_fewer_outputs_or_narrowing_a_variable_dimension_is_allowed(tmp_path: Path, demo_root: Path) -> None:
+    version_dir = _copy_version(demo_root / "breast-cancer" / "1", tmp_path / "models" / "breast-cancer" / "1")
+    _rewrite_manifest(version_dir, inputs=(TensorSpec(name="features", datatype="FP32", shape=(8, 30)),),
+                      outputs=(_LABEL,))
+    assert [e.error for e in scan_repository(tmp_path / "models")] == [None]
+
+
+def test_a_model_file_onnx_runtime_cannot_load_is_refused_by_the_scan(tmp_path: Path, demo_root: Path) -> None:
+    """Pinned by its SHA-256 but not an ONNX model: it used to fail only in the replicas, after Ray started,
+    as 'deployment failed: Failed to update the deployments'."""
+    version_dir = _copy_version(demo_root / "breast-cancer" / "1", tmp_path / "models" / "breast-cancer" / "1")
+    model_file = version_dir / "model.onnx"
+    model_file.write_bytes(b"not an ONNX model" * 64)
+    _rewrite_manifest(version_dir, sha256=sha256_file(model_file))
+    (entry,) = scan_repository(tmp_path / "models")
+    assert entry.error is not None and entry.error.startswith(f"{model_file}: ONNX Runtime cannot load it: ")
+    assert "Protobuf parsing failed" in entry.error and "\n" not in entry.error
