@@ -7,6 +7,7 @@ that is wrong. Per-model (and per-version batching) sections replace the global 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,11 +26,30 @@ def _not_a_bool(value: Any) -> Any:
     return value
 
 
+def _not_empty_path(value: Any) -> Any:
+    """``''`` becomes Path('.'): an empty repository served every folder beside the config file as a model."""
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("empty_path", "Input should be a path, not an empty string")
+    return value
+
+
 Int = Annotated[int, BeforeValidator(_not_a_bool)]
 Float = Annotated[float, BeforeValidator(_not_a_bool)]
-VERSION_PATTERN = r"^[1-9][0-9]*$"
-"""How the repository names versions (serving.repository): a config naming ``01`` or ``v2`` could never match one."""
-Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
+
+
+def _version(value: Any) -> Any:
+    """A version as the repository names its folders (serving.repository): ``versions: ['01']`` or a
+    ``version_batching`` key ``v2`` could never match one, and the model was left out or the override ignored."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("version_type", "Input should be a version in quotes, e.g. '1' (got {value})",
+                                  {"value": repr(value)})
+    if not re.fullmatch(r"[1-9][0-9]*", value):
+        raise PydanticCustomError("version_name", "Input should be a version: a positive integer without leading "
+                                  "zeros, as the repository's folders are named (got {value})", {"value": repr(value)})
+    return value
+
+
+Version = Annotated[str, BeforeValidator(_version)]
 
 
 class _Strict(BaseModel):
@@ -39,7 +59,8 @@ class _Strict(BaseModel):
 
 
 class ServerConfig(_Strict):
-    host: str = Field("127.0.0.1", description="Address both servers bind to.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address both servers bind to (an empty one would "
+                      "bind every interface: say 0.0.0.0 or :: for that).")
     http_port: Int = Field(8000, ge=0, le=65535, description="OIP HTTP/REST port (0 = pick a free one).")
     grpc_port: Int = Field(8001, ge=0, le=65535, description="OIP gRPC port (0 = pick a free one).")
     max_request_bytes: Int = Field(
@@ -58,6 +79,13 @@ class ServerConfig(_Strict):
         "twice and only listen once their models are ready. Metrics of all of them are served by each one's "
         "/metrics. Meant for machines with cores to spare beyond Ray's replicas, where one process's CPU (decode, "
         "encode, batching on one event loop) is the limit; each process batches on its own.")
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> ServerConfig:
+        """One port for both servers passed the check, then failed at listen, after Ray's start-up, as 'in use'."""
+        if self.http_port == self.grpc_port != 0:
+            raise ValueError(f"http_port and grpc_port are both {self.http_port}: HTTP and gRPC need a port each")
+        return self
 
 
 class RayConfig(_Strict):
@@ -131,7 +159,7 @@ class FaultConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    champion: str | None = Field(
+    champion: Version | None = Field(
         None, description="Version that answers unversioned requests (default: highest ready version). "
         "Only seeds the routing on the model's first start; after that the state store holds it."
     )
@@ -139,16 +167,16 @@ class ModelConfig(_Strict):
         None, description="Initial routing (split, sticky key, header rules, shadows, fallback), written to the "
         "state store on the model's first start; later changes go through the admin API."
     )
-    versions: list[str] | None = Field(
+    versions: list[Version] | None = Field(
         None, description="Versions to serve (default: every version in the repository)."
     )
     batching: BatchingConfig | None = None
-    version_batching: dict[str, BatchingConfig] = Field(
+    version_batching: dict[Version, BatchingConfig] = Field(
         default_factory=dict,
         description="Batching overrides for single versions, by version (e.g. a tighter objective for a challenger).",
     )
     deployment: DeploymentConfig | None = None
-    version_faults: dict[str, FaultConfig] = Field(
+    version_faults: dict[Version, FaultConfig] = Field(
         default_factory=dict, description="Faults to inject into single versions, by version (testing only)."
     )
 
@@ -160,7 +188,7 @@ class ModelConfig(_Strict):
 
 
 class StateConfig(_Strict):
-    path: Path = Field(
+    path: Annotated[Path, BeforeValidator(_not_empty_path)] = Field(
         Path(".mlgate/state.db"),
         description="SQLite file holding routing, tokens and the audit log (relative to the config file's folder). "
         "Gateways sharing it share their routing.",
@@ -180,11 +208,21 @@ class AuthConfig(_Strict):
     tokens: list[TokenConfig] = Field(
         default_factory=list,
         description="Tokens defined in the config, in addition to those created through the admin API or "
-        "'mlgate token create'.",
+        "'mlgate token create'. Names and hashes unique.",
     )
     require_token_for_inference: bool = Field(
         False, description="Whether OIP data-plane requests need a bearer token too (any role)."
     )
+
+    @model_validator(mode="after")
+    def _tokens_unique(self) -> AuthConfig:
+        """One hash under two roles gave whichever came last; one name twice made the audit log ambiguous."""
+        for what in ("name", "sha256"):
+            values = [getattr(token, what) for token in self.tokens]
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"tokens: {what} {', '.join(repr(v) for v in twice)} given more than once")
+        return self
 
 
 class MonitoringConfig(_Strict):
@@ -253,7 +291,7 @@ class TelemetryConfig(_Strict):
 class MlgateConfig(_Strict):
     server: ServerConfig = ServerConfig()
     ray: RayConfig = RayConfig()
-    repository: Path = Field(
+    repository: Annotated[Path, BeforeValidator(_not_empty_path)] = Field(
         Path("models"), description="Model repository root (MODEL/VERSION/model.onnx + manifest.json)."
     )
     batching: BatchingConfig = BatchingConfig()

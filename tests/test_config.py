@@ -200,3 +200,35 @@ def test_files_yaml_cannot_read_are_one_message_not_a_traceback(tmp_path: Path, 
     assert failed.exit_code == 2, failed.output
     assert f"error: {path}: " in failed.output and expected in failed.output
     assert failed.exception is None or isinstance(failed.exception, SystemExit)
+
+
+def _tokens(*tokens: tuple[str, str, str]) -> str:
+    return "auth: {tokens: [" + ", ".join(f"{{name: {n}, role: {r}, sha256: {h}}}" for n, r, h in tokens) + "]}\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("server: {http_port: 9000, grpc_port: 9000}\n",
+     "server: Value error, http_port and grpc_port are both 9000: HTTP and gRPC need a port each"),
+    ("server: {host: ''}\n", "server.host: String should have at least 1 character"),  # was every interface
+    ("repository: ''\n", "repository: Input should be a path, not an empty string"),  # was the config's folder
+    ("state: {path: ''}\n", "state.path: Input should be a path, not an empty string"),
+    ("models: {m: {versions: ['01']}}\n", "models.m.versions.0: Input should be a version: a positive integer "
+     "without leading zeros, as the repository's folders are named (got '01')"),
+    ("models: {m: {champion: 2}}\n", "models.m.champion: Input should be a version in quotes, e.g. '1' (got 2)"),
+    ("models: {m: {version_batching: {v2: {}}}}\n", "models.m.version_batching.v2.[key]: Input should be a version"),
+    ("models: {m: {version_faults: {'02': {}}}}\n", "models.m.version_faults.02.[key]: Input should be a version"),
+    (_tokens(("a", "admin", "a" * 64), ("a", "viewer", "b" * 64)),
+     "auth: Value error, tokens: name 'a' given more than once"),
+    (_tokens(("a", "admin", "a" * 64), ("b", "viewer", "a" * 64)),
+     f"auth: Value error, tokens: sha256 '{'a' * 64}' given more than once"),  # one token, two roles
+])
+def test_values_that_cannot_mean_what_they_say_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """Each of these passed config check: a version name no repository folder can have left a model out or an
+    override unapplied; an empty path or host meant the config's folder or every interface."""
+    assert expected in _problems(tmp_path, text)
+
+
+def test_ports_zero_may_both_be_picked(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {http_port: 0, grpc_port: 0}\nmodels: {m: {champion: '10', versions: ['10']}}\n")
+    assert load_config(path).server.http_port == 0
