@@ -113,6 +113,35 @@ def select_entries(config: MlgateConfig, entries: list[RepositoryEntry]) -> list
     return chosen
 
 
+def repository_problems(config: MlgateConfig, found: list[RepositoryEntry]) -> list[str]:
+    """What the config names that the repository does not hold, each with the versions it does hold.
+
+    An empty repository started, answered ready and served nothing; a ``versions`` entry, or a
+    ``version_batching`` or ``version_faults`` key, naming a version the repository lacks was dropped
+    without a word (the version missing, the override never applied). A model the config names but the
+    repository lacks stays a warning (``build_registry``): its overrides wait for it.
+    """
+    if not found:
+        return [f"model repository {config.repository} holds no model versions "
+                "(expected MODEL/VERSION/ folders, each with manifest.json and model.onnx)"]
+    held: dict[str, list[str]] = {}
+    for entry in found:
+        held.setdefault(entry.model, []).append(entry.version)
+    problems = []
+    for name, model in config.models.items():
+        if name not in held:
+            continue
+        versions = held[name]
+        served = [v for v in versions if model.versions is None or v in model.versions]
+        for field_name, named, among in (("versions", model.versions or [], versions),
+                                         ("version_batching", list(model.version_batching), served),
+                                         ("version_faults", list(model.version_faults), served)):
+            problems += [f"models.{name}.{field_name}: version '{v}' is not "
+                         f"{'in the repository' if among is versions else 'served'}; versions: {', '.join(among)}"
+                         for v in named if v not in among]
+    return problems
+
+
 def build_registry(config: MlgateConfig, entries: list[RepositoryEntry]) -> ModelRegistry:
     registry = ModelRegistry(champions={name: m.champion for name, m in config.models.items()})
     for entry in entries:
@@ -415,7 +444,10 @@ class _QuietUvicorn(uvicorn.Server):
 
 
 def create_gateway(config: MlgateConfig) -> Gateway:
-    entries = select_entries(config, scan_repository(config.repository))
+    found = scan_repository(config.repository)
+    if problems := repository_problems(config, found):
+        raise StartupError("; ".join(problems))
+    entries = select_entries(config, found)
     registry = build_registry(config, entries)
     try:
         store = StateStore(config.state.path)

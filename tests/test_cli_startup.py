@@ -105,3 +105,38 @@ def test_the_ports_are_taken_before_ray_starts_and_refuse_until_the_gateway_list
         for pid in session_processes(gateway.pid):  # Ray may be half-started: no graceful path to wait for
             os.kill(pid, signal.SIGKILL)
         gateway.wait(timeout=30)
+
+
+def _config(tmp_path: Path, repository: Path, extra: str = "") -> Path:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"server: {{http_port: {free_port()}, grpc_port: {free_port()}}}\n"
+                      f"repository: {repository}\nstate: {{path: {tmp_path / 'state.db'}}}\n{extra}")
+    return config
+
+
+def test_an_empty_repository_stops_start_up(tmp_path: Path) -> None:
+    """It used to start Ray, answer ready (every model's default version: of no model) and serve nothing."""
+    (tmp_path / "models").mkdir()
+    code, stderr, elapsed = _serve(_config(tmp_path, tmp_path / "models"))
+    assert code == 1, stderr
+    assert (f"error: model repository {tmp_path / 'models'} holds no model versions "
+            "(expected MODEL/VERSION/ folders, each with manifest.json and model.onnx)") in stderr
+    assert "starting Ray" not in stderr and elapsed < 15
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("models: {breast-cancer: {versions: ['1', '7']}}\n",
+     "error: models.breast-cancer.versions: version '7' is not in the repository; versions: 1, 2, 3"),
+    ("models: {breast-cancer: {version_batching: {'9': {max_batch_rows: 8}}}}\n",
+     "error: models.breast-cancer.version_batching: version '9' is not served; versions: 1, 2, 3"),
+    ("models: {breast-cancer: {versions: ['1', '2'], version_faults: {'3': {delay_ms: 5}}}}\n",
+     "error: models.breast-cancer.version_faults: version '3' is not served; versions: 1, 2"),
+])
+def test_config_naming_a_version_the_repository_lacks_stops_start_up(
+        tmp_path: Path, demo_repository: Path, extra: str, expected: str) -> None:
+    """The version was silently left out, or its override silently never applied."""
+    code, stderr, elapsed = _serve(_config(tmp_path, demo_repository, extra))
+    assert code == 1, stderr
+    assert expected in stderr
+    assert "starting Ray" not in stderr and elapsed < 15
+
