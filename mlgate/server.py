@@ -581,8 +581,15 @@ def run(config: MlgateConfig, worker: int = 0) -> None:
     config = config.model_copy(update={"server": server.model_copy(update=resolved)})
     gateway = create_gateway(config)
     log.info("starting Ray %s", f"(joining {config.ray.address})" if config.ray.address else "(local)")
-    with hidden_from_children(MULTIPROCESS_ENV):  # Ray's own processes (prometheus_client users) stay out
-        gateway.backend.start()
+    try:
+        with hidden_from_children(MULTIPROCESS_ENV):  # Ray's own processes (prometheus_client users) stay out
+            gateway.backend.start()
+    except Exception as exc:  # ray.init refuses settings (object_store_bytes beyond memory) or an address
+        gateway.backend.stop_ray()
+        gateway.close()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"join Ray at {config.ray.address}" if config.ray.address else "start a local Ray"
+        raise StartupError(f"cannot {where} (ray settings in the config): {first}") from None
     if worker == 0:
         log_startup(config)
         if server.workers > 1:

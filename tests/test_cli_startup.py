@@ -140,3 +140,10 @@ def test_config_naming_a_version_the_repository_lacks_stops_start_up(
     assert expected in stderr
     assert "starting Ray" not in stderr and elapsed < 15
 
+
+def test_ray_refusing_its_settings_is_a_startup_error_not_a_traceback(tmp_path: Path, demo_repository: Path) -> None:
+    """ray.init raises ValueError for an object store beyond the machine's memory; that was a traceback."""
+    code, stderr, _ = _serve(_config(tmp_path, demo_repository, "ray: {object_store_bytes: 1000000000000000}\n"))
+    assert code == 1, stderr
+    assert "error: cannot start a local Ray (ray settings in the config): After taking into account" in stderr
+    assert "Traceback" not in stderr
