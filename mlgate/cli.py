@@ -70,6 +70,9 @@ def serve(
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=server_overrides)})
     if ray_address:
         cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray_address})})
+    if cfg.repository.exists() and not cfg.repository.is_dir():  # was told it "does not exist"
+        typer.echo(f"error: {config}: repository: {cfg.repository} is a file, not a folder of models", err=True)
+        raise typer.Exit(2)
     if not cfg.repository.is_dir():
         typer.echo(f"error: model repository {cfg.repository} does not exist "
                    f"(build the demo one with: mlgate models build-demo {cfg.repository})", err=True)

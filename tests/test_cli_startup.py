@@ -141,6 +141,14 @@ def test_config_naming_a_version_the_repository_lacks_stops_start_up(
     assert "starting Ray" not in stderr and elapsed < 15
 
 
+def test_a_repository_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "models").write_text("")
+    code, stderr, _ = _serve(_config(tmp_path, tmp_path / "models"))
+    assert code == 2
+    assert f"repository: {tmp_path / 'models'} is a file, not a folder of models" in stderr
+    assert "does not exist" not in stderr
+
+
 def test_ray_refusing_its_settings_is_a_startup_error_not_a_traceback(tmp_path: Path, demo_repository: Path) -> None:
     """ray.init raises ValueError for an object store beyond the machine's memory; that was a traceback."""
     code, stderr, _ = _serve(_config(tmp_path, demo_repository, "ray: {object_store_bytes: 1000000000000000}\n"))
