@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 MANIFEST_FILENAME = "manifest.json"
 
@@ -25,6 +25,12 @@ OipDatatype = Literal[
 ]
 
 
+# Every model here refuses NaN and infinities (a NaN bin edge passed the strictly-increasing check, which
+# compares False) and takes integers and booleans only as such (lax pydantic read "max_batch_rows": true as 1
+# and "allow_non_finite": "yes" as true): a manifest is written by a program, never typed loosely.
+_CONFIG = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
 class TensorSpec(BaseModel):
     """Name, OIP datatype and shape of one model input or output.
 
@@ -32,11 +38,11 @@ class TensorSpec(BaseModel):
     batch (row) dimension for every tensor of a batchable model.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _CONFIG
 
     name: str = Field(min_length=1)
     datatype: OipDatatype
-    shape: tuple[int, ...] = Field(min_length=1)
+    shape: tuple[StrictInt, ...] = Field(min_length=1)
 
     @field_validator("shape")
     @classmethod
@@ -54,12 +60,12 @@ class FeatureProfile(BaseModel):
     overflow (>= edges[-1]). NaNs are counted separately in ``nan_count``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _CONFIG
 
     name: str
     bin_edges: list[float] = Field(min_length=2)
-    counts: list[int]
-    nan_count: int = 0
+    counts: list[StrictInt]
+    nan_count: StrictInt = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureProfile:
@@ -79,28 +85,28 @@ class FeatureProfile(BaseModel):
 class ReferenceProfile(BaseModel):
     """Per-feature reference histograms of one 2-D input tensor (rows x features)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _CONFIG
 
     input: str
-    rows: int = Field(ge=0)
+    rows: StrictInt = Field(ge=0)
     features: list[FeatureProfile] = Field(min_length=1)
 
 
 class TrainingData(BaseModel):
     """What the model was trained on, for the humans who must decide whether to trust it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _CONFIG
 
     description: str
     source: str
-    rows: int = Field(ge=0)
+    rows: StrictInt = Field(ge=0)
     label_names: list[str] = Field(default_factory=list)
 
 
 class Manifest(BaseModel):
     """Everything the gateway needs to know about one model version, without loading it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(**_CONFIG, protected_namespaces=())
 
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
@@ -109,8 +115,8 @@ class Manifest(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: tuple[TensorSpec, ...] = Field(min_length=1)
     outputs: tuple[TensorSpec, ...] = Field(min_length=1)
-    max_batch_rows: int = Field(default=1024, ge=1, description="Most rows one execution may take.")
-    allow_non_finite: bool = Field(
+    max_batch_rows: StrictInt = Field(default=1024, ge=1, description="Most rows one execution may take.")
+    allow_non_finite: StrictBool = Field(
         default=False, description="Whether float inputs may hold NaN or +/-Inf."
     )
     description: str = ""
@@ -123,6 +129,26 @@ class Manifest(BaseModel):
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate {kind} tensor names: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _profile_fits_its_input(self) -> Manifest:
+        """A profile the drift monitor cannot use was ignored without a word (an input name that is not
+        declared, a tensor that is not rows x float features), or compared column by column with the wrong
+        features (another count than the input's columns)."""
+        profile = self.reference_profile
+        if profile is None:
+            return self
+        spec = self.input(profile.input)
+        if spec is None:
+            raise ValueError(f"reference_profile.input {profile.input!r} is not an input "
+                             f"(inputs: {', '.join(s.name for s in self.inputs)})")
+        if len(spec.shape) != 2 or not spec.datatype.startswith("FP"):
+            raise ValueError(f"reference_profile.input {profile.input!r} is {spec.datatype} {list(spec.shape)}: "
+                             "a profile describes a 2-D float input (rows x features)")
+        if spec.shape[1] != -1 and spec.shape[1] != len(profile.features):
+            raise ValueError(f"reference_profile has {len(profile.features)} features, input {profile.input!r} "
+                             f"has {spec.shape[1]} columns")
         return self
 
     def input(self, name: str) -> TensorSpec | None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -372,7 +376,7 @@ def test_a_manifest_that_disagrees_with_its_model_is_refused(
 ) -> None:
     """The replicas trusted the manifest: these versions passed the scan, and some even warm-up."""
     version_dir = _copy_version(demo_root / "breast-cancer" / "1", tmp_path / "models" / "breast-cancer" / "1")
-    _rewrite_manifest(version_dir, inputs=inputs, outputs=outputs)
+    _rewrite_manifest(version_dir, inputs=inputs, outputs=outputs, reference_profile=None)  # profile: its own test
     (entry,) = scan_repository(tmp_path / "models")
     assert entry.error is not None
     assert entry.error.startswith(f"{version_dir / MANIFEST_FILENAME}: does not match model.onnx: "), entry.error
@@ -399,3 +403,45 @@ def test_a_model_file_onnx_runtime_cannot_load_is_refused_by_the_scan(tmp_path: 
     (entry,) = scan_repository(tmp_path / "models")
     assert entry.error is not None and entry.error.startswith(f"{model_file}: ONNX Runtime cannot load it: ")
     assert "Protobuf parsing failed" in entry.error and "\n" not in entry.error
+
+
+def _edit_manifest_json(version_dir: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    path = version_dir / MANIFEST_FILENAME
+    document = json.loads(path.read_text(encoding="utf-8"))
+    edit(document)
+    path.write_text(json.dumps(document), encoding="utf-8")  # json writes NaN and Infinity as JavaScript does
+
+
+def _first_feature(document: dict[str, Any]) -> dict[str, Any]:
+    return document["reference_profile"]["features"][0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (lambda m: m.update(max_batch_rows=True), "max_batch_rows; Input should be a valid integer"),  # was 1
+    (lambda m: m.update(allow_non_finite="yes"), "allow_non_finite; Input should be a valid boolean"),
+    (lambda m: m["inputs"][0].update(shape=[-1, True]), "inputs.0.shape.1; Input should be a valid integer"),
+    (lambda m: _first_feature(m)["bin_edges"].__setitem__(1, math.nan),  # passed the increasing check
+     "reference_profile.features.0.bin_edges.1; Input should be a finite number"),
+    (lambda m: _first_feature(m)["bin_edges"].__setitem__(-1, math.inf),
+     "reference_profile.features.0.bin_edges.10; Input should be a finite number"),
+    (lambda m: m["reference_profile"].update(input="pixels"),  # drift of the inputs silently off
+     "reference_profile.input 'pixels' is not an input (inputs: features)"),
+    (lambda m: m["reference_profile"]["features"].pop(),
+     "reference_profile has 29 features, input 'features' has 30 columns"),
+])
+def test_manifest_values_the_gateway_would_misread_are_refused(
+        tmp_path: Path, demo_root: Path, edit: Callable[[dict[str, Any]], None], fragment: str) -> None:
+    version_dir = _copy_version(demo_root / "breast-cancer" / "1", tmp_path / "models" / "breast-cancer" / "1")
+    _edit_manifest_json(version_dir, edit)
+    (entry,) = scan_repository(tmp_path / "models")
+    assert entry.error is not None and entry.error.startswith(f"{version_dir / MANIFEST_FILENAME}: invalid manifest")
+    assert fragment in entry.error, entry.error
+
+
+def test_a_profile_of_an_input_that_is_not_rows_of_floats_is_refused() -> None:
+    spec = TensorSpec(name="ids", datatype="INT64", shape=(-1, 30))
+    profile = {"input": "ids", "rows": 1, "features": [{"name": "a", "bin_edges": [0.0, 1.0], "counts": [0, 1, 0]}]}
+    with pytest.raises(ValueError, match=r"reference_profile.input 'ids' is INT64 \[-1, 30\]: a profile describes "
+                                         r"a 2-D float input \(rows x features\)"):
+        Manifest.model_validate({"name": "m", "version": "1", "sha256": "0" * 64, "inputs": [spec.model_dump()],
+                                 "outputs": [spec.model_dump()], "reference_profile": profile})
