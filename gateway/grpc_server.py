@@ -49,8 +49,16 @@ from gateway.service import (
     parse_timeout_us,
     tighter,
 )
-from gateway.tensors import WireTensor, array_from_buffer, check_datatype, parse_shape, refuse_shared_memory
+from gateway.tensors import (
+    WireTensor,
+    array_from_buffer,
+    check_datatype,
+    check_declared,
+    parse_shape,
+    refuse_shared_memory,
+)
 from gateway.traffic import Target
+from serving.manifest import TensorSpec
 from telemetry.tracing import NOT_TRACED, TRACE_ID_HEADER
 
 log = logging.getLogger(__name__)
@@ -95,10 +103,18 @@ class GrpcInferRequest:
     """True when the inputs came as ``raw_input_contents``; the outputs then go back raw too."""
 
 
-def decode_infer_request(request: pb.ModelInferRequest) -> GrpcInferRequest:
-    """Decode the inputs and requested outputs of one request; BadRequest on anything malformed."""
+Declared = tuple[str, Sequence[TensorSpec]]
+"""The label of the model version that will answer and the inputs it declares."""
+
+
+def decode_infer_request(request: pb.ModelInferRequest, declared: Declared | None = None) -> GrpcInferRequest:
+    """Decode the inputs and requested outputs of one request; BadRequest on anything malformed.
+
+    With ``declared``, each tensor's name and datatype are checked against it before its data is decoded
+    (``check_declared``): a tensor the model cannot take costs no decoding.
+    """
     raw = len(request.raw_input_contents) > 0
-    tensors = decode_raw_inputs(request) if raw else decode_typed_inputs(request)
+    tensors = decode_raw_inputs(request, declared) if raw else decode_typed_inputs(request, declared)
     return GrpcInferRequest(
         model=request.model_name,
         version=request.model_version or None,
@@ -109,7 +125,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> GrpcInferRequest:
     )
 
 
-def decode_raw_inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
+def decode_raw_inputs(request: pb.ModelInferRequest, declared: Declared | None = None) -> list[WireTensor]:
     """Inputs whose data is in ``raw_input_contents``, one blob per input in order, viewed without a copy."""
     blobs = request.raw_input_contents
     if len(blobs) != len(request.inputs):
@@ -119,7 +135,7 @@ def decode_raw_inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
         )
     tensors: list[WireTensor] = []
     for tensor, blob in zip(request.inputs, blobs, strict=True):
-        name, datatype, shape = _header(tensor)
+        name, datatype, shape = _header(tensor, declared)
         if tensor.HasField("contents"):
             raise BadRequest(
                 f"input '{name}' has typed contents but the request also uses raw_input_contents; "
@@ -130,22 +146,26 @@ def decode_raw_inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
     return tensors
 
 
-def decode_typed_inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
+def decode_typed_inputs(request: pb.ModelInferRequest, declared: Declared | None = None) -> list[WireTensor]:
     """Inputs whose data is in the typed ``contents`` field matching each tensor's datatype."""
     tensors: list[WireTensor] = []
     for tensor in request.inputs:
-        name, datatype, shape = _header(tensor)
+        name, datatype, shape = _header(tensor, declared)
         array = array_from_contents(name, datatype, shape, tensor.contents)
         tensors.append(WireTensor(name, datatype, shape, array))
     return tensors
 
 
-def _header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, str, tuple[int, ...]]:
+def _header(
+    tensor: pb.ModelInferRequest.InferInputTensor, declared: Declared | None
+) -> tuple[str, str, tuple[int, ...]]:
     name = tensor.name
     if not name:
         raise BadRequest("every input needs a non-empty 'name'")
     refuse_shared_memory(f"input '{name}'", tensor.parameters)
     datatype = check_datatype(name, tensor.datatype)
+    if declared is not None:
+        check_declared(*declared, name, datatype)
     shape = parse_shape(name, list(tensor.shape))
     return name, datatype, shape
 
@@ -504,7 +524,8 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
                                      metadata.get("authorization"))
             if trace is not None:
                 trace.start_step("decode")
-            decoded = decode_infer_request(request)
+            manifest = target.entry.manifest  # None: not servable, which ``infer`` reports
+            decoded = decode_infer_request(request, None if manifest is None else (target.entry.label, manifest.inputs))
             request_id = request_id or decoded.id or None
             if trace is not None:
                 trace.end_step()

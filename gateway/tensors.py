@@ -213,9 +213,7 @@ def bind_inputs(
     expected = {spec.name for spec in specs}
     for name in by_name:
         if name not in expected:
-            raise BadRequest(
-                f"unknown input '{name}' for {model_label}; expected inputs: {', '.join(sorted(expected))}"
-            )
+            raise _unknown_input(model_label, specs, name)
     bound: dict[str, np.ndarray] = {}
     rows = -1
     for spec in specs:
@@ -241,9 +239,7 @@ def bind_inputs(
 
 def _check_against_spec(model_label: str, spec: TensorSpec, tensor: WireTensor) -> None:
     if tensor.datatype != spec.datatype:
-        raise BadRequest(
-            f"input '{spec.name}' has datatype {tensor.datatype}; {model_label} expects {spec.datatype}"
-        )
+        raise _wrong_datatype(model_label, spec, tensor.datatype)
     shape = tensor.shape
     fits = len(shape) == len(spec.shape) and all(want in (-1, got) for want, got in zip(spec.shape, shape, strict=True))
     if not fits:
@@ -253,6 +249,32 @@ def _check_against_spec(model_label: str, spec: TensorSpec, tensor: WireTensor) 
         raise BadRequest(
             f"input '{spec.name}' has shape {list(shape)}; {model_label} expects {list(spec.shape)}{hint}"
         )
+
+
+def check_declared(model_label: str, specs: Sequence[TensorSpec], name: str, datatype: str) -> None:
+    """BadRequest unless the model declares an input ``name`` of ``datatype``: checked from a tensor's header, before
+    its data is decoded.
+
+    ``bind_inputs`` checks the same after decoding; checking first matters for BYTES, whose decoding is a Python loop
+    over the elements (about 1 µs each, on the event loop) and makes an object per element (~10x the wire size):
+    before, 10 MB of BYTES sent to an FP32 model held the loop for seconds only to be refused. One scan of the
+    declared inputs per tensor.
+    """
+    for spec in specs:
+        if spec.name == name:
+            if spec.datatype != datatype:
+                raise _wrong_datatype(model_label, spec, datatype)
+            return
+    raise _unknown_input(model_label, specs, name)
+
+
+def _unknown_input(model_label: str, specs: Sequence[TensorSpec], name: str) -> BadRequest:
+    expected = sorted(spec.name for spec in specs)
+    return BadRequest(f"unknown input '{name}' for {model_label}; expected inputs: {', '.join(expected)}")
+
+
+def _wrong_datatype(model_label: str, spec: TensorSpec, datatype: str) -> BadRequest:
+    return BadRequest(f"input '{spec.name}' has datatype {datatype}; {model_label} expects {spec.datatype}")
 
 
 def _check_finite(model_label: str, name: str, array: np.ndarray) -> None:

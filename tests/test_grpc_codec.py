@@ -274,6 +274,19 @@ def test_shared_memory_inputs_are_refused() -> None:
         decode_infer_request(request)
 
 
+def test_declared_inputs_are_checked_before_data_is_decoded() -> None:
+    declared = ("model 'm' version '1'", [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])])
+    garbage = _raw_request(("x", "BYTES", (2,), b"\xff\xff\xff\xff"))  # undecodable as BYTES
+    with pytest.raises(BadRequest) as exc:
+        decode_infer_request(garbage, declared)
+    assert _message(exc) == "input 'x' has datatype BYTES; model 'm' version '1' expects FP32"
+    with pytest.raises(BadRequest) as exc:
+        decode_infer_request(_typed_request("y", "FP32", (1, 2), fp32_contents=[1.0]), declared)
+    assert _message(exc) == "unknown input 'y' for model 'm' version '1'; expected inputs: x"
+    good = decode_infer_request(_typed_request("x", "FP32", (1, 2), fp32_contents=[1.0, 2.0]), declared)
+    np.testing.assert_array_equal(good.tensors[0].array, [[1.0, 2.0]])
+
+
 # --------------------------------------------------------------------------- request metadata
 
 

@@ -455,3 +455,29 @@ def test_error_quoting_a_long_non_ascii_value_keeps_its_status(stub: Any, client
     message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
     assert message.startswith("request parameter 'routing_key' must be a string of 1 to 256 characters, got '")
     assert "characters cut" in message
+
+
+# --------------------------------------------------------------------------- refusing before decoding
+
+
+def test_bytes_tensor_for_a_numeric_input_is_refused_before_its_data_is_decoded(
+    stub: Any, client: Any, repository: Path
+) -> None:
+    """BYTES decoding is a Python loop over the elements on the event loop: 3 million of them sent to an FP32 input
+    held every other request up for seconds, and were then refused for their datatype anyway. The last element's
+    length prefix runs past the end, so a message about it would show that the data was decoded first."""
+    count = 3_000_000
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name=INPUT, datatype="BYTES", shape=[count])
+    request.raw_input_contents.append(b"\x01\x00\x00\x00a" * (count - 1) + b"\xff\x00\x00\x00a")
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert message == f"input '{INPUT}' has datatype BYTES; model '{MODEL}' version '{DEFAULT_VERSION}' expects FP32"
+
+
+def test_unknown_input_is_refused_before_its_data_is_decoded(stub: Any, client: Any, repository: Path) -> None:
+    request = typed_request(rows(0, 1))
+    request.inputs[0].name = "feature"
+    del request.inputs[0].contents.fp32_contents[1:]  # a count error, were the data decoded first
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert message == (f"unknown input 'feature' for model '{MODEL}' version '{DEFAULT_VERSION}'; "
+                       f"expected inputs: {INPUT}")
