@@ -394,7 +394,10 @@ def token_create(
     if if_missing and out is None:
         _fail("--if-missing needs --out: it keeps the token in that file if the state file knows it")
     path = state if state is not None else _load_or_exit(config).state.path  # type: ignore[arg-type]
-    store = StateStore(path)
+    try:
+        store = StateStore(path)
+    except (OSError, sqlite3.Error) as exc:  # a folder, a file that is no database, a parent that is a file
+        _fail(f"cannot open the state file {path}: {exc}")
     try:
         parsed_role = Role.parse(role)  # before anything changes: a mistyped role once cost the existing token
         if out is not None and if_missing and out.exists() and _known_token(store, out, name):

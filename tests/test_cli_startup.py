@@ -155,3 +155,19 @@ def test_ray_refusing_its_settings_is_a_startup_error_not_a_traceback(tmp_path: 
     assert code == 1, stderr
     assert "error: cannot start a local Ray (ray settings in the config): After taking into account" in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("state", ["folder", "garbage.db", "a-file/state.db"])
+def test_token_create_with_a_state_path_it_cannot_open_is_one_line(tmp_path: Path, state: str) -> None:
+    """'mlgate token create --config' opened the config's state file unguarded: a traceback for each of these
+    (serve already said 'cannot open the state file')."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "garbage.db").write_text("not a database, not at all, not even close\n")
+    (tmp_path / "a-file").write_text("")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state: {{path: {tmp_path / state}}}\n")
+    done = subprocess.run([sys.executable, "-m", "mlgate.cli", "token", "create", "--name", "ada", "--role", "admin",
+                           "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"error: cannot open the state file {tmp_path / state}: " in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
