@@ -18,7 +18,7 @@ from mlgate.admin_client import AdminError
 from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption
 from mlgate.cli_common import admin as _admin
 from mlgate.cli_common import fail as _fail
-from mlgate.config import ConfigError, MlgateConfig, load_config
+from mlgate.config import ConfigError, MlgateConfig, load_config, with_overrides
 from mlgate.rollout_cli import rollout_app
 
 if TYPE_CHECKING:
@@ -57,17 +57,24 @@ def serve(
     http_port: Annotated[Optional[int], typer.Option(help="Override server.http_port.")] = None,
     grpc_port: Annotated[Optional[int], typer.Option(help="Override server.grpc_port.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
-    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+    log_level: Annotated[str, typer.Option(help="Logging level: critical, error, warning, info or debug.")] = "info",
 ) -> None:
     """Serve the models of the configured repository over OIP HTTP and gRPC until SIGTERM/SIGINT."""
     cfg = _load_or_exit(config)
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level.lower() not in levels:  # logging's ValueError was a traceback
+        typer.echo(f"error: --log-level: {log_level!r} is not one of {', '.join(levels)}", err=True)
+        raise typer.Exit(2)
+    server_overrides = {k: v for k, v in
+                        {"host": host, "http_port": http_port, "grpc_port": grpc_port}.items() if v is not None}
+    try:
+        cfg = with_overrides(cfg, **server_overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     from telemetry.logs import setup_logging
 
     setup_logging(cfg.telemetry.logs.format, log_level, worker=0 if cfg.server.workers > 1 else None)
-    server_overrides = {k: v for k, v in
-                        {"host": host, "http_port": http_port, "grpc_port": grpc_port}.items() if v is not None}
-    if server_overrides:
-        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=server_overrides)})
     if ray_address:
         cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray_address})})
     if cfg.repository.exists() and not cfg.repository.is_dir():  # was told it "does not exist"

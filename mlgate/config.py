@@ -378,6 +378,24 @@ def _read_yaml(path: Path) -> Any:
         loader.dispose()
 
 
+def with_overrides(config: MlgateConfig, **server: object) -> MlgateConfig:
+    """``config`` with command-line values for ``server`` fields, validated as the file's are.
+
+    ``model_copy(update=...)`` validates nothing: ``--http-port 70000`` reached ``socket.bind`` as an
+    OverflowError traceback, ``--grpc-port`` equal to the HTTP port failed at listen after Ray's start-up.
+    The message names the options (``--http-port``), not the config fields.
+    """
+    try:
+        checked = ServerConfig.model_validate({**config.server.model_dump(), **server})
+    except ValidationError as exc:
+        lines = [f"command-line options: {exc.error_count()} problem(s):"]
+        for err in exc.errors():
+            where = "/".join(f"--{p}".replace("_", "-") for p in err["loc"]) or "--http-port/--grpc-port"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc
+    return config.model_copy(update={"server": checked})
+
+
 def load_config(path: Path) -> MlgateConfig:
     """Read and validate a config file. Relative repository and state paths resolve against the file's folder."""
     raw = _read_yaml(path)

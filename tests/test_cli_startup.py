@@ -171,3 +171,23 @@ def test_token_create_with_a_state_path_it_cannot_open_is_one_line(tmp_path: Pat
     assert done.returncode == 1
     assert f"error: cannot open the state file {tmp_path / state}: " in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--http-port", "70000"], "--http-port: Input should be less than or equal to 65535"),  # OverflowError
+    (["--grpc-port", "-1"], "--grpc-port: Input should be greater than or equal to 0"),
+    (["--http-port", "9100", "--grpc-port", "9100"],
+     "--http-port/--grpc-port: Value error, http_port and grpc_port are both 9100"),
+    (["--host", ""], "--host: String should have at least 1 character"),
+    (["--log-level", "loud"], "--log-level: 'loud' is not one of critical, error, warning, info, debug"),
+])
+def test_command_line_overrides_are_checked_like_the_file(tmp_path: Path, demo_repository: Path,
+                                                          options: list[str], expected: str) -> None:
+    """The overrides went in unvalidated (model_copy): a port beyond 65535 and an unknown log level were
+    tracebacks, a port equal to the other failed only after Ray's start-up."""
+    done = subprocess.run([sys.executable, "-m", "mlgate.cli", "serve", "--config",
+                           str(_config(tmp_path, demo_repository)), *options],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr and "starting Ray" not in done.stderr
