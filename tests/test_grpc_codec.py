@@ -19,6 +19,7 @@ from gateway.errors import BadRequest
 from gateway.grpc_server import (
     STATUS_MESSAGE_BYTES,
     TYPED_FIELD,
+    Declared,
     array_from_contents,
     decode_infer_request,
     describe_undecodable,
@@ -275,7 +276,7 @@ def test_shared_memory_inputs_are_refused() -> None:
 
 
 def test_declared_inputs_are_checked_before_data_is_decoded() -> None:
-    declared = ("model 'm' version '1'", [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])])
+    declared = Declared("model 'm' version '1'", [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])], [])
     garbage = _raw_request(("x", "BYTES", (2,), b"\xff\xff\xff\xff"))  # undecodable as BYTES
     with pytest.raises(BadRequest) as exc:
         decode_infer_request(garbage, declared)
@@ -285,6 +286,29 @@ def test_declared_inputs_are_checked_before_data_is_decoded() -> None:
     assert _message(exc) == "unknown input 'y' for model 'm' version '1'; expected inputs: x"
     good = decode_infer_request(_typed_request("x", "FP32", (1, 2), fp32_contents=[1.0, 2.0]), declared)
     np.testing.assert_array_equal(good.tensors[0].array, [[1.0, 2.0]])
+
+
+def test_duplicate_input_is_refused_before_its_data_is_decoded() -> None:
+    request = _raw_request(("x", "FP32", (1,), b"\0" * 4), ("x", "BYTES", (1,), b"\xff"))
+    with pytest.raises(BadRequest) as exc:
+        decode_infer_request(request)
+    assert _message(exc) == "input 'x' is given more than once"
+
+
+def test_duplicate_and_unknown_outputs_are_refused_as_read() -> None:
+    declared = Declared("model 'm' version '1'", [], [TensorSpec(name="label", datatype="INT64", shape=[-1])])
+    request = _typed_request("x", "FP32", (1,), fp32_contents=[1.0])
+    request.outputs.add(name="label")
+    assert requested_outputs(request, declared) == ["label"]
+    request.outputs.add(name="label").parameters["classification"].int64_param = 2
+    with pytest.raises(BadRequest) as exc:
+        requested_outputs(request)
+    assert _message(exc) == "output 'label' is requested more than once"
+    del request.outputs[1]
+    request.outputs.add(name="nope").parameters["classification"].int64_param = 2
+    with pytest.raises(BadRequest) as exc:
+        requested_outputs(request, declared)
+    assert _message(exc) == "unknown output 'nope' for model 'm' version '1'; it has outputs: label"
 
 
 # --------------------------------------------------------------------------- request metadata

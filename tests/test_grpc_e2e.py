@@ -481,3 +481,31 @@ def test_unknown_input_is_refused_before_its_data_is_decoded(stub: Any, client: 
     message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
     assert message == (f"unknown input 'feature' for model '{MODEL}' version '{DEFAULT_VERSION}'; "
                        f"expected inputs: {INPUT}")
+
+
+def test_input_repeated_a_million_times_is_refused_at_its_second_copy(
+    stub: Any, client: Any, repository: Path
+) -> None:
+    """22 MB naming one input a million times: every copy was decoded before the duplicate was refused, holding the
+    event loop for 8 to 11 s. The last copy is undecodable, so a message about it would show they all were."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name=INPUT, datatype="FP32", shape=[1, FEATURES])
+    for _ in range(1_000_000):
+        request.inputs.add(name=INPUT, datatype="FP32", shape=[0, FEATURES])
+    request.inputs.add(name=INPUT, datatype="FP32", shape=[1, FEATURES + 1])
+    request.raw_input_contents.extend([rows(0, 1).tobytes()] + [b""] * 1_000_000 + [rows(0, 1).tobytes()])
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert message == f"input '{INPUT}' is given more than once"
+
+
+def test_unknown_output_among_a_million_is_refused_as_read(stub: Any, client: Any, repository: Path) -> None:
+    """The same for requested outputs: all were read before any name was checked. The last is refused for its
+    parameters, so a message about it would show that all were read."""
+    request = typed_request(rows(0, 1))
+    request.outputs.add(name="label")
+    for index in range(1_000_000):
+        request.outputs.add(name=f"o{index}")
+    request.outputs.add(name="probabilities").parameters["classification"].int64_param = 1
+    message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
+    assert message == f"unknown output 'o0' for model '{MODEL}' version '{DEFAULT_VERSION}'; it has outputs: " \
+                      "probabilities, label"
