@@ -27,7 +27,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar
@@ -404,6 +404,20 @@ def routing_key_parameter(request: pb.ModelInferRequest) -> str | None:
     return parse_routing_key(getattr(parameter, field) if field else None)
 
 
+def first_values(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """Each text metadata key's first value, whitespace stripped: what the HTTP front end reads from its headers.
+
+    The router's header rules, the sticky key, ``authorization``, ``x-request-id`` and ``traceparent`` are read
+    from this. A dict comprehension kept the last value, so a request sending ``x-tester: no`` then
+    ``x-tester: yes`` was routed by a header rule on gRPC and not on HTTP. Binary (``-bin``) values are left out.
+    """
+    first: dict[str, str] = {}
+    for key, value in metadata:
+        if isinstance(value, str) and key not in first:
+            first[key] = value.strip()
+    return first
+
+
 # --------------------------------------------------------------------------- servicer
 
 _Servicer = TypeVar("_Servicer", bound="OipGrpcServicer")
@@ -533,7 +547,7 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         started = time.perf_counter()
         service, model = self.service, request.model_name
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        metadata = first_values(context.invocation_metadata() or ())
         tracing = service.tracing
         trace_id, trace = NOT_TRACED if tracing is None else tracing.start_request(model, "grpc", metadata.get)
         target: Target | None = None
@@ -701,6 +715,7 @@ __all__ = [
     "decode_infer_request",
     "describe_undecodable",
     "encode_infer_response",
+    "first_values",
     "method_handlers",
     "request_deadline",
     "status_message",
