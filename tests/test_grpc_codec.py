@@ -498,6 +498,19 @@ def test_non_utf8_map_key_is_named() -> None:
     assert "field 'parameters[0].key' is not valid UTF-8" in _undecodable(payload)
 
 
+def test_fault_past_the_walk_budget_is_not_searched_for() -> None:
+    """A fault after a million fields took 7.6 s of the event loop to locate; the walk now stops at its budget."""
+    def inputs_then_bad_id(count: int) -> bytes:
+        request = pb.ModelInferRequest(model_name="m")
+        for _ in range(count):  # four fields each: the input, its name, datatype and shape
+            request.inputs.add(name="x", datatype="FP32", shape=[0])
+        return request.SerializeToString() + b"\x1a\x01\xff"  # then an id that is not UTF-8
+
+    assert _undecodable(inputs_then_bad_id(30_000)).endswith(
+        "malformed protobuf, or a string field that is not UTF-8 (not located within its first 100000 fields)")
+    assert "field 'id' is not valid UTF-8" in _undecodable(inputs_then_bad_id(1_000))
+
+
 def test_truncated_message_is_malformed() -> None:
     payload = pb.ModelInferRequest(model_name="breast-cancer").SerializeToString()[:-3]
     assert _undecodable(payload) == ("the request is not a valid inference.ModelInferRequest message: malformed "
