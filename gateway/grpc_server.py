@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, Final, NamedTuple, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -50,15 +50,16 @@ from gateway.service import (
     tighter,
 )
 from gateway.tensors import (
+    Declared,
     WireTensor,
     array_from_buffer,
     check_datatype,
-    check_declared,
+    check_input_header,
+    check_output_name,
     parse_shape,
     refuse_shared_memory,
 )
 from gateway.traffic import Target
-from serving.manifest import TensorSpec
 from telemetry.tracing import NOT_TRACED, TRACE_ID_HEADER
 
 log = logging.getLogger(__name__)
@@ -103,25 +104,10 @@ class GrpcInferRequest:
     """True when the inputs came as ``raw_input_contents``; the outputs then go back raw too."""
 
 
-class Declared(NamedTuple):
-    """What the model version that will answer declares, for checks made from headers, before any data is decoded."""
-
-    label: str
-    inputs: Sequence[TensorSpec]
-    outputs: Sequence[TensorSpec]
-
-
 def decode_infer_request(request: pb.ModelInferRequest, declared: Declared | None = None) -> GrpcInferRequest:
-    """Decode the inputs and requested outputs of one request; BadRequest on anything malformed.
-
-    With ``declared``, each tensor's name and datatype are checked against it before its data is decoded
-    (``check_declared``): a tensor the model cannot take costs no decoding.
-
-    An input or output named twice is refused on its second occurrence, and with ``declared`` an unknown one on
-    its first, so work stays bounded by what the model declares, not by how many entries the message holds: a
-    message repeating one input a million times (22 MB) held the event loop for 8 to 11 s before ``bind_inputs``
-    refused the duplicate.
-    """
+    """Decode the inputs and requested outputs of one request; BadRequest on anything malformed. Each tensor's
+    name (and with ``declared`` its datatype) is checked from its header, before its data is decoded
+    (``check_input_header``, ``check_output_name``)."""
     raw = len(request.raw_input_contents) > 0
     tensors = decode_raw_inputs(request, declared) if raw else decode_typed_inputs(request, declared)
     return GrpcInferRequest(
@@ -174,13 +160,9 @@ def _header(
     name = tensor.name
     if not name:
         raise BadRequest("every input needs a non-empty 'name'")
-    if name in seen:
-        raise BadRequest(f"input '{name}' is given more than once")
-    seen.add(name)
     refuse_shared_memory(f"input '{name}'", tensor.parameters)
     datatype = check_datatype(name, tensor.datatype)
-    if declared is not None:
-        check_declared(declared.label, declared.inputs, name, datatype)
+    check_input_header(declared, seen, name, datatype)
     shape = parse_shape(name, list(tensor.shape))
     return name, datatype, shape
 
@@ -240,11 +222,9 @@ def _narrow(name: str, datatype: str, array: np.ndarray, target: np.dtype) -> np
 
 
 def requested_outputs(request: pb.ModelInferRequest, declared: Declared | None = None) -> list[str] | None:
-    """The names of the outputs the client asked for, in order; None (all outputs) when it named none.
-
-    A name given twice, or with ``declared`` one the model does not have, is refused as soon as it is read (with
-    ``select_outputs``' messages), so a message naming a million outputs costs no more than one naming three.
-    """
+    """The names of the outputs the client asked for, in order; None (all outputs) when it named none. Each is
+    checked as it is read (``check_output_name``): a message naming a million outputs costs no more than one
+    naming three."""
     if not request.outputs:
         return None
     names: list[str] = []
@@ -252,12 +232,7 @@ def requested_outputs(request: pb.ModelInferRequest, declared: Declared | None =
     for output in request.outputs:
         name = output.name
         where = f"output '{name}'"
-        if name in seen:
-            raise BadRequest(f"{where} is requested more than once")
-        seen.add(name)
-        if declared is not None and not any(spec.name == name for spec in declared.outputs):
-            known = ", ".join(spec.name for spec in declared.outputs)
-            raise BadRequest(f"unknown output '{name}' for {declared.label}; it has outputs: {known}")
+        check_output_name(declared, seen, name)
         refuse_shared_memory(where, output.parameters)
         if "classification" in output.parameters:
             raise BadRequest(f"{where}: the classification extension is not supported")
@@ -581,9 +556,7 @@ class OipGrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
                                      metadata.get("authorization"))
             if trace is not None:
                 trace.start_step("decode")
-            manifest = target.entry.manifest  # None: not servable, which ``infer`` reports
-            declared = None if manifest is None else Declared(target.entry.label, manifest.inputs, manifest.outputs)
-            decoded = decode_infer_request(request, declared)
+            decoded = decode_infer_request(request, target.declared)
             request_id = request_id or decoded.id or None
             if trace is not None:
                 trace.end_step()
@@ -723,7 +696,6 @@ def build_grpc_server(
 
 __all__ = [
     "TYPED_FIELD",
-    "Declared",
     "GrpcInferRequest",
     "OipGrpcServicer",
     "array_from_contents",

@@ -146,7 +146,7 @@ class OipHttpApp:
             if trace is not None:
                 trace.start_step("decode")
             body = await self._read_body(scope, receive)
-            request = decode_infer_request(body, _header_length(scope))
+            request = decode_infer_request(body, _header_length(scope), target.declared)
             request_id = request_id or request.id
             if trace is not None:
                 trace.end_step()

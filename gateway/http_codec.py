@@ -22,10 +22,13 @@ from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest
 from gateway.service import InferResult, parse_routing_key, parse_timeout_us
 from gateway.tensors import (
+    Declared,
     WireTensor,
     array_from_buffer,
     array_from_json,
     check_datatype,
+    check_input_header,
+    check_output_name,
     parse_shape,
     refuse_shared_memory,
 )
@@ -46,7 +49,10 @@ class HttpInferRequest:
     """OIP parameter ``routing_key``: keeps a caller on one version of a split."""
 
 
-def decode_infer_request(body: bytes | bytearray, header_length: int | None) -> HttpInferRequest:
+def decode_infer_request(body: bytes | bytearray, header_length: int | None,
+                         declared: Declared | None = None) -> HttpInferRequest:
+    """Decode one request body; BadRequest on anything malformed. Each tensor's name (and with ``declared`` its
+    datatype) is checked before its data is decoded (``check_input_header``, ``check_output_name``)."""
     if header_length is None:
         header: bytes | bytearray | memoryview = body
         tail = memoryview(b"")
@@ -69,8 +75,8 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None) -> 
         raise BadRequest("request parameter 'binary_data_output' must be true or false")
     timeout_s = parse_timeout_us(parameters.get("timeout"))
     routing_key = parse_routing_key(parameters.get("routing_key"))
-    tensors = _decode_inputs(doc.get("inputs"), tail)
-    requested, binary = _decode_outputs(doc.get("outputs"), binary_default)
+    tensors = _decode_inputs(doc.get("inputs"), tail, declared)
+    requested, binary = _decode_outputs(doc.get("outputs"), binary_default, declared)
     return HttpInferRequest(request_id, tensors, requested, binary, timeout_s, routing_key)
 
 
@@ -112,10 +118,11 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def _decode_inputs(raw: Any, tail: memoryview) -> list[WireTensor]:
+def _decode_inputs(raw: Any, tail: memoryview, declared: Declared | None) -> list[WireTensor]:
     if not isinstance(raw, list) or not raw:
         raise BadRequest("'inputs' must be a non-empty list of tensors")
     tensors: list[WireTensor] = []
+    seen: set[str] = set()
     offset = 0
     for item in raw:
         if not isinstance(item, dict):
@@ -124,6 +131,7 @@ def _decode_inputs(raw: Any, tail: memoryview) -> list[WireTensor]:
         if not isinstance(name, str) or not name:
             raise BadRequest("every input needs a non-empty string 'name'")
         datatype = check_datatype(name, item.get("datatype"))
+        check_input_header(declared, seen, name, datatype)
         shape = parse_shape(name, item.get("shape"))
         parameters = _parameters(item.get("parameters"), f"input '{name}'")
         refuse_shared_memory(f"input '{name}'", parameters)
@@ -150,7 +158,7 @@ def _decode_inputs(raw: Any, tail: memoryview) -> list[WireTensor]:
     return tensors
 
 
-def _decode_outputs(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[str]]:
+def _decode_outputs(raw: Any, binary_default: bool, declared: Declared | None) -> tuple[list[str] | None, set[str]]:
     """The outputs asked for (None: all of them, also for an empty list, as gRPC, where an empty list and none
     cannot be told apart, reads it) and which of them go as binary tensors."""
     if raw is None or raw == []:
@@ -159,10 +167,12 @@ def _decode_outputs(raw: Any, binary_default: bool) -> tuple[list[str] | None, s
         raise BadRequest("'outputs' must be a list")
     names: list[str] = []
     binary: set[str] = set()
+    seen: set[str] = set()
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest("each entry of 'outputs' must be an object with a string 'name'")
         name = item["name"]
+        check_output_name(declared, seen, name)
         parameters = _parameters(item.get("parameters"), f"output '{name}'")
         refuse_shared_memory(f"output '{name}'", parameters)
         if parameters.get("classification"):

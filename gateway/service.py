@@ -21,7 +21,7 @@ from gateway.auth import AuthState
 from gateway.errors import BadRequest, DeadlineExceeded, InferenceError, Unavailable
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.shadows import ShadowMirror
-from gateway.tensors import WireTensor, bind_inputs
+from gateway.tensors import Declared, WireTensor, bind_inputs, check_output_name
 from gateway.traffic import HeaderLookup, Target, Traffic
 from routing.live import LiveRouting
 from serving.manifest import Manifest, TensorSpec
@@ -241,16 +241,12 @@ def tighter(*budgets_s: float | None) -> float | None:
 def select_outputs(entry: ServedVersion, manifest: Manifest, requested: Sequence[str] | None) -> list[TensorSpec]:
     if requested is None:
         return list(manifest.outputs)
+    declared = Declared(entry.label, manifest.inputs, manifest.outputs)
     specs: list[TensorSpec] = []
     seen: set[str] = set()
     for name in requested:
-        spec = manifest.output(name)
-        if spec is None:
-            known = ", ".join(s.name for s in manifest.outputs)
-            raise BadRequest(f"unknown output '{name}' for {entry.label}; it has outputs: {known}")
-        if name in seen:
-            raise BadRequest(f"output '{name}' is requested more than once")
-        seen.add(name)
+        spec = check_output_name(declared, seen, name)
+        assert spec is not None  # (with ``declared`` it names a declared output or raises)
         specs.append(spec)
     return specs
 

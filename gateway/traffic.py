@@ -37,6 +37,7 @@ from gateway.errors import (
 )
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.shadows import ShadowMirror
+from gateway.tensors import Declared
 from routing.live import ActiveRouting, LiveRouting
 from routing.policy import RoutingPolicy, variant_of
 from serving.batch_inputs import Arrays
@@ -61,6 +62,13 @@ class Target:
     fallback_reason: str | None = None
     """Set when the split chose a challenger that could not take the request at all (not ready, shedding)."""
     key: str | None = None
+
+    @property
+    def declared(self) -> Declared | None:
+        """What the request is checked against as it is decoded: the version's tensors, which every version that
+        may answer in its place shares; None when it cannot be served, which ``InferenceService.infer`` reports."""
+        manifest = self.entry.manifest
+        return None if manifest is None else Declared(self.entry.label, manifest.inputs, manifest.outputs)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,6 @@ from gateway.errors import BadRequest
 from gateway.grpc_server import (
     STATUS_MESSAGE_BYTES,
     TYPED_FIELD,
-    Declared,
     array_from_contents,
     decode_infer_request,
     describe_undecodable,
@@ -32,6 +31,7 @@ from gateway.grpc_server import (
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.registry import ServedVersion, VersionState
 from gateway.service import InferResult
+from gateway.tensors import Declared
 from serving.manifest import TensorSpec
 
 NUMERIC = [dt for dt in NUMPY_DTYPES if dt != "BYTES"]

@@ -81,6 +81,14 @@ def test_wrong_datatype(http: httpx.Client) -> None:
     _assert_error(http.post(INFER, json=_body(datatype="FP64")), 400, "datatype FP64", "expects FP32")
 
 
+def test_name_and_datatype_are_checked_before_the_data_is_decoded(http: httpx.Client) -> None:
+    """Each tensor is checked against the model from its header: decoding data the model cannot take cost
+    seconds for large BYTES tensors, and the message was then about the data rather than the name or type."""
+    _assert_error(http.post(INFER, json=_body(data=[0.5] * 29, name="feats")), 400, "unknown input 'feats'")
+    _assert_error(http.post(INFER, json=_body(data=[1] * 30, datatype="BYTES")), 400,
+                  "input 'features' has datatype BYTES", "expects FP32")
+
+
 def test_unknown_datatype(http: httpx.Client) -> None:
     _assert_error(http.post(INFER, json=_body(datatype="FLOAT")), 400, "unknown datatype 'FLOAT'")
 
