@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth import AuthState, Principal, Role, create_stored_token, revoke_stored_token
-from gateway.errors import Conflict, InferenceError, NotFound, PayloadTooLarge, Unavailable, Unprocessable
+from gateway.errors import Conflict, InferenceError, NotFound, Unavailable, Unprocessable
+from gateway.http_app import raw_header, refuse_declared_oversize
 from gateway.registry import ModelRegistry
 from gateway.shadows import ShadowMirror
 from gateway.traffic import policy_problems
@@ -115,19 +116,12 @@ class TokenBeforeBody:
             headers: list[tuple[bytes, bytes]] = scope["headers"]
             try:
                 auth_state: AuthState = self.app.state.auth
-                auth_state.current.authenticate(_header_value(headers, b"authorization"))
-                declared = _header_value(headers, b"content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
-                    raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
-                                          f"{self.max_request_bytes} bytes")
+                auth_state.current.authenticate(raw_header(headers, "authorization"))
+                refuse_declared_oversize(headers, self.max_request_bytes)
             except InferenceError as exc:
                 await _error(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    return next((value.decode("latin-1") for key, value in headers if key == name), None)
 
 
 def _error(exc: InferenceError) -> JSONResponse:

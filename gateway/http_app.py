@@ -130,7 +130,7 @@ class OipHttpApp:
         """
         started = time.perf_counter()
         service = self.service
-        header = partial(_raw_header, scope["headers"])
+        header = partial(raw_header, scope["headers"])
         tracing = service.tracing
         trace_id, trace = tracing.start_request(model, "http", header) if tracing is not None else NOT_TRACED
         target: Target | None = None
@@ -185,9 +185,7 @@ class OipHttpApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | bytearray:
         limit = self.max_request_bytes
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+        refuse_declared_oversize(scope["headers"], limit)
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -254,11 +252,18 @@ def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
 
 def _header(scope: Scope, name: bytes) -> str | None:
     """A header's value, lower-cased (lengths, encodings: compared without case)."""
-    value = _raw_header(scope["headers"], name.decode("latin-1"))
+    value = raw_header(scope["headers"], name.decode("latin-1"))
     return None if value is None else value.lower()
 
 
-def _raw_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+def refuse_declared_oversize(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """PayloadTooLarge if ``Content-Length`` declares more than ``limit`` bytes: refused before any is read."""
+    declared = raw_header(headers, "content-length")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+
+
+def raw_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
     """A header's value as sent (case kept: routing keys and header rules compare it exactly)."""
     wanted = name.encode("latin-1")
     for key, value in headers:

@@ -179,10 +179,10 @@ def asgi_headers(key: str | None) -> list[tuple[bytes, bytes]]:
 
 def header_lookups(keys: Sequence[str | None]) -> list[Callable[[str], str | None]]:
     """One lookup per request, as ``gateway.http_app`` builds it (its own header function)."""
-    from gateway.http_app import _raw_header
+    from gateway.http_app import raw_header
 
     def lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
-        return lambda name: _raw_header(headers, name)
+        return lambda name: raw_header(headers, name)
 
     return [lookup(asgi_headers(key)) for key in keys]
 
