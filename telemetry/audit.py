@@ -48,7 +48,7 @@ import sqlite3
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -406,8 +406,7 @@ class Verification:
 
     def to_json(self) -> dict[str, Any]:
         """The document the admin API answers and ``mlgate audit verify --json`` prints."""
-        return {"ok": self.ok, "checked": self.checked, "first_bad_seq": self.first_bad_seq,
-                "problem": self.problem, "head": self.head}
+        return asdict(self)
 
 
 def _span(first: int, last: int) -> str:
