@@ -7,7 +7,6 @@ that is wrong. Per-model (and per-version batching) sections replace the global 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from routing.policy import RoutingPolicy
+from serving.repository import is_version_name
 
 
 def _not_a_bool(value: Any) -> Any:
@@ -38,12 +38,12 @@ Float = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 def _version(value: Any) -> Any:
-    """A version as the repository names its folders (serving.repository): ``versions: ['01']`` or a
+    """A version as the repository names its folders (``is_version_name``): ``versions: ['01']`` or a
     ``version_batching`` key ``v2`` could never match one, and the model was left out or the override ignored."""
     if not isinstance(value, str):
         raise PydanticCustomError("version_type", "Input should be a version in quotes, e.g. '1' (got {value})",
                                   {"value": repr(value)})
-    if not re.fullmatch(r"[1-9][0-9]*", value):
+    if not is_version_name(value):
         raise PydanticCustomError("version_name", "Input should be a version: a positive integer without leading "
                                   "zeros, as the repository's folders are named (got {value})", {"value": repr(value)})
     return value

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 from serving.manifest import MANIFEST_FILENAME, Manifest, TensorSpec, read_manifest
 
 if TYPE_CHECKING:
-    from onnxruntime import NodeArg
+    from onnxruntime import InferenceSession, NodeArg
 
 _CHUNK_BYTES = 1024 * 1024
 # Canonical positive integers only: "01" would sort like "1" but name a different folder.
@@ -107,13 +108,18 @@ def _one_line(text: str) -> str:
     return "; ".join(lines)
 
 
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` can name a version folder: a positive integer without leading zeros."""
+    return _VERSION_RE.fullmatch(name) is not None
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def _version_sort_key(path: Path) -> tuple[int, int, str]:
     """Numeric versions first, in numeric order; misnamed folders after them, by name."""
-    if _VERSION_RE.fullmatch(path.name):
+    if is_version_name(path.name):
         return (0, int(path.name), "")
     return (1, 0, path.name)
 
@@ -168,20 +174,29 @@ def signature_problem(model_file: Path, manifest: Manifest) -> str | None:
         session = ort.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own classes (InvalidProtobuf, Fail, NotImplemented, ...)
         return f"{model_file}: ONNX Runtime cannot load it: {_one_line(str(exc))}"
-    inputs = {arg.name: arg for arg in session.get_inputs()}
-    outputs = {arg.name: arg for arg in session.get_outputs()}
-    problems = [f"the model's input {name!r} is not declared" for name in inputs if manifest.input(name) is None]
-    for kind, specs, args in (("input", manifest.inputs, inputs), ("output", manifest.outputs, outputs)):
-        problems += filter(None, (_tensor_problem(kind, spec, args.get(spec.name), list(args)) for spec in specs))
+    problems = session_problems(session, manifest.inputs, manifest.outputs)
     if not problems:
         return None
     return f"{model_file.parent / MANIFEST_FILENAME}: does not match {model_file.name}: " + "; ".join(problems)
 
 
+def session_problems(session: InferenceSession, inputs: Sequence[TensorSpec],
+                     outputs: Sequence[TensorSpec]) -> list[str]:
+    """How the tensors ``inputs`` and ``outputs`` declare differ from the session's: every input the model needs
+    must be declared; outputs may be a subset (the others are not served)."""
+    model_inputs = {arg.name: arg for arg in session.get_inputs()}
+    model_outputs = {arg.name: arg for arg in session.get_outputs()}
+    declared = {spec.name for spec in inputs}
+    problems = [f"the model's input {name!r} is not declared" for name in model_inputs if name not in declared]
+    for kind, specs, args in (("input", inputs, model_inputs), ("output", outputs, model_outputs)):
+        problems += filter(None, (_tensor_problem(kind, spec, args.get(spec.name), list(args)) for spec in specs))
+    return problems
+
+
 def _check_version(model: str, version_dir: Path, *, verify: bool) -> tuple[Manifest | None, str | None]:
     """Validate one version folder; returns (manifest if it parsed, error or None)."""
     version = version_dir.name
-    if not _VERSION_RE.fullmatch(version):
+    if not is_version_name(version):
         return None, f"{version_dir}: version folder name {version!r} is not a positive integer"
     manifest_path = version_dir / MANIFEST_FILENAME
     if not manifest_path.is_file():
