@@ -153,10 +153,9 @@ class VersionShape:
         features: tuple[str, ...] = ()
         feature_bins = None
         input_name = None
-        profile = manifest.reference_profile
-        spec = manifest.input(profile.input) if profile is not None else None
+        profile = manifest.reference_profile  # fits a 2-D float input: the manifest refuses any other
         reference = None
-        if profile is not None and spec is not None and len(spec.shape) == 2 and spec.datatype.startswith("FP"):
+        if profile is not None:
             feature_bins = Bins.pack([f.bin_edges for f in profile.features])
             features = tuple(f.name for f in profile.features)
             input_name = profile.input
