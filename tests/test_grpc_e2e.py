@@ -8,7 +8,6 @@ case also checks that the server goes on answering correctly afterwards.
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +23,6 @@ import tritonclient.grpc as tritonclient_grpc
 from sklearn.datasets import load_breast_cancer
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
-
-from tests.conftest import RunningGateway, free_port, start_gateway, stop_gateway
 
 MODEL = "breast-cancer"
 DEFAULT_VERSION = "1"
@@ -512,49 +509,3 @@ def test_unknown_output_among_a_million_is_refused_as_read(stub: Any, client: An
     message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
     assert message == f"unknown output 'o0' for model '{MODEL}' version '{DEFAULT_VERSION}'; it has outputs: " \
                       "probabilities, label"
-
-
-# --------------------------------------------------------------------------- metadata the router reads
-
-
-@pytest.fixture(scope="module")
-def routed_gateway(served_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """A gateway whose routing sends requests carrying ``x-tester: yes`` to version 3."""
-    workdir = tmp_path_factory.mktemp("routed-gateway")
-    http_port, grpc_port = free_port(), free_port()
-    config = f"""
-server: {{host: 127.0.0.1, http_port: {http_port}, grpc_port: {grpc_port}}}
-ray: {{num_cpus: 2}}
-repository: {served_repository}
-models:
-  breast-cancer:
-    routing: {{champion: "1", header_rules: [{{header: x-tester, value: "yes", version: "3"}}]}}
-"""
-    running = start_gateway(config, workdir, http_port, grpc_port, served_repository)
-    yield running
-    stop_gateway(running)
-
-
-@pytest.mark.parametrize(("values", "answering"), [(("yes", "no"), "3"), (("no", "yes"), "1"), ((" yes ",), "3")])
-def test_repeated_metadata_key_is_read_as_http_reads_a_header(
-    routed_gateway: RunningGateway, values: tuple[str, ...], answering: str
-) -> None:
-    """The first value counts, stripped, on both protocols. gRPC kept the last one: ``x-tester: no`` then
-    ``x-tester: yes`` reached the header rule's version over gRPC and the champion over HTTP."""
-    x = rows(0, 1)
-    with grpc.insecure_channel(routed_gateway.grpc_url) as channel:
-        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
-            typed_request(x), metadata=[("x-tester", value) for value in values], timeout=30)
-    assert response.model_version == answering
-    connection = http.client.HTTPConnection(routed_gateway.http_url, timeout=30)
-    connection.putrequest("POST", f"/v2/models/{MODEL}/infer")
-    for value in values:
-        connection.putheader("x-tester", value)
-    body = json.dumps({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, FEATURES],
-                                   "data": x.reshape(-1).tolist()}]}).encode()
-    connection.putheader("content-type", "application/json")
-    connection.putheader("content-length", str(len(body)))
-    connection.endheaders(body)
-    reply = connection.getresponse()
-    assert reply.status == 200 and json.loads(reply.read())["model_version"] == answering
-    connection.close()

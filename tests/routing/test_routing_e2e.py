@@ -13,10 +13,12 @@ import statistics
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from routing.store import StateStore
 from tests.conftest import RunningGateway
@@ -90,6 +92,26 @@ def test_header_rule_and_pinned_version_bypass_the_split(routed: RunningGateway,
         assert pinned.headers["x-mlgate-variant"] == "challenger"
         failing = client.post(f"/v2/models/{MODEL}/versions/{FAILING}/infer", content=body(row))
         assert failing.status_code == 503, "a pinned request asked for that version: it gets its error"
+
+
+@pytest.mark.parametrize(("values", "answering"), [(("yes", "no"), "3"), (("no", "yes"), "1"), ((" yes ",), "3")])
+def test_a_repeated_header_routes_alike_on_http_and_grpc(routed: RunningGateway, dataset: np.ndarray,
+                                                         values: tuple[str, ...], answering: str) -> None:
+    """The first value counts, stripped, on both protocols. gRPC kept the last one: ``x-tester: no`` then
+    ``x-tester: yes`` reached the header rule's version over gRPC and the champion over HTTP."""
+    set_routing(routed, weights={"1": 100}, header_rules=[{"header": "x-tester", "value": "yes", "version": "3"}])
+    row = dataset[:1]
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="features", datatype="FP32", shape=list(row.shape))
+    request.raw_input_contents.append(row.astype("<f4").tobytes())
+    with grpc.insecure_channel(routed.grpc_url) as channel:  # raw stub: tritonclient sends each header once
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, metadata=[("x-tester", value) for value in values], timeout=30)
+    assert response.model_version == answering
+    with httpx.Client(base_url=f"http://{routed.http_url}", timeout=30) as client:
+        # (HTTP's grammar drops whitespace around a header value, and h11 refuses to send it)
+        reply = client.post(INFER, content=body(row), headers=[("x-tester", value.strip()) for value in values])
+    assert reply.status_code == 200 and reply.json()["model_version"] == answering
 
 
 def test_grpc_carries_the_variant_and_the_routing_key(routed: RunningGateway, dataset: np.ndarray) -> None:
