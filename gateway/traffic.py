@@ -147,18 +147,21 @@ class Traffic:
                 return Answer(target.entry, await _submit(target.entry, inputs, rows, deadline, trace),
                               target.variant)
             reason = target.fallback_reason
+            challenger_ran = False  # refused before it ran: the champion's admission decides, as if routed there
             if reason is None:
                 try:
                     challenger_deadline = self._challenger_deadline(target, active.policy, rows, deadline)
                     outputs = await _submit(target.entry, inputs, rows, challenger_deadline, trace)
                     return Answer(target.entry, outputs, target.variant)
-                except (DeadlineExceeded, DeadlineUnreachable):
+                except DeadlineUnreachable:
                     reason = "deadline"
                 except Overloaded:
                     reason = "overloaded"
+                except DeadlineExceeded:
+                    reason, challenger_ran = "deadline", True
                 except InferenceError:
-                    reason = "error"
-            if deadline is not None and time.monotonic() >= deadline:
+                    reason, challenger_ran = "error", True
+            if challenger_ran and deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"{target.entry.label} could not answer and no time was left for the "
                                        f"champion (fallback reason: {reason})")
             champion = self._version(target.model, active.policy.champion)
@@ -185,7 +188,7 @@ class Traffic:
             reserve = champion.batcher.latency.bound(rows) if champion.batcher is not None else 0.0
             latest = deadline - reserve
             if latest <= now:
-                raise DeadlineExceeded("no time for the challenger within the deadline")
+                raise DeadlineUnreachable("no time for the challenger within the deadline", retry_after_s=0.0)
         if policy.fallback.challenger_timeout_ms is not None:
             latest = min(latest, now + policy.fallback.challenger_timeout_ms / 1000.0)
         return None if latest == math.inf else latest

@@ -9,6 +9,7 @@ changed through the admin API between tests, as an operator would.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from routing.store import StateStore
 from tests.conftest import RunningGateway
@@ -160,6 +162,30 @@ def test_a_slow_challenger_falls_back_within_the_deadline(routed: RunningGateway
             assert response.json()["model_version"] == "1"
             assert elapsed < SLOW_DELAY_MS / 1000, "the caller waited for the slow challenger"
     assert metric(routed, "mlgate_fallbacks_total", version=SLOW, reason="deadline", to="champion") >= 10
+
+
+@pytest.mark.parametrize("weights", [{"1": 100}, {"2": 100}], ids=["champion", "challenger"])
+def test_a_timeout_no_version_can_meet_is_refused_alike_whoever_was_routed(routed: RunningGateway,
+                                                                           dataset: np.ndarray,
+                                                                           weights: dict[str, int]) -> None:
+    """A one-microsecond timeout is a 429 / RESOURCE_EXHAUSTED (retry with more time) on both protocols. It was
+    a 504 / DEADLINE_EXCEEDED when the split chose a challenger, because the refused challenger counted as an
+    attempt that had used up the time."""
+    set_routing(routed, weights=weights)
+    with httpx.Client(base_url=f"http://{routed.http_url}", timeout=30) as client:
+        doc = json.loads(body(dataset[:1]))
+        reply = client.post(INFER, json={**doc, "parameters": {"timeout": 1}})
+    assert reply.status_code == 429, reply.text
+    assert "timeout" in reply.json()["error"] and "retry-after" in reply.headers
+    client = grpcclient.InferenceServerClient(routed.grpc_url)
+    try:
+        tensor = grpcclient.InferInput("features", [1, 30], "FP32")
+        tensor.set_data_from_numpy(dataset[:1])
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(MODEL, [tensor], timeout=1)
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED", refused.value.message()
+    finally:
+        client.close()
 
 
 def test_the_default_response_answers_when_even_the_champion_fails(routed: RunningGateway,
