@@ -81,11 +81,29 @@ def test_bytes_binary_round_trip_and_truncation() -> None:
         ("FP16", [70000, 1], "value out of range for FP16 [-65504, 65504]: 70000"),
         # was an infinity, then refused as "a non-finite value (NaN or infinity)": not what the client sent
         ("FP32", [1.0, -1e39], "value out of range for FP32 [-3.40282e+38, 3.40282e+38]: -1e+39"),
+        # numpy reads these as [1.5, 1.0] and [3, 0]: served as data
+        ("FP32", [1.5, True], "FP32 data must be numbers, got true/false among them"),
+        ("INT64", [3, False], "INT64 data must be numbers, got true/false among them"),
     ],
 )
 def test_json_values_of_the_wrong_kind_are_refused(datatype: str, data: list[Any], message: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(message)):
         decode_infer_request(_json_request(datatype, [2], data), None)
+
+
+@pytest.mark.parametrize("shape", [[1000], [10, 100], [2, 5, 100]])
+@pytest.mark.parametrize("where", [0, 537, 999])
+def test_a_boolean_hidden_in_a_large_or_nested_tensor_is_found(shape: list[int], where: int) -> None:
+    """Past the size where a vectorised test for 0s and 1s runs first, and at every nesting depth."""
+    flat: list[Any] = [0.25] * 1000
+    flat[where] = True
+    data = np.asarray(flat, dtype=object).reshape(shape).tolist()
+    with pytest.raises(BadRequest, match="FP32 data must be numbers, got true/false among them"):
+        decode_infer_request(_json_request("FP32", shape, data), None)
+    flat[where] = 1.0  # the same value as a number is data
+    data = np.asarray(flat, dtype=object).reshape(shape).tolist()
+    array = decode_infer_request(_json_request("FP32", shape, data), None).tensors[0].array
+    assert array.shape == tuple(shape) and array.ravel()[where] == 1.0
 
 
 @pytest.mark.parametrize("datatype", ["FP16", "FP32"])
