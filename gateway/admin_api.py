@@ -17,14 +17,16 @@ Errors have the OIP shape ``{"error": "..."}`` (plus ``problems`` on 422).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -124,6 +126,55 @@ class TokenBeforeBody:
         await self.app(scope, receive, send)
 
 
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return document
+
+
+class _UniqueKeysRequest(Request):
+    """A request whose JSON body may not repeat a key within an object.
+
+    Python's json keeps the last of ``{"champion": "1", "champion": "3"}`` without a word: an operator's typo in a
+    routing change would be applied as the value they did not mean, and audited as if they had."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = json.loads(await self.body(), object_pairs_hook=_unique_keys)
+            except _RepeatedKey as exc:  # an HTTPException is the one error FastAPI's body parsing passes on
+                raise HTTPException(422, f"request body: key '{exc.key}' appears twice in one JSON object; "
+                                         "which one was meant cannot be told") from None
+        return self._json
+
+
+class _UniqueKeysRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def with_unique_keys(request: Request) -> Response:
+            return await handler(_UniqueKeysRequest(request.scope, request.receive))
+        return with_unique_keys
+
+
+def _problem(error: Any) -> str:
+    """One of pydantic's validation errors as ``field.path: what is wrong``; JSON that does not parse says where."""
+    if error["type"] == "json_invalid":  # its loc is ("body", character offset), its msg only "JSON decode error"
+        return f"request body is not valid JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
+    return f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg'].removeprefix('Value error, ')}"
+
+
 def _error(exc: InferenceError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
     body: dict[str, Any] = {"error": exc.message}
@@ -137,6 +188,7 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
                     rollouts: RolloutController | None = None) -> FastAPI:
     app = FastAPI(title="mlgate admin API", version="1", openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=f"{PREFIX}/docs", redoc_url=None)
+    app.router.route_class = _UniqueKeysRoute  # before any route is added
     app.state.auth = auth_state
 
     @app.exception_handler(InferenceError)
@@ -166,8 +218,7 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg'].removeprefix('Value error, ')}"
-                    for err in exc.errors()]
+        problems = [_problem(err) for err in exc.errors()]
         return JSONResponse({"error": "; ".join(problems), "problems": problems}, status_code=422)
 
     def model_doc(model: str) -> dict[str, Any]:

@@ -163,6 +163,25 @@ def test_other_refusals(routed: RunningGateway) -> None:
         assert no_revision.status_code == 422 and "which revision" in no_revision.json()["error"]
         not_json = client.put(f"/models/{MODEL}/routing", content=b"{", headers={"Content-Type": "application/json"})
         assert not_json.status_code == 422
+        assert not_json.json()["error"] == ("request body is not valid JSON: Expecting property name enclosed in "
+                                            "double quotes at character 1")  # was "1: JSON decode error"
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    (b'{"revision": %d, "routing": {"champion": "1", "champion": "3"}}', "champion"),
+    (b'{"revision": %d, "routing": {"champion": "1", "weights": {"2": 90, "2": 10}}}', "2"),
+    (b'{"revision": %d, "revision": 0, "routing": {"champion": "1"}}', "revision"),
+])
+def test_a_key_repeated_in_a_json_object_is_refused(routed: RunningGateway, body: bytes, key: str) -> None:
+    """Python's json kept the last value: the routing that was applied and audited was not the one meant."""
+    with admin(routed, Tokens.operator) as client:
+        before = client.get(f"/models/{MODEL}/routing").json()
+        response = client.put(f"/models/{MODEL}/routing", content=body % before["revision"],
+                              headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == (f"request body: key '{key}' appears twice in one JSON object; which "
+                                            "one was meant cannot be told")
+        assert client.get(f"/models/{MODEL}/routing").json() == before
 
 
 def test_tokens_are_created_shown_once_and_revoked(routed: RunningGateway) -> None:
