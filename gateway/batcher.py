@@ -345,7 +345,7 @@ class Batcher:
 
     def _dispatch(self) -> None:
         policy = self._policy
-        while self._queue and self._inflight < policy.max_inflight:
+        while self._inflight < policy.max_inflight and self._drop_dead_heads():
             now = time.monotonic()
             hold_until = self._hold_until(now)
             if hold_until > now:
@@ -361,6 +361,15 @@ class Batcher:
             self._tasks.add(task)
             self._inflight_finish[task] = now + self.latency.mean(rows)
             task.add_done_callback(self._forget)
+
+    def _drop_dead_heads(self) -> bool:
+        """Drop the requests at the head of the queue whose callers went away (or ran out of time); whether a live
+        one is left. The hold is reckoned from the head's arrival and deadline: a dead head's would cut the wait of
+        the live request behind it short."""
+        queue = self._queue
+        while queue and queue[0].future.done():
+            self._queued_rows -= queue.popleft().rows
+        return bool(queue)
 
     def _arm_timer(self, at: float) -> None:
         if self._timer is not None:

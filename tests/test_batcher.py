@@ -179,6 +179,25 @@ def test_max_wait_holds_a_partial_batch_to_collect_more() -> None:
     assert executor.batch_rows == [3]
 
 
+def test_the_hold_is_reckoned_from_the_first_live_request() -> None:
+    """A head whose caller left set the hold of the request behind it: that one waited 0.2 s instead of 0.3 s
+    and left without the request that came 0.25 s after it."""
+    executor = RecordingExecutor()
+    batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.3, max_inflight=1))
+
+    async def main() -> None:
+        left = asyncio.ensure_future(batcher.submit(_rows(0, 1), 1))
+        await asyncio.sleep(0.05)
+        left.cancel()
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(_rows(1, 1), 1))
+        await asyncio.sleep(0.25)  # past the dead head's hold (0.3 s), well before the second's (0.4 s)
+        await asyncio.gather(second, batcher.submit(_rows(2, 1), 1))
+
+    asyncio.run(main())
+    assert executor.batch_rows == [2]
+
+
 def test_full_batch_leaves_without_waiting() -> None:
     executor = RecordingExecutor()
     batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=4, max_wait_s=10.0, max_inflight=1))
