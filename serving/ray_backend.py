@@ -39,6 +39,7 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,28 @@ class DeployedVersion:
     device: str
 
 
+GCS_CONNECT_TIMEOUT_S = 5.0
+
+
+def refuse_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> None:
+    """ConnectionError if nothing accepts a TCP connection at a Ray ``address`` (``host:port`` or
+    ``ray://host:port``; ``auto`` and what has no port are left to Ray).
+
+    ``ray.init`` retries an address where no cluster answers, a refused port included, without end: it logged
+    "Failed to connect to GCS" every 30 s for over two minutes against ``127.0.0.1:1``, and ``mlgate serve`` hung
+    with it. A connection that is accepted proves only that something listens; that is the case Ray reports.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__  # a timeout has no strerror
+        raise ConnectionError(f"nothing accepts connections at {target} ({why})") from None
+
+
 def app_name(model: str, version: str) -> str:
     return f"{model}--v{version}"
 
@@ -99,6 +122,7 @@ class RayServeBackend:
         """Join the configured cluster, or start a local Ray in this process; then start Serve without its proxy."""
         if not ray.is_initialized():
             if self._address:
+                refuse_unreachable(self._address)
                 ray.init(address=self._address, namespace="mlgate", log_to_driver=False)
             else:
                 ray.init(

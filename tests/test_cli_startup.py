@@ -157,6 +157,19 @@ def test_ray_refusing_its_settings_is_a_startup_error_not_a_traceback(tmp_path: 
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_a_ray_address_nothing_answers_at_is_a_startup_error_not_a_hang(tmp_path: Path, demo_repository: Path,
+                                                                        scheme: str) -> None:
+    """ray.init retried a refused address for minutes, logging every 30 s, and the gateway hung with it."""
+    address = f"{scheme}127.0.0.1:{free_port()}"
+    code, stderr, elapsed = _serve(_config(tmp_path, demo_repository, f"ray: {{address: '{address}'}}\n"))
+    assert code == 1, stderr
+    assert (f"error: cannot join Ray at {address} (ray settings in the config): nothing accepts connections at "
+            f"{address.removeprefix(scheme)} (Connection refused)") in stderr
+    assert "Traceback" not in stderr
+    assert elapsed < 30
+
+
 @pytest.mark.parametrize("state", ["folder", "garbage.db", "a-file/state.db"])
 def test_token_create_with_a_state_path_it_cannot_open_is_one_line(tmp_path: Path, state: str) -> None:
     """'mlgate token create --config' opened the config's state file unguarded: a traceback for each of these
