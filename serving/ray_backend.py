@@ -117,6 +117,8 @@ class RayServeBackend:
         self._started_ray = False
         self._pools: list[shared_batch.SegmentPool] = []
         self._channels: list[DirectReplicas] = []
+        self._unplaceable: dict[str, str] = {}
+        """Applications not deployed because no node of the local Ray could hold one replica: why."""
 
     def start(self) -> None:
         """Join the configured cluster, or start a local Ray in this process; then start Serve without its proxy."""
@@ -149,26 +151,39 @@ class RayServeBackend:
     def deploy(self, entries: list[RepositoryEntry], settings: dict[tuple[str, str], ReplicaSettings]) -> None:
         """Submit every version at once; readiness is awaited per version by ``wait_ready``."""
         gpus = self.cluster_gpus()
+        largest = _largest_node()
         targets = []
+        claimed = 0.0  # CPUs, by the replicas submitted
         for entry in entries:
             assert entry.manifest is not None
             s = settings[(entry.model, entry.version)]
+            name = app_name(entry.model, entry.version)
+            needs = {"CPU": s.num_cpus, "GPU": gpus_per_replica(s.device, gpus)}
+            problem = _unplaceable(needs, largest)
+            if problem is not None and self._started_ray:  # a joined cluster may scale up to it; this one cannot
+                self._unplaceable[name] = problem
+                continue
+            claimed += s.replicas * s.num_cpus
             deployment = serve.deployment(
                 name="onnx",
                 num_replicas=s.replicas,
                 max_ongoing_requests=s.max_ongoing_requests,
                 ray_actor_options={
                     "num_cpus": s.num_cpus,
-                    "num_gpus": gpus_per_replica(s.device, gpus),
+                    "num_gpus": needs["GPU"],
                     "runtime_env": {"env_vars": REPLICA_ENV},
                 },
                 logging_config={"enable_access_log": False},
             )(OnnxModel)
-            name = app_name(entry.model, entry.version)
             direct = str(channel_directory(self.gcs_address(), name)) if s.direct_channel else None
             app = deployment.bind(str(entry.model_file), entry.manifest.sha256, s.device, s.num_cpus,
                                   s.inject_delay_s, s.inject_error_rate, direct)
             targets.append(serve.RunTarget(app, name=name, route_prefix=None))
+        total = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        if self._started_ray and claimed > total:
+            log.warning("the versions' replicas claim %g CPUs in all and the local Ray has %g: those that do not fit "
+                        "stay pending, and are marked unavailable after startup_timeout_s (lower deployment "
+                        "num_cpus, or raise ray.num_cpus)", claimed, total)
         if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
 
@@ -181,6 +196,8 @@ class RayServeBackend:
         ``execute`` carries goes (a metric: a batch through Ray where the channel could carry it costs the
         gateway about ten times the CPU)."""
         name = app_name(model, version)
+        if name in self._unplaceable:
+            raise RuntimeError(self._unplaceable[name])
         deadline = time.monotonic() + timeout_s
         while True:
             status = await asyncio.to_thread(_app_status, name)
@@ -194,7 +211,8 @@ class RayServeBackend:
             if time.monotonic() > deadline:
                 if owner:
                     await asyncio.to_thread(serve.delete, name, _blocking=False)
-                raise RuntimeError(f"not ready after {timeout_s:.0f} s")
+                why = f": {_first_line(status[1])}" if status is not None and status[1] else ""
+                raise RuntimeError(f"not ready after {timeout_s:.0f} s{why}")  # Serve says which resources are short
             await asyncio.sleep(0.25)
         handle, description = await _first_call(name)
         infer = handle.infer
@@ -345,6 +363,27 @@ def _app_status(name: str) -> tuple[ApplicationStatus, str, int] | None:
     message = app.message or "; ".join(d.message for d in app.deployments.values() if d.message)
     running = sum(d.replica_states.get(ReplicaState.RUNNING, 0) for d in app.deployments.values())
     return ApplicationStatus(app.status), message, running
+
+
+def _largest_node() -> dict[str, float]:
+    """The most of each resource one live node of the cluster has: what one replica can be given at most."""
+    largest: dict[str, float] = {}
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if node.get("Alive"):
+            for resource, amount in node.get("Resources", {}).items():
+                largest[resource] = max(largest.get(resource, 0.0), float(amount))
+    return largest
+
+
+def _unplaceable(needs: dict[str, float], largest: dict[str, float]) -> str | None:
+    """Why no node can hold a replica that ``needs`` these resources, or None. Ray would keep it pending forever,
+    and the version would be reported only as "not ready after 120 s" (Serve's own hint comes after 30 s)."""
+    for resource, wanted in needs.items():
+        if wanted > largest.get(resource, 0.0):
+            what = {"CPU": "deployment num_cpus", "GPU": "device"}[resource]
+            return (f"a replica needs {wanted:g} {resource} ({what}) but no node of the Ray cluster has more than "
+                    f"{largest.get(resource, 0.0):g}")
+    return None
 
 
 def _first_line(message: str) -> str:

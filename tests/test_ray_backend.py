@@ -194,3 +194,26 @@ def test_a_killed_replica_is_replaced_and_the_direct_channel_finds_the_new_one(t
         assert [s.name for s in sockets] != [killed.name] and len(sockets) == 1
     finally:
         backend.stop_ray()
+
+
+def test_a_replica_no_node_can_hold_is_refused_at_once_with_the_reason(tmp_path: Path) -> None:
+    """Ray keeps such a replica pending forever: the version was "not ready after 120 s", with no reason why."""
+    entries = scan_repository(_identity_repository(tmp_path, width=4))
+    backend = RayServeBackend(address=None, num_cpus=1, object_store_bytes=128 * 1024 * 1024)
+    backend.start()
+    try:
+        backend.deploy(entries, {("echo", "1"): ReplicaSettings(replicas=1, num_cpus=4, device="cpu",
+                                                                  max_ongoing_requests=2)})
+
+        async def wait() -> float:
+            started = time.monotonic()
+            with pytest.raises(RuntimeError) as refused:
+                await backend.wait_ready("echo", "1", timeout_s=60)
+            assert str(refused.value) == ("a replica needs 4 CPU (deployment num_cpus) but no node of the Ray "
+                                          "cluster has more than 1")
+            return time.monotonic() - started
+
+        assert asyncio.run(wait()) < 5
+        assert ray_backend.app_name("echo", "1") not in ray_backend.serve.status().applications  # never deployed
+    finally:
+        backend.stop_ray()
