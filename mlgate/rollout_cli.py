@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.parse
 from typing import Annotated, Any, Optional
@@ -41,20 +42,24 @@ def rollout_start(
     from routing.rollout import parse_duration, parse_steps
 
     body: dict[str, Any] = {"challenger": challenger, "reason": reason}  # unset options: the server's defaults
+    option = ""  # which one a ValueError is about: "'x' is not a duration" alone did not say
     try:
         if steps is not None:
-            body["steps"] = parse_steps(steps)
+            body["steps"] = parse_steps(steps)  # (its messages name steps already)
         if interval is not None:
+            option = "--interval"
             body["interval_s"] = parse_duration(interval)
         if shadow is not None:
+            option = "--shadow"
             body["shadow_s"] = parse_duration(shadow)
         if mirror is not None:
             body["mirror_percent"] = mirror
+        option = "--checks"
         check_doc = json.loads(checks) if checks else {}
         if not isinstance(check_doc, dict):
-            raise ValueError("--checks must be a JSON object")
+            raise ValueError("must be a JSON object, e.g. '{\"disagreement\": {\"threshold\": 0.05}}'")
     except ValueError as exc:
-        fail(str(exc))
+        fail(f"{option}: {exc}" if option else str(exc))
     if act_on_input_drift:
         check_doc["act_on_input_drift"] = True
     body["checks"] = check_doc
@@ -75,6 +80,8 @@ def rollout_status(
     """State, step, share, the latest judgement of every check, and every transition with its reason."""
     from routing.rollout import RolloutState
 
+    if not (math.isfinite(watch) and watch >= 0):  # nan and inf ended in a traceback from time.sleep
+        fail(f"--watch: {watch:g} is not a number of seconds >= 0 (0: print once)")
     client = admin(url, token)
     while True:
         try:

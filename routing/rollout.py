@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from routing.policy import RoutingPolicy
 from telemetry.audit import iso_utc
+from telemetry.evidence import SLOT_S
 from telemetry.evidence_store import RETENTION_S
 
 CONTROLLER_ACTOR = "rollout-controller"
@@ -84,10 +85,21 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class _Settings(_Frozen):
+    """What an operator sends: also strict in type, so ``true`` is not taken for 1, nor ``"30"`` for 30.0.
+
+    Lax pydantic read ``"steps": [true, 100]`` as ``[1, 100]``, ``"mirror_percent": true`` as 1 % and
+    ``"enabled": "no"`` as False, and the rollout started on values nobody wrote. Integers are still accepted
+    where a float is wanted. (Records are not strict: their states arrive as JSON strings.)
+    """
+
+    model_config = ConfigDict(strict=True)
+
+
 # --------------------------------------------------------------------------------------------- checks config
 
 
-class _Check(_Frozen):
+class _Check(_Settings):
     enabled: bool = Field(True, description="Judge this check at all; a disabled check never holds or fails.")
     failing_windows: int = Field(
         3,
@@ -105,9 +117,11 @@ class ErrorRateCheck(_Check):
     threshold: float = Field(
         0.05,
         gt=0,
+        lt=1,
         description=(
             "Largest tolerated challenger error rate minus champion error rate (0.05 = 5 percentage points). "
-            "A champion without requests in the window counts as error rate 0."
+            "A champion without requests in the window counts as error rate 0. Below 1: the difference of two "
+            "rates never exceeds 1, so a threshold of 1 or more (5 meant as 5 %, say) could never fail."
         ),
     )
     min_requests: int = Field(
@@ -132,7 +146,13 @@ class DisagreementCheck(_Check):
     """Fails when the challenger's answers differ from the champion's on the same inputs too often."""
 
     threshold: float = Field(
-        0.10, gt=0, description="Largest tolerated share of compared rows where the two versions disagree."
+        0.10,
+        gt=0,
+        lt=1,
+        description=(
+            "Largest tolerated share of compared rows where the two versions disagree (0.1 = 10 %). Below 1: "
+            "a share never exceeds 1, so a threshold of 1 or more could never fail."
+        ),
     )
     min_compared_rows: int = Field(
         50, ge=1, description="Rows answered by both versions (via mirroring) needed in the window for a verdict."
@@ -145,9 +165,10 @@ class DivergenceCheck(_Check):
     threshold: float = Field(
         0.1,
         gt=0,
+        lt=1,
         description=(
             "Largest tolerated Jensen-Shannon divergence (base 2, so in [0, 1]) between the two versions' "
-            "prediction histograms."
+            "prediction histograms. Below 1, as a threshold of 1 or more could never fail."
         ),
     )
     min_rows: int = Field(200, ge=1, description="Rows each version must have observed in the window.")
@@ -179,17 +200,18 @@ class InputPsiCheck(_Check):
         return self
 
 
-class RolloutChecks(_Frozen):
+class RolloutChecks(_Settings):
     """What the challenger is judged on every tick, always against the champion in the same window."""
 
     window_s: float = Field(
         10.0,
-        gt=0,
+        ge=SLOT_S,
         le=RETENTION_S,
         description=(
             "Length of the evidence window the controller gathers each tick (a sliding window; ticks are about "
             f"a second apart), at most the {RETENTION_S:g} s the evidence is kept. One tick credits at most this "
-            "much held time."
+            f"much held time. At least the evidence's {SLOT_S:g} s slot: a shorter window still reads a whole "
+            "slot, but credited only its own length per tick, so every hold took many times as long as asked."
         ),
     )
     error_rate: ErrorRateCheck = Field(
@@ -536,7 +558,7 @@ def _validate_steps(steps: list[int]) -> list[int]:
     return steps
 
 
-class RolloutSettings(_Frozen):
+class RolloutSettings(_Settings):
     """How a rollout proceeds: the part of its spec an operator may choose (the admin API's request body too)."""
 
     challenger: str = Field(min_length=1, description="Version being rolled out.")
@@ -984,13 +1006,14 @@ def parse_steps(text: str) -> list[int]:
         raise ValueError("steps: empty; give comma-separated percentages ending in 100, e.g. 5,25,50,100")
     steps: list[int] = []
     for i, part in enumerate(parts):
-        if not re.fullmatch(r"[+-]?\d+", part):
+        if not re.fullmatch(r"[+-]?[0-9]+", part):
             raise ValueError(f"steps[{i}]: {part!r} is not a whole percentage")
         steps.append(int(part))
     return _validate_steps(steps)
 
 
-_DURATION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h)?")
+# ASCII: \d matched every Unicode digit, and float() read them ("\u0663s" was 3 s).
+_DURATION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h)?", re.ASCII)
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 

@@ -596,11 +596,35 @@ def test_evidence_is_validated(make: Callable[[], object], message: str) -> None
         ({"checks": {"input_psi": {"warn": 0.3}}}, r"warn \(0.3\) must not exceed act \(0.25\)"),
         ({"checks": {"latency_p99_ratio": {"threshold": float("inf")}}}, "checks.latency_p99_ratio.threshold"),
         ({"checks": {"error_rate": {"treshold": 0.1}}}, "checks.error_rate.treshold"),
+        # Booleans and strings are not numbers (lax pydantic started a rollout on [1, 100], 1 %, 1 s windows).
+        ({"steps": [True, 100]}, r"steps\.0\n  Input should be a valid integer"),
+        ({"steps": ["5", "100"]}, r"steps\.0\n  Input should be a valid integer"),
+        ({"mirror_percent": True}, r"mirror_percent\n  Input should be a valid number"),
+        ({"interval_s": "30"}, r"interval_s\n  Input should be a valid number"),
+        ({"checks": {"window_s": True}}, r"checks\.window_s\n  Input should be a valid number"),
+        ({"checks": {"error_rate": {"failing_windows": True}}}, "checks.error_rate.failing_windows"),
+        ({"checks": {"error_rate": {"enabled": "no"}}}, r"error_rate\.enabled\n  Input should be a valid boolean"),
+        ({"checks": {"act_on_input_drift": "off"}}, "checks.act_on_input_drift"),
+        # A rate, a share or a JS divergence never exceeds 1: such a threshold (5 meant as 5 %) could never fail.
+        ({"checks": {"error_rate": {"threshold": 5}}}, r"checks\.error_rate\.threshold\n  Input should be less than 1"),
+        ({"checks": {"disagreement": {"threshold": 1}}}, r"checks\.disagreement\.threshold\n  Input should be less"),
+        ({"checks": {"prediction_divergence": {"threshold": 2.0}}}, "checks.prediction_divergence.threshold"),
+        # A window shorter than one evidence slot read a whole slot but credited only its own length per tick.
+        ({"checks": {"window_s": 0.001}}, r"checks\.window_s\n  Input should be greater than or equal to 1"),
     ],
 )
 def test_spec_validation(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         RolloutSpec.model_validate({"model": "iris", "challenger": "2", **kwargs})
+
+
+def test_operator_settings_keep_their_types_through_a_record() -> None:
+    """Strict for what operators send; a stored record (JSON: states as strings, 30 as an int) still reads."""
+    settings = {"steps": [50, 100], "interval_s": 30, "mirror_percent": 50, "checks": {"window_s": 5}}
+    s = RolloutSpec.model_validate({"model": "iris", "challenger": "2", **settings})
+    assert (s.interval_s, s.mirror_percent, s.checks.window_s) == (30.0, 50.0, 5.0)
+    record = start(s, "1", T0, "ada")
+    assert RolloutRecord.model_validate(json.loads(json.dumps(record.model_dump(mode="json")))) == record
 
 
 def test_parse_steps() -> None:
@@ -619,6 +643,7 @@ def test_parse_steps() -> None:
         ("50,25,100", r"steps\[1\]: 25 does not increase"),
         ("5,25,50", "the last step must be 100"),
         ("5,101", r"steps\[1\]: 101 is not a percentage in 1..100"),
+        ("\u0665,100", r"steps\[0\]: '\u0665' is not a whole percentage"),  # an Arabic-Indic 5
     ],
 )
 def test_parse_steps_errors(text: str, message: str) -> None:
@@ -642,6 +667,8 @@ def test_parse_duration(text: str, seconds: float) -> None:
         ("2d", "'2d' is not a duration"),
         ("nan", "'nan' is not a duration"),
         ("-5s", "'-5s': a duration must not be negative"),
+        ("\u0663s", "is not a duration"),  # an Arabic-Indic 3: \\d matched it and float() read it
+        ("\uff15m", "is not a duration"),  # a full-width 5
     ],
 )
 def test_parse_duration_errors(text: str, message: str) -> None:
@@ -679,3 +706,29 @@ def test_an_evidence_window_longer_than_the_evidence_is_kept_is_refused() -> Non
     assert RolloutChecks(window_s=RETENTION_S).window_s == RETENTION_S
     with pytest.raises(ValidationError, match="less than or equal to 900"):
         RolloutChecks(window_s=1e300)
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "iris", "--watch", "nan"], "--watch: nan is not a number of seconds >= 0"),  # was a traceback
+        (["status", "iris", "--watch", "inf"], "--watch: inf is not a number of seconds >= 0"),  # was OverflowError
+        (["status", "iris", "--watch", "-1"], "--watch: -1 is not a number of seconds >= 0"),
+        (["start", "iris", "--challenger", "2", "--interval", "30sec"], "--interval: '30sec' is not a duration"),
+        (["start", "iris", "--challenger", "2", "--shadow", "2d"], "--shadow: '2d' is not a duration"),
+        (["start", "iris", "--challenger", "2", "--checks", "{bad"], "--checks: Expecting property name"),
+        (["start", "iris", "--challenger", "2", "--checks", "[]"], "--checks: must be a JSON object"),
+        (["start", "iris", "--challenger", "2", "--steps", "5,50"], "error: steps: the last step must be 100"),
+    ],
+)
+def test_cli_names_the_option_it_refuses_before_calling_the_gateway(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from mlgate.rollout_cli import rollout_app
+
+    result = CliRunner().invoke(rollout_app, [*args, "--url", "http://127.0.0.1:9", "--token", "t"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output and "cannot reach" not in result.output
