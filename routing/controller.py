@@ -27,6 +27,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from routing.policy import RoutingPolicy
 from routing.rollout import (
     CONTROLLER_ACTOR,
@@ -96,6 +98,26 @@ def summary(record: RolloutRecord) -> dict[str, Any]:
             "step": record.step, "challenger_percent": record.challenger_percent, "reason": record.reason}
 
 
+def _readable(stored: StoredRollout) -> RolloutRecord:
+    """The stored record, or a refusal that says what is wrong with it (a 500 said nothing).
+
+    A record written by an older version that validated less (a ``window_s`` below one evidence slot, say)
+    no longer reads; an operator acting on it is told so instead of getting an internal error.
+    """
+    try:
+        return RolloutRecord.model_validate(stored.record)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        raise RolloutRefused(f"the stored rollout of model '{stored.model}' cannot be read: " + "; ".join(problems),
+                             409, problems) from None
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """``field.path: what is wrong`` per error (a record-wide check has no path: only its message)."""
+    return [f"{'.'.join(str(p) for p in e['loc'])}: " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()]
+
+
 class _RoutingHeld(Exception):
     """The controller's next step could not be routed: nothing was written, the next tick judges again."""
 
@@ -136,7 +158,7 @@ class RolloutController:
     def _start(self, spec: RolloutSpec, actor: str, now: float,
                reason: str | None) -> tuple[RolloutRecord, StoredRouting | None]:
         current = self.store.rollout(spec.model)
-        previous = RolloutRecord.model_validate(current.record) if current is not None else None
+        previous = _readable(current) if current is not None else None
         if previous is not None and not previous.state.terminal:
             raise RolloutRefused(f"{previous.describe()} is {previous.state.value}; abort or finish it first", 409)
         routing = self._routing(spec.model)
@@ -151,7 +173,7 @@ class RolloutController:
         current = self.store.rollout(model)
         if current is None:
             raise RolloutRefused(f"model '{model}' has no rollout", 404)
-        previous = RolloutRecord.model_validate(current.record)
+        previous = _readable(current)
         try:
             record = ACTIONS[action](previous, now, actor, reason or "")
         except RolloutError as exc:
@@ -166,7 +188,12 @@ class RolloutController:
         for model, stored in rollouts.items():
             if stored.record["state"] not in RUNNING:
                 continue
-            record = RolloutRecord.model_validate(stored.record)
+            try:
+                record = RolloutRecord.model_validate(stored.record)
+            except ValidationError as exc:  # it raised out of the loop: no other model's rollout was judged either
+                log.error("rollout of model '%s': the stored record cannot be read, so it is not judged: %s", model,
+                          "; ".join(_problems(exc)))  # (no traceback: the record is wrong, not the code)
+                continue
             try:
                 if (updated := self._tick(stored, record, now)) is not None:
                     moved.append(updated)

@@ -99,3 +99,31 @@ def test_a_step_the_gateway_cannot_route_is_held_not_recorded(tmp_path: Path, mo
         actions = [e.action for e in audit.read_entries(conn, target="rollout/m")]
     assert actions == ["rollout.start", "rollout.transition"]
     store.close()
+
+
+def test_an_unreadable_record_stops_neither_other_rollouts_nor_answers_with_a_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored record that no longer validates (one written before a check was tightened, say) raised out of
+    ``tick_all``: no other model's rollout was judged again, every tick. An operator acting on it got a 500."""
+    store = StateStore(tmp_path / "state.db")
+    controller = _controller(store)
+    for model in ("a", "b"):
+        store.seed_routing(model, {"champion": "1"}, "config")
+        controller.start(RolloutSpec(model=model, challenger="2"), "otto", now=100.0)
+    stored = store.rollout("a")
+    assert stored is not None
+    store.write_rollout("a", {**stored.record, "step": 99}, stored.revision, None)
+
+    [judged] = controller.tick_all(store.all_rollouts(), now=101.0)
+    assert judged.spec.model == "b" and judged.state is RolloutState.INCONCLUSIVE
+    assert "rollout of model 'a': the stored record cannot be read, so it is not judged: step: 99 is outside -1..3" \
+        in caplog.text
+    with pytest.raises(RolloutRefused, match=r"^the stored rollout of model 'a' cannot be read: step: 99 is outside") \
+            as refused:
+        controller.act("a", "abort", "otto", now=102.0)
+    assert refused.value.status == 409 and refused.value.problems == ["step: 99 is outside -1..3"]
+    with pytest.raises(RolloutRefused, match="cannot be read") as refused:
+        controller.start(RolloutSpec(model="a", challenger="3"), "otto", now=102.0)
+    assert refused.value.status == 409
+    store.close()
