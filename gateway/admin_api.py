@@ -172,7 +172,8 @@ def _problem(error: Any) -> str:
     """One of pydantic's validation errors as ``field.path: what is wrong``; JSON that does not parse says where."""
     if error["type"] == "json_invalid":  # its loc is ("body", character offset), its msg only "JSON decode error"
         return f"request body is not valid JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
-    return f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg'].removeprefix('Value error, ')}"
+    where = ".".join(str(p) for p in error["loc"] if p != "body") or "request body"  # missing: loc is ("body",)
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def _error(exc: InferenceError) -> JSONResponse:

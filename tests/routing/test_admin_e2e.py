@@ -165,6 +165,8 @@ def test_other_refusals(routed: RunningGateway) -> None:
         assert not_json.status_code == 422
         assert not_json.json()["error"] == ("request body is not valid JSON: Expecting property name enclosed in "
                                             "double quotes at character 1")  # was "1: JSON decode error"
+        empty = client.put(f"/models/{MODEL}/routing", headers={"Content-Type": "application/json"})
+        assert empty.status_code == 422 and empty.json()["error"] == "request body: Field required"  # was ": Field..."
 
 
 @pytest.mark.parametrize(("body", "key"), [
