@@ -295,8 +295,11 @@ def _index_ready_only(body: bytes | bytearray) -> bool:
 
 
 def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(method, allowed)
+    """MethodNotAllowed (405, with ``Allow``) unless ``method`` is ``allowed``. Where GET is, HEAD is too (RFC 9110
+    9.1: every general-purpose server supports both; load balancers and uptime checks probe with HEAD): it is
+    answered as GET would be, and uvicorn leaves the body out."""
+    if method != allowed and not (method == "HEAD" and allowed == "GET"):
+        raise MethodNotAllowed(method, "GET, HEAD" if allowed == "GET" else allowed)
 
 
 def _json(status: int, doc: Any) -> Response:

@@ -221,3 +221,33 @@ def test_a_client_gone_mid_body_costs_nothing_and_the_server_keeps_serving(serve
         status, _, payload = _read_response(sock, bytearray())
     assert status == 200, payload
     np.testing.assert_array_equal(_doubled(payload), x * 2)
+
+
+@pytest.mark.parametrize("path", ["/v2/health/ready", f"/v2/models/{MODEL}", "/metrics"])
+def test_head_is_answered_as_get_without_a_body_and_the_connection_serves_on(server: tuple[int, Seen],
+                                                                               path: str) -> None:
+    """HEAD on a GET endpoint was a 405 (RFC 9110 9.1: servers support GET and HEAD; health checkers probe with it)."""
+    port, _ = server
+    body, x = _binary_request(2)
+    with _connect(port) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode() + _head(body, port, body.index(b"}]}") + 3)
+                     + body)
+        pending = bytearray()
+        while b"\r\n\r\n" not in pending:
+            pending += sock.recv(1 << 16)
+        head, _, rest = bytes(pending).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert int(dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])[b"content-length"]) > 0
+        pending[:] = rest  # no body: what follows is the next response
+        status, _, payload = _read_response(sock, pending)
+    assert status == 200, payload
+    np.testing.assert_array_equal(_doubled(payload), x * 2)
+
+
+def test_a_method_a_get_endpoint_refuses_names_get_and_head(server: tuple[int, Seen]) -> None:
+    port, _ = server
+    with _connect(port) as sock:
+        sock.sendall(b"PUT /v2/health/live HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        status, headers, payload = _read_response(sock, bytearray())
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert orjson.loads(payload)["error"] == "method PUT not allowed here; use GET, HEAD"
