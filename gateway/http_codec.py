@@ -63,7 +63,7 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None,
             )
         view = memoryview(body)
         header, tail = view[:header_length], view[header_length:]
-    doc = _parse_json(header)
+    doc = _parse_json(header, header_length)
     if not isinstance(doc, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(doc).__name__}")
     request_id = doc.get("id")
@@ -80,8 +80,8 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None,
     return HttpInferRequest(request_id, tensors, requested, binary, timeout_s, routing_key)
 
 
-def _parse_json(raw: bytes | bytearray | memoryview) -> Any:
-    """The request's JSON, as orjson reads it.
+def _parse_json(raw: bytes | bytearray | memoryview, header_length: int | None) -> Any:
+    """The request's JSON, as orjson reads it; ``header_length``: its length, where the request gave one.
 
     orjson refuses the NaN/Infinity literals Python's json writes; a body orjson refused is read again by Python's
     json only to accept those, so that the finiteness check can name the tensor that holds them instead of saying
@@ -93,7 +93,7 @@ def _parse_json(raw: bytes | bytearray | memoryview) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        refusal = BadRequest(f"request body is not valid JSON: {exc}")
+        refusal = BadRequest(_not_json(raw, header_length, exc))
         constants: list[str] = []
 
         def constant(literal: str) -> float:
@@ -108,6 +108,19 @@ def _parse_json(raw: bytes | bytearray | memoryview) -> Any:
         except (ValueError, UnicodeDecodeError, RecursionError, orjson.JSONEncodeError):
             raise refusal from None
         return doc
+
+
+def _not_json(raw: bytes | bytearray | memoryview, header_length: int | None, exc: ValueError) -> str:
+    """Why a body is not JSON, in the terms of the mistake behind it: binary tensor bytes sent without the
+    Inference-Header-Content-Length header (orjson then complains of invalid UTF-8 or trailing characters), or
+    a header that cuts the JSON short or runs into the binary bytes (orjson then speaks of the whole body)."""
+    if header_length is not None:
+        return (f"the request's JSON header (its first {header_length} bytes, as Inference-Header-Content-Length "
+                f"says) is not valid JSON: {exc}")
+    if b'"binary_data_size"' in raw:
+        return (f"request body is not valid JSON: {exc}; a JSON header followed by binary tensor data needs the "
+                "Inference-Header-Content-Length header to give the JSON's length")
+    return f"request body is not valid JSON: {exc}"
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:

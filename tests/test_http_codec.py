@@ -196,6 +196,25 @@ def test_trailing_binary_bytes_are_refused() -> None:
         decode_infer_request(body + b"\0\0\0\0", header_length)
 
 
+@pytest.mark.parametrize("tail", [np.arange(3, dtype="<f4").tobytes(), b"abcd"])
+def test_binary_data_without_the_header_length_says_the_header_is_missing(tail: bytes) -> None:
+    """A JSON header and its tensor bytes sent without Inference-Header-Content-Length were refused with orjson's
+    complaint about the whole body ("str is not valid UTF-8: surrogates not allowed", "trailing characters")."""
+    body, _ = _binary_request("FP32", np.ones(len(tail) // 4, np.float32))
+    with pytest.raises(BadRequest, match=r"not valid JSON: .*needs the Inference-Header-Content-Length header"):
+        decode_infer_request(body[: len(body) - len(tail)] + tail, None)
+
+
+@pytest.mark.parametrize("delta", [-3, 2])
+def test_a_header_length_that_misses_the_json_is_named_as_the_cause(delta: int) -> None:
+    """A header length that cuts the JSON short or runs into the tensor bytes was reported as "request body is not
+    valid JSON", although the body was fine and the header was wrong."""
+    body, header_length = _binary_request("FP32", np.ones(2, np.float32))
+    with pytest.raises(BadRequest, match=f"JSON header \\(its first {header_length + delta} bytes, as "
+                                         "Inference-Header-Content-Length says\\) is not valid JSON"):
+        decode_infer_request(body, header_length + delta)
+
+
 SPECS = (TensorSpec(name="x", datatype="FP32", shape=(-1, 3)),)
 
 
