@@ -224,12 +224,18 @@ def parse_routing_key(value: Any) -> str | None:
 
 
 def parse_timeout_us(value: Any) -> float | None:
-    """The OIP/Triton ``timeout`` request parameter (microseconds) in seconds; BadRequest if malformed."""
+    """The OIP/Triton ``timeout`` request parameter (microseconds) in seconds, None for none; BadRequest if malformed.
+
+    0 is no timeout, as in Triton ("The default is 0 which indicates that the request has no timeout",
+    ``TRITONSERVER_InferenceRequestSetTimeoutMicroseconds``): a tritonclient caller passing ``timeout=0`` got a 400
+    here and an answer there.
+    """
     if value is None:
         return None
-    if type(value) is not int or value <= 0:
-        raise BadRequest(f"request parameter 'timeout' must be a positive integer of microseconds, got {value!r}")
-    return value / 1e6
+    if type(value) is not int or value < 0:
+        raise BadRequest("request parameter 'timeout' must be a non-negative integer of microseconds (0: no "
+                         f"timeout), got {value!r}")
+    return None if value == 0 else value / 1e6
 
 
 def tighter(*budgets_s: float | None) -> float | None:

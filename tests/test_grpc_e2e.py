@@ -390,7 +390,14 @@ def test_malformed_timeout_parameter_is_invalid(stub: Any, client: Any, reposito
     request = typed_request(rows(0, 1))
     request.parameters["timeout"].string_param = "soon"
     message = expect_raw_error(stub, client, repository, grpc.StatusCode.INVALID_ARGUMENT, request)
-    assert "'timeout' must be a positive integer of microseconds, got 'soon'" in message
+    assert "'timeout' must be a non-negative integer of microseconds (0: no timeout), got 'soon'" in message
+
+
+def test_a_timeout_of_zero_is_none_as_in_triton(client: Any, repository: Path) -> None:
+    """tritonclient sends ``timeout=0`` as given; Triton reads it as "no timeout", and here it was INVALID_ARGUMENT."""
+    x = rows(10, 3)
+    result = client.infer(MODEL, [features_input(x)], timeout=0)
+    np.testing.assert_array_equal(result.as_numpy("label"), reference(repository, DEFAULT_VERSION, x)["label"])
 
 
 def test_generous_grpc_deadline_is_served(client: Any, repository: Path) -> None:

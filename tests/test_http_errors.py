@@ -255,7 +255,15 @@ def test_unknown_endpoint(http: httpx.Client) -> None:
 
 def test_malformed_timeout_parameter(http: httpx.Client) -> None:
     response = http.post(INFER, json={**_body(), "parameters": {"timeout": "soon"}})
-    _assert_error(response, 400, "'timeout' must be a positive integer of microseconds")
+    _assert_error(response, 400, "'timeout' must be a non-negative integer of microseconds")
+
+
+def test_a_timeout_of_zero_is_none_as_in_triton_and_a_negative_one_is_refused(http: httpx.Client) -> None:
+    """Triton reads 0 as "no timeout"; here it was a 400, so a tritonclient caller passing timeout=0 failed."""
+    served = http.post(INFER, json={**_body(), "parameters": {"timeout": 0}})
+    assert served.status_code == 200, served.text
+    _assert_error(http.post(INFER, json={**_body(), "parameters": {"timeout": -1}}), 400,
+                  "'timeout' must be a non-negative integer of microseconds (0: no timeout), got -1")
 
 
 def test_impossible_timeout_is_refused_at_once_with_429(http: httpx.Client) -> None:
