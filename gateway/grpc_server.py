@@ -47,6 +47,7 @@ from gateway.service import (
     InferResult,
     parse_routing_key,
     parse_timeout_us,
+    refuse_sequence,
     tighter,
 )
 from gateway.tensors import (
@@ -108,6 +109,7 @@ def decode_infer_request(request: pb.ModelInferRequest, declared: Declared | Non
     """Decode the inputs and requested outputs of one request; BadRequest on anything malformed. Each tensor's
     name (and with ``declared`` its datatype) is checked from its header, before its data is decoded
     (``check_input_header``, ``check_output_name``)."""
+    refuse_sequence(request_parameter(request, "sequence_id"))
     raw = len(request.raw_input_contents) > 0
     tensors = decode_raw_inputs(request, declared) if raw else decode_typed_inputs(request, declared)
     return GrpcInferRequest(
@@ -373,12 +375,7 @@ def request_deadline(request: pb.ModelInferRequest, context: grpc.aio.ServicerCo
     parameter (µs) and the gRPC deadline, counted from now (call it on arrival). The batcher enforces
     it. DeadlineExceeded if the gRPC deadline has already passed.
     """
-    parameter = request.parameters.get("timeout")
-    value = None
-    if parameter is not None:
-        field = parameter.WhichOneof("parameter_choice")
-        value = getattr(parameter, field) if field else None
-    from_parameter = parse_timeout_us(value)
+    from_parameter = parse_timeout_us(request_parameter(request, "timeout"))
     remaining: float | None = context.time_remaining()
     if remaining is not None and remaining <= 0:
         raise DeadlineExceeded("the request's gRPC deadline had passed on arrival")
@@ -386,13 +383,18 @@ def request_deadline(request: pb.ModelInferRequest, context: grpc.aio.ServicerCo
     return None if budget is None else time.monotonic() + budget
 
 
-def routing_key_parameter(request: pb.ModelInferRequest) -> str | None:
-    """The OIP ``routing_key`` request parameter, if the request sets it (a string parameter)."""
-    parameter = request.parameters.get("routing_key")
+def request_parameter(request: pb.ModelInferRequest, name: str) -> Any:
+    """The value of a request parameter, whichever of ``InferParameter``'s fields carries it; None when unset."""
+    parameter = request.parameters.get(name)
     if parameter is None:
         return None
     field = parameter.WhichOneof("parameter_choice")
-    return parse_routing_key(getattr(parameter, field) if field else None)
+    return getattr(parameter, field) if field else None
+
+
+def routing_key_parameter(request: pb.ModelInferRequest) -> str | None:
+    """The OIP ``routing_key`` request parameter, if the request sets it (a string parameter)."""
+    return parse_routing_key(request_parameter(request, "routing_key"))
 
 
 def first_values(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import orjson
 
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
 from gateway.errors import BadRequest
-from gateway.service import InferResult, parse_routing_key, parse_timeout_us
+from gateway.service import InferResult, parse_routing_key, parse_timeout_us, refuse_sequence
 from gateway.tensors import (
     Declared,
     WireTensor,
@@ -75,6 +75,7 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None,
         raise BadRequest("request parameter 'binary_data_output' must be true or false")
     timeout_s = parse_timeout_us(parameters.get("timeout"))
     routing_key = parse_routing_key(parameters.get("routing_key"))
+    refuse_sequence(parameters.get("sequence_id"))
     tensors = _decode_inputs(doc.get("inputs"), tail, declared)
     requested, binary = _decode_outputs(doc.get("outputs"), binary_default, declared)
     return HttpInferRequest(request_id, tensors, requested, binary, timeout_s, routing_key)

@@ -223,6 +223,17 @@ def parse_routing_key(value: Any) -> str | None:
     return value
 
 
+def refuse_sequence(sequence_id: Any) -> None:
+    """BadRequest for a request that belongs to a sequence (the OIP/Triton ``sequence_id`` parameter, non-zero or
+    non-empty): mlgate serves stateless models, so a sequence's requests would be answered each on its own, by any
+    replica, as if no state were kept. Triton refuses a correlation ID to a model without sequence batching too.
+    tritonclient sends the parameter only for a sequence (not for its default 0)."""
+    if sequence_id is None or sequence_id == 0 or sequence_id == "":
+        return
+    raise BadRequest(f"request parameter 'sequence_id' ({sequence_id!r}): sequences are not supported; mlgate serves "
+                     "stateless models, so each request would be answered on its own")
+
+
 def parse_timeout_us(value: Any) -> float | None:
     """The OIP/Triton ``timeout`` request parameter (microseconds) in seconds, None for none; BadRequest if malformed.
 

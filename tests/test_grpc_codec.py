@@ -538,3 +538,14 @@ def test_long_status_message_keeps_head_and_tail_within_the_trailer_budget(value
     assert fitted.startswith(f"unknown model '{value[:10]}") and fitted.endswith("'; served models: a, b")
     head, cut, tail = fitted.partition(" characters cut) ...")
     assert cut and int(head.rsplit("(", 1)[1]) == len(message) - len(head.rsplit("... (", 1)[0]) - len(tail)
+
+
+@pytest.mark.parametrize(("field", "value"), [("int64_param", 7), ("uint64_param", 7), ("string_param", "seq-7")])
+def test_a_request_of_a_sequence_is_refused_not_answered_as_stateless(field: str, value: Any) -> None:
+    """Before, ``sequence_id`` was ignored: each request of a stateful client's sequence was answered on its own."""
+    request = _typed_request("x", "FP32", (1, 1), fp32_contents=[1.0])
+    setattr(request.parameters["sequence_id"], field, value)
+    with pytest.raises(BadRequest, match=f"request parameter 'sequence_id' \\({value!r}\\): sequences are not "):
+        decode_infer_request(request)
+    setattr(request.parameters["sequence_id"], field, type(value)())  # 0 or "": no sequence, as Triton reads it
+    assert decode_infer_request(request).tensors[0].array.tolist() == [[1.0]]
