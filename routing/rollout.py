@@ -85,6 +85,14 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+MAX_HOLD_S = 30 * 86400.0
+"""Longest a step or the shadow phase may be held (30 days): ``1e300`` was accepted, and the rollout never moved."""
+
+MAX_COUNT = 10**9
+"""Most failing windows or samples a check may ask for; a window never holds more (10**30 was accepted, and the check
+was inconclusive for ever)."""
+
+
 class _Settings(_Frozen):
     """What an operator sends: also strict in type, so ``true`` is not taken for 1, nor ``"30"`` for 30.0.
 
@@ -104,6 +112,7 @@ class _Check(_Settings):
     failing_windows: int = Field(
         3,
         ge=1,
+        le=MAX_COUNT,
         description=(
             "Consecutive failing judgements before the rollout is rolled back; a passing judgement resets the "
             "count, a judgement with too few samples leaves it as it is."
@@ -127,6 +136,7 @@ class ErrorRateCheck(_Check):
     min_requests: int = Field(
         50,
         ge=1,
+        le=MAX_COUNT,
         description=(
             "Challenger requests (live, and mirrored ones in the shadow phase) needed in the window for a verdict."
         ),
@@ -138,7 +148,8 @@ class LatencyRatioCheck(_Check):
 
     threshold: float = Field(2.0, gt=0, description="Largest tolerated challenger p99 / champion p99.")
     min_requests: int = Field(
-        50, ge=1, description="Requests needed in the window for both versions, so both p99s mean something."
+        50, ge=1, le=MAX_COUNT,
+        description="Requests needed in the window for both versions, so both p99s mean something."
     )
 
 
@@ -155,7 +166,8 @@ class DisagreementCheck(_Check):
         ),
     )
     min_compared_rows: int = Field(
-        50, ge=1, description="Rows answered by both versions (via mirroring) needed in the window for a verdict."
+        50, ge=1, le=MAX_COUNT,
+        description="Rows answered by both versions (via mirroring) needed in the window for a verdict."
     )
 
 
@@ -171,7 +183,7 @@ class DivergenceCheck(_Check):
             "prediction histograms. Below 1, as a threshold of 1 or more could never fail."
         ),
     )
-    min_rows: int = Field(200, ge=1, description="Rows each version must have observed in the window.")
+    min_rows: int = Field(200, ge=1, le=MAX_COUNT, description="Rows each version must have observed in the window.")
 
 
 class InputPsiCheck(_Check):
@@ -191,7 +203,8 @@ class InputPsiCheck(_Check):
             "warning otherwise (common practice: 0.25)."
         ),
     )
-    min_rows: int = Field(200, ge=1, description="Challenger input rows needed in the window for a verdict.")
+    min_rows: int = Field(200, ge=1, le=MAX_COUNT,
+                          description="Challenger input rows needed in the window for a verdict.")
 
     @model_validator(mode="after")
     def _warn_below_act(self) -> InputPsiCheck:
@@ -567,11 +580,13 @@ class RolloutSettings(_Settings):
         description="Percentages of live traffic to the challenger, strictly increasing, each 1..100, last 100.",
     )
     interval_s: float = Field(
-        30.0, gt=0, description="Conclusive, passing seconds each step must be held before the next one."
+        30.0, gt=0, le=MAX_HOLD_S,
+        description="Conclusive, passing seconds each step must be held before the next one.",
     )
     shadow_s: float | None = Field(
         None,
         ge=0,
+        le=MAX_HOLD_S,
         description="Conclusive, passing seconds of shadowing before the first step; unset = interval_s.",
     )
     mirror_percent: float = Field(

@@ -611,6 +611,12 @@ def test_evidence_is_validated(make: Callable[[], object], message: str) -> None
         ({"checks": {"prediction_divergence": {"threshold": 2.0}}}, "checks.prediction_divergence.threshold"),
         # A window shorter than one evidence slot read a whole slot but credited only its own length per tick.
         ({"checks": {"window_s": 0.001}}, r"checks\.window_s\n  Input should be greater than or equal to 1"),
+        # Accepted before: the rollout never advanced, or the check was inconclusive for ever.
+        ({"interval_s": 1e300}, r"interval_s\n  Input should be less than or equal to 2592000"),
+        ({"shadow_s": 1e300}, r"shadow_s\n  Input should be less than or equal to 2592000"),
+        ({"checks": {"error_rate": {"min_requests": 10**30}}}, r"checks\.error_rate\.min_requests\n  Input should "
+                                                                 "be less than or equal to 1000000000"),
+        ({"checks": {"input_psi": {"failing_windows": 10**12}}}, "checks.input_psi.failing_windows"),
     ],
 )
 def test_spec_validation(kwargs: dict[str, Any], message: str) -> None:
