@@ -581,7 +581,8 @@ class RolloutSettings(_Settings):
     )
     interval_s: float = Field(
         30.0, gt=0, le=MAX_HOLD_S,
-        description="Conclusive, passing seconds each step must be held before the next one.",
+        description="Conclusive, passing seconds each step must be held before the next one (at least one "
+        "checks.window_s, so that the last judgement saw only the step's own traffic).",
     )
     shadow_s: float | None = Field(
         None,
@@ -670,8 +671,12 @@ class RolloutRecord(_Frozen):
 
     @property
     def hold_s(self) -> float:
-        """Held time the current phase needs before it advances."""
-        return self.spec.shadow_hold_s if self.phase is RolloutState.SHADOW else self.spec.interval_s
+        """Held time the current phase needs before it advances: its configured hold, and at least one evidence
+        window. Held time accrues only as time passes in the phase, so the judgement that advances it then saw a
+        window of this phase's traffic alone: a 2 s step judged on 10 s windows was passed on evidence mostly from
+        the step before, at the smaller share."""
+        configured = self.spec.shadow_hold_s if self.phase is RolloutState.SHADOW else self.spec.interval_s
+        return max(configured, self.spec.checks.window_s)
 
     def describe(self) -> str:
         return f"rollout of model {self.spec.model!r} to version {self.spec.challenger!r}"

@@ -125,7 +125,8 @@ class Sim:
 
 
 def fast(**kwargs: Any) -> Sim:
-    """A rollout with 3 s holds, to reach a given step in a few ticks."""
+    """A rollout with 3 s holds, to reach a given step in a few ticks (each held one 10 s evidence window at least:
+    ``RolloutRecord.hold_s``)."""
     kwargs.setdefault("interval_s", 3.0)
     return Sim(spec(**kwargs))
 
@@ -187,11 +188,23 @@ def test_start_refuses_the_champion_as_challenger() -> None:
 
 def test_shadow_hold_defaults_to_interval_and_may_differ() -> None:
     assert spec(interval_s=20).shadow_hold_s == 20
-    sim = Sim(spec(interval_s=20, shadow_s=5))
+    sim = Sim(spec(interval_s=20, shadow_s=5, checks=RolloutChecks(window_s=5)))
     sim.run(GOOD, 5)
     assert sim.record.state is S.SHADOW and sim.record.held_s == 4
     sim.run(GOOD)
     assert (sim.record.state, sim.record.step) == (S.CANARY, 0)
+
+
+def test_a_step_shorter_than_the_evidence_window_is_held_one_window() -> None:
+    """Advanced after its own 2 s, a step was passed on a 10 s window of mostly the step before (a smaller share)."""
+    sim = Sim(spec(interval_s=2, shadow_s=0, checks=RolloutChecks(window_s=10)))
+    sim.until(S.CANARY, 0)
+    entered = sim.now
+    sim.run(GOOD, 9)
+    assert (sim.record.step, sim.record.held_s) == (0, 9)
+    assert sim.record.reason == "canary at 5%: 9 of 10 s held with all checks passing"
+    sim.run(GOOD)
+    assert sim.record.step == 1 and sim.now - entered == 10  # the advancing window lay wholly within the step
 
 
 def test_holding_reports_progress() -> None:

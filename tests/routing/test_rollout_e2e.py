@@ -136,7 +136,7 @@ def test_good_challenger_walks_every_step_to_promoted(routed: RunningGateway, da
     with Load(routed, _rows(dataset)) as load:
         started = _start(routed, "2", **FAST)
         assert started["state"] == "shadow" and started["spec"]["steps"] == [50, 100]
-        record = _wait_state(routed, {"promoted", "rolled_back"}, timeout_s=60)
+        record = _wait_state(routed, {"promoted", "rolled_back"}, timeout_s=90)
     assert record["state"] == "promoted", record["reason"]
     assert record["previous_champion"] == "1"
     path = [(t["to_state"], t["challenger_percent"]) for t in record["transitions"] if t["to_state"] != "inconclusive"]
