@@ -450,8 +450,24 @@ def _check_entry(entry: AuditEntry, previous: AuditEntry | None, present: set[in
     return None
 
 
-def _check_head(entries: Sequence[AuditEntry], expected_head: str) -> str | None:
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def check_anchor(expected_head: str) -> str:
+    """``expected_head`` as a head hash (64 lower-case hex digits, blanks around dropped); ValueError if it is none.
+
+    A mistyped or shortened anchor (the 12 digits :func:`render` shows) is the operator's slip, not evidence:
+    reported as "not in the log (newest entries removed?)" it read as tampering."""
     anchor = expected_head.strip().lower()
+    if len(anchor) != 64 or not set(anchor) <= _HEX_DIGITS:
+        shown = expected_head.strip()
+        shown = shown if len(shown) <= 20 else shown[:20] + "…"
+        raise ValueError(f"the expected head must be a whole head hash, 64 hex digits; got {len(anchor)} "
+                         f"character(s) {shown!r}")
+    return anchor
+
+
+def _check_head(entries: Sequence[AuditEntry], anchor: str) -> str | None:
     if not entries:
         if anchor == GENESIS_HASH:
             return None
@@ -479,8 +495,9 @@ def verify(entries: Sequence[AuditEntry], expected_head: str | None = None) -> V
     ``expected_head`` is an anchor kept outside the database (the head hash an
     operator wrote down); the newest entry's hash must equal it. Without an
     anchor a hash chain cannot detect removal of its newest entries, because
-    what remains is itself a valid chain.
+    what remains is itself a valid chain. An anchor that is no hash at all is a ValueError (:func:`check_anchor`).
     """
+    anchor = check_anchor(expected_head) if expected_head is not None else None
     head = entries[-1].hash if entries else GENESIS_HASH
     present = {entry.seq for entry in entries}
     previous: AuditEntry | None = None
@@ -489,8 +506,8 @@ def verify(entries: Sequence[AuditEntry], expected_head: str | None = None) -> V
         if problem is not None:
             return Verification(ok=False, checked=checked, first_bad_seq=entry.seq, problem=problem, head=head)
         previous = entry
-    if expected_head is not None:
-        problem = _check_head(entries, expected_head)
+    if anchor is not None:
+        problem = _check_head(entries, anchor)
         if problem is not None:
             return Verification(ok=False, checked=len(entries), first_bad_seq=None, problem=problem, head=head)
     return Verification(ok=True, checked=len(entries), first_bad_seq=None, problem="", head=head)

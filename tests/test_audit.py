@@ -21,6 +21,7 @@ from telemetry.audit import (
     GENESIS_HASH,
     AuditEntry,
     append,
+    check_anchor,
     ensure_schema,
     entry_hash,
     head_hash,
@@ -384,6 +385,18 @@ def test_empty_log(conn: sqlite3.Connection) -> None:
     emptied = verify([], expected_head="ab" * 32)
     assert (emptied.ok, emptied.checked) == (False, 0)
     assert "log is empty" in emptied.problem
+
+
+@pytest.mark.parametrize("anchor", ["", "abc", "18651cae95b6", "g" * 64, "ab" * 33, "\u0661" * 64])
+def test_an_anchor_that_is_no_hash_is_refused_not_reported_as_tampering(conn: sqlite3.Connection,
+                                                                        anchor: str) -> None:
+    """A mistyped or shortened anchor (the 12 digits render shows) was 'not in the log (newest entries removed?)'."""
+    add(conn, 2)
+    with pytest.raises(ValueError, match="64 hex digits"):
+        verify_database(conn, expected_head=anchor)
+    with pytest.raises(ValueError, match="64 hex digits"):
+        check_anchor(anchor)
+    assert check_anchor(f" {head_hash(conn).upper()}\n") == head_hash(conn)
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
