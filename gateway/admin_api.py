@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -83,12 +84,32 @@ _bearer = HTTPBearer(auto_error=False, description="Token from 'mlgate token cre
 
 
 def _role(needed: Role) -> Any:
-    """A dependency admitting tokens of ``needed`` role or above (401 without a valid token, 403 below it)."""
+    """A dependency admitting tokens of ``needed`` role or above (401 without a valid token, 403 below it), then
+    refusing query parameters the route does not take (so a caller below the role learns nothing about them)."""
     def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
               request: Request) -> Principal:
         auth_state: AuthState = request.app.state.auth
-        return auth_state.current.require(request.headers.get("authorization"), needed)
+        principal = auth_state.current.require(request.headers.get("authorization"), needed)
+        route = request.scope.get("route")
+        if isinstance(route, _UniqueKeysRoute):
+            _refuse_unknown_query(request, route.query_names)
+        return principal
     return Depends(check)
+
+
+def _refuse_unknown_query(request: Request, takes: frozenset[str]) -> None:
+    """422 for a query parameter the route does not take, or one given twice.
+
+    FastAPI ignores the first and keeps the last of the second: ``/audit?lmit=1`` answered the whole log,
+    ``?window_s=60&window_s=900`` judged 900 s, each as if the caller had asked for it."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    for key in keys:
+        if key not in takes:
+            taken = ", ".join(sorted(takes)) if takes else "no query parameters"
+            raise Unprocessable(f"unknown query parameter {key[:60]!r}; this endpoint takes: {taken}")
+    for key in keys:
+        if keys.count(key) > 1:
+            raise Unprocessable(f"query parameter {key!r} is given twice; which one was meant cannot be told")
 
 
 # Module level, not inside build_admin_app: FastAPI resolves these annotations by name.
@@ -159,7 +180,21 @@ class _UniqueKeysRequest(Request):
         return self._json
 
 
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
 class _UniqueKeysRoute(APIRoute):
+    """A route whose JSON body may not repeat a key, and which knows its query parameters (see ``_role``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.query_names = _query_names(self.dependant)
+
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
 
@@ -273,10 +308,11 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
 
     @app.get(f"{PREFIX}/models/{{model}}/drift", summary="Input and prediction drift of a model's versions")
     async def get_drift(model: str, principal: Viewer, version: str | None = None,
-                        window_s: Annotated[float, Query(gt=0, le=RETENTION_S)] = 60.0,
+                        window_s: Annotated[float, Query(ge=1, le=RETENTION_S, allow_inf_nan=False)] = 60.0,
                         histograms: Annotated[int, Query(ge=0, le=30)] = 0) -> dict[str, Any]:
         """Every version (or ``version``) over the last ``window_s`` seconds, merged across gateway processes;
-        ``histograms`` = N adds reference and live bin counts of each version's N most drifted features."""
+        ``histograms`` = N adds reference and live bin counts of each version's N most drifted features.
+        The window is made of whole one-second slots: less than one would be read as one and shown as asked."""
         if drift is None:
             raise Unavailable("drift monitoring is off in this gateway (monitoring.drift: false)")
         versions = [version] if version is not None else [e.version for e in registry.versions_of(model)]
@@ -332,9 +368,14 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
 
     @app.get(f"{PREFIX}/audit/verify", summary="Check the audit log's hash chain")
     async def audit_verify(principal: Viewer, expected_head: str | None = None) -> dict[str, Any]:
+        try:
+            anchor = audit.check_anchor(expected_head) if expected_head is not None else None
+        except ValueError as exc:  # a slip, not evidence: not "TAMPERED"
+            raise Unprocessable(f"expected_head: {exc}") from None
+
         def check() -> audit.Verification:
             with store.separate_reader() as conn:
-                return audit.verify_database(conn, expected_head)
+                return audit.verify_database(conn, anchor)
         return (await asyncio.to_thread(check)).to_json()
 
     @app.get(f"{PREFIX}/tokens", summary="Tokens (names and roles; never the tokens)")
@@ -354,7 +395,11 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
         return {**record.to_json(), "token": token}
 
     @app.delete(f"{PREFIX}/tokens/{{name}}", summary="Revoke a token")
-    async def revoke_token(name: str, principal: Admin, reason: str | None = None) -> dict[str, str]:
+    async def revoke_token(name: str, principal: Admin,
+                           reason: Annotated[str | None, Query(max_length=1000)] = None) -> dict[str, str]:
+        if any(record.name == name for record in auth_state.configured):  # was 404, though GET /tokens lists it
+            raise Conflict(f"the token '{name}' is defined in the config file (auth.tokens): "
+                           "remove it there and restart the gateway")
         record = await asyncio.to_thread(revoke_stored_token, store, name, principal.name, reason)
         auth_state.reload()
         return record.to_json()

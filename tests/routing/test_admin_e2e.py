@@ -155,6 +155,32 @@ def test_out_of_range_values_are_422_not_500(routed: RunningGateway) -> None:
         assert beyond.status_code == 422 and "since" in beyond.json()["error"]
 
 
+def test_read_side_query_values_are_checked(routed: RunningGateway) -> None:
+    """Each of these was answered 200 (or 404, or 'TAMPERED') as if it meant something else."""
+    drift = f"/models/{MODEL}/drift"
+    with admin(routed, Tokens.viewer) as viewer:
+        for query, message in [
+            ("window_s=0.001", "window_s: Input should be greater than or equal to 1"),  # read as 1 s, shown as asked
+            ("window_s=nan", "window_s: Input should be a finite number"),  # was "less than or equal to 900"
+            ("window=300", "unknown query parameter 'window'; this endpoint takes: histograms, version, window_s"),
+            ("window_s=60&window_s=900", "query parameter 'window_s' is given twice"),  # 900 was used
+        ]:
+            refused = viewer.get(f"{drift}?{query}")
+            assert refused.status_code == 422 and message in refused.json()["error"], (query, refused.text)
+        typo = viewer.get("/audit?lmit=1")  # was the whole log
+        assert typo.status_code == 422 and "unknown query parameter 'lmit'" in typo.json()["error"]
+        short = viewer.get("/audit/verify", params={"expected_head": "abc"})  # was ok: false, "newest ... removed?"
+        assert short.status_code == 422 and "64 hex digits" in short.json()["error"]
+        assert viewer.get("/tokens?x=1").status_code == 403  # the role is checked first
+        assert viewer.get(f"{drift}?window_s=1&version=1").status_code == 200
+    with admin(routed) as client:
+        configured = client.delete("/tokens/ada")  # was 404 "no token named 'ada'", though GET /tokens lists it
+        assert configured.status_code == 409 and "defined in the config file" in configured.json()["error"]
+        long_reason = client.delete("/tokens/nobody", params={"reason": "r" * 1001})  # bodies have this limit
+        assert long_reason.status_code == 422 and "reason" in long_reason.json()["error"]
+        assert client.delete("/tokens/nobody").status_code == 404
+
+
 def test_other_refusals(routed: RunningGateway) -> None:
     with admin(routed, Tokens.operator) as client:
         unknown = client.put("/models/nope/routing", json={"revision": 1, "routing": {"champion": "1"}})
