@@ -13,9 +13,17 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+NOT_MLGATE = "is --url the HTTP port of an mlgate gateway?"
+"""The hint for an answer no mlgate gateway gives: most often --url names another server, or the gRPC port."""
+
 
 class AdminError(Exception):
     """One line for the operator: what failed and why."""
+
+
+def not_http_1_1(url: str, exc: http.client.HTTPException) -> str:
+    """What to say when the server at ``url`` does not answer in HTTP/1.1 (the gRPC port speaks HTTP/2)."""
+    return f"the server at {url} answered, but not HTTP/1.1 ({type(exc).__name__}); {NOT_MLGATE}"
 
 
 class AdminClient:
@@ -50,6 +58,8 @@ class AdminClient:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise AdminError(f"{method} {path}: {exc.code} {_error_text(exc.read())}") from None
+        except http.client.BadStatusLine as exc:  # (RemoteDisconnected too: a server that hung up on HTTP/1.1)
+            raise AdminError(not_http_1_1(self.url, exc)) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:  # (a bad port in the
             # URL is http.client.InvalidURL, a ValueError)
             reason = getattr(exc, "reason", exc)
@@ -57,7 +67,7 @@ class AdminClient:
         try:
             return json.loads(raw or b"null")
         except ValueError:
-            raise AdminError(f"{method} {path}: the gateway's answer is not JSON") from None
+            raise AdminError(f"{method} {path}: the answer is not JSON; {NOT_MLGATE}") from None
 
 
 def _error_text(body: bytes) -> str:

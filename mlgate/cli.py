@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from mlgate.admin_client import AdminError
-from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption
+from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption, reading_answer
 from mlgate.cli_common import admin as _admin
 from mlgate.cli_common import fail as _fail
 from mlgate.config import ConfigError, MlgateConfig, load_config, with_overrides
@@ -40,6 +40,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(rollout_app, name="rollout")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file.")]
+MAX_STATUS_INTERVAL_S = 300.0
 
 
 def _load_or_exit(path: Path) -> MlgateConfig:
@@ -134,13 +135,20 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Per version: state, role, split, rows/s, fallbacks, shadow agreement; batching and refusals."""
+    import http.client
     import urllib.error
 
+    from mlgate.admin_client import not_http_1_1
     from mlgate.status import fetch_status, render_json, render_table
 
+    if not 0 <= interval <= MAX_STATUS_INTERVAL_S:  # inf was an OverflowError traceback, nan and -1 silently 0
+        _fail(f"--interval: seconds between the two scrapes must be from 0 to {MAX_STATUS_INTERVAL_S:g} "
+              f"(0: no rates), got {interval:g}")
     try:
         statuses = fetch_status(url, model, interval)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except http.client.BadStatusLine as exc:
+        _fail(not_http_1_1(url, exc))
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         typer.echo(f"error: cannot read status from {url}: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(render_json(statuses) if as_json else render_table(statuses))
@@ -160,11 +168,14 @@ def drift(
 ) -> None:
     """Input drift per feature (PSI, JS, KS, W1 vs the training reference), prediction drift and agreement."""
     from routing.rollout import parse_duration
+    from telemetry.evidence_store import RETENTION_S
 
     try:
         window_s = parse_duration(window)
     except ValueError as exc:
         _fail(f"--window: {exc}")
+    if not 1 <= window_s <= RETENTION_S:  # the gateway keeps whole one-second slots, for 15 minutes
+        _fail(f"--window: must be from 1s to 15m, got {window!r}")
     query = f"?window_s={window_s:g}&histograms={top if plot else 0}"
     if version is not None:
         query += f"&version={urllib.parse.quote(version)}"
@@ -175,9 +186,10 @@ def drift(
     from mlgate.drift_report import plot as draw
     from mlgate.drift_report import render_table
 
-    typer.echo(json.dumps(doc, indent=2) if as_json else render_table(doc, top))
+    with reading_answer(url):
+        typer.echo(json.dumps(doc, indent=2) if as_json else render_table(doc, top))
+        panels = draw(doc, plot) if plot is not None else 0
     if plot is not None:
-        panels = draw(doc, plot)
         if not panels:
             _fail("nothing to plot: no version had input rows with a reference profile in the window")
         typer.echo(f"plotted {panels} histogram(s) to {plot}", err=as_json)
@@ -215,10 +227,15 @@ def observe(
         server.stop()
 
 
-def _print_routing(doc: dict[str, Any], as_json: bool) -> None:
+def _print_routing(doc: dict[str, Any], url: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
+    with reading_answer(url):
+        _print_routing_table(doc)
+
+
+def _print_routing_table(doc: dict[str, Any]) -> None:
     from routing.champion import version_sort_key
     from routing.policy import RoutingPolicy, variant_of
 
@@ -250,13 +267,14 @@ def _change_routing(url: str, token: str | None, model: str, change: Callable[[d
     client = _admin(url, token)
     try:
         current = client.get(_routing_path(model))
-        routing = current["routing"]
-        change(routing)
-        updated = client.put(_routing_path(model),
-                             {"revision": current["revision"], "routing": routing, "reason": reason})
+        with reading_answer(url):
+            routing = current["routing"]
+            change(routing)
+            revision = current["revision"]
+        updated = client.put(_routing_path(model), {"revision": revision, "routing": routing, "reason": reason})
     except AdminError as exc:
         _fail(str(exc))
-    _print_routing(updated, as_json)
+    _print_routing(updated, url, as_json)
 
 
 @split_app.command("show")
@@ -267,7 +285,7 @@ def split_show(model: str, url: UrlOption = DEFAULT_URL, token: TokenOption = No
         doc = _admin(url, token).get(_routing_path(model))
     except AdminError as exc:
         _fail(str(exc))
-    _print_routing(doc, as_json)
+    _print_routing(doc, url, as_json)
 
 
 @split_app.command("set")
@@ -339,9 +357,12 @@ def audit_show(
         query = urllib.parse.urlencode({k: v for k, v in (("target", target), ("limit", limit)) if v is not None})
         try:
             docs = _admin(url, token).get("/audit" + (f"?{query}" if query else ""))
-            entries = [audit.AuditEntry.from_json(doc) for doc in docs]
-        except (AdminError, ValueError) as exc:
+        except AdminError as exc:
             _fail(str(exc))
+        with reading_answer(url):
+            if not isinstance(docs, list):  # ({} read as no entries: an empty log, exit 0)
+                raise TypeError(f"a list of entries was expected, not {type(docs).__name__}")
+            entries = [audit.AuditEntry.from_json(doc) for doc in docs]
     typer.echo(json.dumps([e.to_json() for e in entries], indent=2) if as_json else audit.render(entries))
 
 
@@ -358,6 +379,11 @@ def audit_verify(
     """
     from telemetry import audit
 
+    if expected_head is not None:
+        try:
+            expected_head = audit.check_anchor(expected_head)
+        except ValueError as exc:  # a slip, not evidence: it read as "TAMPERED"
+            _fail(f"--expected-head: {exc}")
     path = _state_path(state, config)
     if path is not None:
         with _sqlite(path) as conn:
@@ -368,13 +394,11 @@ def audit_verify(
             doc = _admin(url, token).get(f"/audit/verify{query}")
         except AdminError as exc:
             _fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(doc, indent=2))
-    elif doc["ok"]:
-        typer.echo(f"ok: {doc['checked']} entries, chain intact; head {doc['head']}")
-    else:
-        typer.echo(f"TAMPERED: {doc['problem']}")
-    if not doc["ok"]:
+    with reading_answer(url):
+        ok, line = bool(doc["ok"]), (f"ok: {doc['checked']} entries, chain intact; head {doc['head']}" if doc["ok"]
+                                     else f"TAMPERED: {doc['problem']}")
+    typer.echo(json.dumps(doc, indent=2) if as_json else line)
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mlgate.admin_client import AdminError
-from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption, admin, fail
+from mlgate.cli_common import DEFAULT_URL, JsonOption, ReasonOption, TokenOption, UrlOption, admin, fail, reading_answer
 
 rollout_app = typer.Typer(help="Progressive rollouts: shadow, canary steps, automatic promotion or rollback "
                                "(admin API, role operator to change).", no_args_is_help=True)
@@ -67,7 +67,8 @@ def rollout_start(
         record = admin(url, token).post(_path(model), body)
     except AdminError as exc:
         fail(str(exc))
-    typer.echo(json.dumps(record, indent=2) if as_json else render(record))
+    with reading_answer(url):
+        typer.echo(json.dumps(record, indent=2) if as_json else render(record))
 
 
 @rollout_app.command("status")
@@ -88,8 +89,10 @@ def rollout_status(
             record = client.get(_path(model))
         except AdminError as exc:
             fail(str(exc))
-        typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
-        if watch <= 0 or RolloutState(record["state"]).terminal:
+        with reading_answer(url):
+            typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
+            ended = RolloutState(record["state"]).terminal
+        if watch <= 0 or ended:
             return
         time.sleep(watch)
         if not as_json:
@@ -101,7 +104,8 @@ def _action(action: str, model: str, reason: str | None, url: str, token: str | 
         record = admin(url, token).post(f"{_path(model)}/{action}", {"reason": reason})
     except AdminError as exc:
         fail(str(exc))
-    typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
+    with reading_answer(url):
+        typer.echo(json.dumps(_status_json(record), indent=2) if as_json else render(record))
 
 
 @rollout_app.command("pause")

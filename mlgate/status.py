@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.shadows import ShadowTally
+from mlgate.admin_client import NOT_MLGATE
 
 
 @dataclass
@@ -75,6 +76,10 @@ def fetch_status(base_url: str, model: str | None = None, interval_s: float = 0.
     """Every version in the gateway's repository index (or of ``model``), with its figures from ``/metrics``."""
     base_url = base_url.rstrip("/")
     index = json.loads(_get(f"{base_url}/v2/repository/index", data=b"{}"))
+    if not (isinstance(index, list)
+            and all(isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("name", "version", "state"))
+                    for e in index)):  # ({} was read as no models; [1] was a TypeError traceback)
+        raise ValueError(f"its repository index is not a list of models with name, version and state; {NOT_MLGATE}")
     if model is not None:
         index = [e for e in index if e["name"] == model]
         if not index:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +50,88 @@ def test_a_token_with_a_line_break_is_named_as_such_and_not_echoed() -> None:
     output = _fails_cleanly(_mlgate("split", "show", "m", "--url", "http://127.0.0.1:9", "--token", "mlg_secret\n"),
                             "the token holds a space, a line break")
     assert "mlg_secret" not in output
+
+
+@pytest.mark.parametrize("interval", ["inf", "1e12", "-1", "nan"])
+def test_a_status_interval_out_of_range_is_named(interval: str) -> None:
+    """inf and 1e12 were an OverflowError traceback; -1 and nan were taken as 0 (no rates) without a word."""
+    _fails_cleanly(_mlgate("status", "--interval", interval, "--url", "http://127.0.0.1:9"),
+                   "--interval", "from 0 to 300")
+
+
+@pytest.mark.parametrize("window", ["500ms", "0", "20m"])
+def test_a_drift_window_the_gateway_cannot_read_is_named(window: str) -> None:
+    """500ms was read as one 1 s slot and shown as the window asked for; 20m was refused as 'window_s: ...'."""
+    _fails_cleanly(_mlgate("drift", "m", "--window", window, "--url", "http://127.0.0.1:9", "--token", "t"),
+                   "--window", "from 1s to 15m")
+
+
+@pytest.mark.parametrize("anchor", ["abc", "18651cae95b6"])
+def test_an_expected_head_that_is_no_hash_is_not_reported_as_tampering(tmp_path: Path, anchor: str) -> None:
+    """It was 'TAMPERED: ... the expected head abc… is not in the log (newest entries removed ...)'."""
+    from routing.store import StateStore
+
+    state = tmp_path / "state.db"
+    StateStore(state).close()
+    for where in (("--state", str(state)), ("--url", "http://127.0.0.1:9", "--token", "t")):
+        output = _fails_cleanly(_mlgate("audit", "verify", "--expected-head", anchor, *where),
+                                "--expected-head", "64 hex digits")
+        assert "TAMPERED" not in output
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers every request with 200 and ``body``, as a server that is not mlgate might."""
+
+    body = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_POST = do_PUT = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def not_mlgate() -> Iterator[tuple[str, type[_Answers]]]:
+    handler = type("Handler", (_Answers,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("body", [b"{}", b"[1]"])
+@pytest.mark.parametrize("command", [("status",), ("drift", "m"), ("audit", "show"), ("audit", "verify"),
+                                     ("split", "show", "m"), ("split", "set", "m", "1=100")])
+def test_a_url_that_is_not_mlgate_answering_json(not_mlgate: tuple[str, type[_Answers]], body: bytes,
+                                                 command: tuple[str, ...]) -> None:
+    """KeyError and TypeError tracebacks; 'audit show' printed '{}' as an empty log and exited 0."""
+    url, handler = not_mlgate
+    handler.body = body
+    token = () if command == ("status",) else ("--token", "t")  # status reads public endpoints
+    _fails_cleanly(_mlgate(*command, "--url", url, *token), "is --url the HTTP port of an mlgate gateway?")
+
+
+def test_a_url_that_does_not_speak_http_1_1() -> None:
+    """The gRPC port (HTTP/2) or any other protocol: 'mlgate status' was a BadStatusLine traceback."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def answer() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00garbage\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        _fails_cleanly(_mlgate("status", "--url", f"http://127.0.0.1:{listener.getsockname()[1]}"),
+                       "not HTTP/1.1", "is --url the HTTP port of an mlgate gateway?")
+
