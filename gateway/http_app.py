@@ -203,8 +203,8 @@ class OipHttpApp:
         gathered: bytearray | None = scope.get(WHOLE_BODY)  # a large body the protocol gathered: no messages carried it
         if gathered is not None:
             body = gathered
-        encoding = _header(scope, b"content-encoding")
-        if encoding is not None and encoding not in ("identity", ""):
+        encoding = _content_coding(scope["headers"])
+        if encoding is not None:
             body = _decompress(body, encoding, limit)
         return body
 
@@ -248,6 +248,21 @@ def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if encoding != "gzip":
             raise BadRequest(f"request body has {len(rest)} bytes after the end of its {encoding} data")
+
+
+def _content_coding(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The body's one content coding, or None for none (identity).
+
+    Codings stack in the order they were applied, whether listed in one ``Content-Encoding`` or in several
+    (RFC 9110 8.4). Only the first header was read: ``gzip`` twice was inflated once, and its still-compressed
+    bytes were then refused as JSON that does not parse. A stack is refused by name."""
+    codings = [coding.strip().lower() for key, value in headers if key == b"content-encoding"
+               for coding in value.decode("latin-1").split(",")]
+    applied = [coding for coding in codings if coding not in ("identity", "")]
+    if len(applied) > 1:
+        raise BadRequest(f"Content-Encoding stacks {len(applied)} codings ({', '.join(applied)[:80]}); "
+                         "a request body may have one: gzip or deflate")
+    return applied[0] if applied else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -237,6 +237,16 @@ def test_compression_bomb_and_unknown_encoding(http: httpx.Client) -> None:
     _assert_error(response, 400, "unsupported Content-Encoding 'br'")
 
 
+def test_stacked_content_codings_are_refused_by_name(http: httpx.Client) -> None:
+    """A second Content-Encoding header was ignored: gzip applied twice was inflated once, then 'not valid JSON'."""
+    twice = gzip.compress(gzip.compress(orjson.dumps(_body())))
+    for headers in ([("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")], [("Content-Encoding", "gzip, gzip")]):
+        response = http.post(INFER, content=twice, headers=[("Content-Type", "application/json"), *headers])
+        _assert_error(response, 400, "Content-Encoding stacks 2 codings (gzip, gzip)")
+    once = [("Content-Type", "application/json"), ("Content-Encoding", "identity"), ("Content-Encoding", "gzip")]
+    assert http.post(INFER, content=gzip.compress(orjson.dumps(_body())), headers=once).status_code == 200
+
+
 def test_unknown_requested_output(http: httpx.Client) -> None:
     body = {**_body(), "outputs": [{"name": "logits"}]}
     _assert_error(http.post(INFER, json=body), 400, "unknown output 'logits'", "probabilities, label")
