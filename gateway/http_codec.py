@@ -76,7 +76,7 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None,
     timeout_s = parse_timeout_us(parameters.get("timeout"))
     routing_key = parse_routing_key(parameters.get("routing_key"))
     refuse_sequence(parameters.get("sequence_id"))
-    tensors = _decode_inputs(doc.get("inputs"), tail, declared)
+    tensors = _decode_inputs(doc.get("inputs"), tail, declared, header_length is not None)
     requested, binary = _decode_outputs(doc.get("outputs"), binary_default, declared)
     return HttpInferRequest(request_id, tensors, requested, binary, timeout_s, routing_key)
 
@@ -132,7 +132,7 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def _decode_inputs(raw: Any, tail: memoryview, declared: Declared | None) -> list[WireTensor]:
+def _decode_inputs(raw: Any, tail: memoryview, declared: Declared | None, header_given: bool) -> list[WireTensor]:
     if not isinstance(raw, list) or not raw:
         raise BadRequest("'inputs' must be a non-empty list of tensors")
     tensors: list[WireTensor] = []
@@ -158,7 +158,9 @@ def _decode_inputs(raw: Any, tail: memoryview, declared: Declared | None) -> lis
             if offset + size > len(tail):
                 raise BadRequest(
                     f"input '{name}': binary_data_size {size} runs past the end of the body "
-                    f"({len(tail) - offset} binary bytes left)"
+                    f"({len(tail) - offset} binary bytes left)" + ("" if header_given else
+                    "; without the Inference-Header-Content-Length header the whole body is read as JSON, "
+                    "so binary tensor data needs that header to give the JSON's length")
                 )
             array = array_from_buffer(name, datatype, shape, tail[offset:offset + size])
             offset += size

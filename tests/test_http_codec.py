@@ -205,6 +205,16 @@ def test_binary_data_without_the_header_length_says_the_header_is_missing(tail: 
         decode_infer_request(body[: len(body) - len(tail)] + tail, None)
 
 
+def test_binary_data_size_with_neither_the_header_length_nor_the_bytes_names_the_header() -> None:
+    """The JSON alone, sent without its tensor bytes or the header: "runs past the end of the body (0 binary bytes
+    left)" did not say that the bytes, had they been sent, would have been read as JSON."""
+    body, header_length = _binary_request("FP32", np.ones(2, np.float32))
+    with pytest.raises(BadRequest, match=r"runs past the end .*needs that header to give the JSON's length"):
+        decode_infer_request(body[:header_length], None)
+    with pytest.raises(BadRequest, match=r"\(0 binary bytes left\)$"):  # with the header, the bytes are missing
+        decode_infer_request(body[:header_length], header_length)
+
+
 @pytest.mark.parametrize("delta", [-3, 2])
 def test_a_header_length_that_misses_the_json_is_named_as_the_cause(delta: int) -> None:
     """A header length that cuts the JSON short or runs into the tensor bytes was reported as "request body is not
