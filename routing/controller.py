@@ -57,6 +57,7 @@ LEASE = "rollout-controller"
 OPERATOR_ATTEMPTS = 5
 """How often an operator's action is re-read and applied again when another writer committed in between."""
 RUNNING = frozenset({RolloutState.SHADOW.value, RolloutState.CANARY.value, RolloutState.INCONCLUSIVE.value})
+ENDED = frozenset(state.value for state in RolloutState if state.terminal)
 """States the controller judges (a paused rollout waits for its operator, a terminal one is done)."""
 
 EvidenceSource = Callable[[str, str, str, float, float], "tuple[DriftReport, DriftReport] | None"]
@@ -112,6 +113,26 @@ def _readable(stored: StoredRollout) -> RolloutRecord:
                              409, problems) from None
 
 
+def _replaceable(stored: StoredRollout) -> RolloutRecord | None:
+    """The record a new rollout replaces; None for an ended one that no longer reads.
+
+    Nothing is done with an ended rollout but keep it in the audit log, so it need not read to be replaced;
+    refusing it (as ``_readable`` does) left the model without any way to roll out again."""
+    if stored.record.get("state") not in ENDED:
+        return _readable(stored)
+    try:
+        return RolloutRecord.model_validate(stored.record)
+    except ValidationError as exc:
+        log.warning("model '%s': its %s rollout cannot be read (%s); the new rollout replaces it", stored.model,
+                    stored.record["state"], "; ".join(_problems(exc)))
+        return None
+
+
+def _unread_summary(stored: StoredRollout) -> dict[str, Any]:
+    """What the audit log keeps of a record replaced unread: its state and that it could not be read."""
+    return {"state": stored.record.get("state"), "unreadable": True}
+
+
 def _problems(exc: ValidationError) -> list[str]:
     """``field.path: what is wrong`` per error (a record-wide check has no path: only its message)."""
     return [f"{'.'.join(str(p) for p in e['loc'])}: " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
@@ -158,7 +179,7 @@ class RolloutController:
     def _start(self, spec: RolloutSpec, actor: str, now: float,
                reason: str | None) -> tuple[RolloutRecord, StoredRouting | None]:
         current = self.store.rollout(spec.model)
-        previous = _readable(current) if current is not None else None
+        previous = _replaceable(current) if current is not None else None
         if previous is not None and not previous.state.terminal:
             raise RolloutRefused(f"{previous.describe()} is {previous.state.value}; abort or finish it first", 409)
         routing = self._routing(spec.model)
@@ -259,8 +280,8 @@ class RolloutController:
                     raise _RoutingHeld
             else:
                 change = (wanted.model_dump(mode="json"), routing.revision)
-        note = AuditNote(actor, action, summary(previous) if previous is not None else None, summary(record),
-                         reason or record.reason)
+        before = summary(previous) if previous is not None else _unread_summary(stored) if stored is not None else None
+        note = AuditNote(actor, action, before, summary(record), reason or record.reason)
         _, new_routing = self.store.write_rollout(model, record.model_dump(mode="json"),
                                                   stored.revision if stored is not None else 0, note, routing=change)
         return record, new_routing

@@ -127,3 +127,24 @@ def test_an_unreadable_record_stops_neither_other_rollouts_nor_answers_with_a_50
         controller.start(RolloutSpec(model="a", challenger="3"), "otto", now=102.0)
     assert refused.value.status == 409
     store.close()
+
+
+def test_an_ended_rollout_that_no_longer_reads_is_replaced_by_a_new_one(tmp_path: Path) -> None:
+    """An unreadable record refused every start with a 409, so a model whose last rollout ended before a check
+    was tightened could never be rolled out again; nothing needs to read an ended rollout but the audit log."""
+    store = StateStore(tmp_path / "state.db")
+    controller = _controller(store)
+    store.seed_routing("a", {"champion": "1"}, "config")
+    controller.start(RolloutSpec(model="a", challenger="2"), "otto", now=100.0)
+    ended, _ = controller.act("a", "abort", "otto", now=101.0)
+    assert ended.state is RolloutState.ROLLED_BACK
+    stored = store.rollout("a")
+    assert stored is not None
+    store.write_rollout("a", {**stored.record, "step": 99}, stored.revision, None)
+
+    record, _ = controller.start(RolloutSpec(model="a", challenger="3"), "otto", now=102.0)
+    assert record.spec.challenger == "3" and record.state is RolloutState.SHADOW
+    with store.separate_reader() as conn:
+        entry = audit.read_entries(conn, target="rollout/a")[-1]
+    assert entry.action == "rollout.start" and entry.before == {"state": "rolled_back", "unreadable": True}
+    store.close()
