@@ -395,8 +395,9 @@ def audit_verify(
         except AdminError as exc:
             _fail(str(exc))
     with reading_answer(url):
-        ok, line = bool(doc["ok"]), (f"ok: {doc['checked']} entries, chain intact; head {doc['head']}" if doc["ok"]
-                                     else f"TAMPERED: {doc['problem']}")
+        ok = bool(doc["ok"])
+        line = (f"ok: {doc['checked']} entries, chain intact; head {doc['head']}" if ok
+                else f"TAMPERED: {doc['problem']}")
     typer.echo(json.dumps(doc, indent=2) if as_json else line)
     if not ok:
         raise typer.Exit(1)

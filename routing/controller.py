@@ -57,8 +57,8 @@ LEASE = "rollout-controller"
 OPERATOR_ATTEMPTS = 5
 """How often an operator's action is re-read and applied again when another writer committed in between."""
 RUNNING = frozenset({RolloutState.SHADOW.value, RolloutState.CANARY.value, RolloutState.INCONCLUSIVE.value})
-ENDED = frozenset(state.value for state in RolloutState if state.terminal)
 """States the controller judges (a paused rollout waits for its operator, a terminal one is done)."""
+ENDED = frozenset(state.value for state in RolloutState if state.terminal)
 
 EvidenceSource = Callable[[str, str, str, float, float], "tuple[DriftReport, DriftReport] | None"]
 """(model, champion, challenger, window_s, now) -> (champion's report, challenger's report compared with it)."""
@@ -280,7 +280,11 @@ class RolloutController:
                     raise _RoutingHeld
             else:
                 change = (wanted.model_dump(mode="json"), routing.revision)
-        before = summary(previous) if previous is not None else _unread_summary(stored) if stored is not None else None
+        before = None
+        if previous is not None:
+            before = summary(previous)
+        elif stored is not None:  # an ended record replaced unread
+            before = _unread_summary(stored)
         note = AuditNote(actor, action, before, summary(record), reason or record.reason)
         _, new_routing = self.store.write_rollout(model, record.model_dump(mode="json"),
                                                   stored.revision if stored is not None else 0, note, routing=change)
