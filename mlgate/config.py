@@ -7,11 +7,23 @@ that is wrong. Per-model (and per-version batching) sections replace the global 
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from routing.policy import RoutingPolicy
@@ -33,7 +45,34 @@ def _not_empty_path(value: Any) -> Any:
     return value
 
 
-Int = Annotated[int, BeforeValidator(_not_a_bool)]
+def _home(path: Path) -> Path:
+    """``~`` is the home folder, as in a shell: ``repository: ~/models`` was read as a folder named ``~`` beside
+    the config file (``config check`` passed, ``serve`` said the repository does not exist)."""
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # ~nosuchuser, or no HOME
+        raise PydanticCustomError("home_unknown", "Input should be a path whose ~ can be resolved ({reason})",
+                                  {"reason": str(exc)}) from None
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_not_empty_path), AfterValidator(_home)]
+
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+"""A number with an exponent that YAML 1.1 reads as a string (``1e9``; only ``1.0e+9`` is a float to it)."""
+
+
+def _whole_number(value: Any) -> Any:
+    """``max_request_bytes: 1e8`` or ``object_store_bytes: 2e9`` was refused as 'unable to parse string as an
+    integer': YAML 1.1 hands the integer field the string "1e8", which pydantic does not read as a number."""
+    value = _not_a_bool(value)
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        number = Decimal(value.strip())  # (the pattern lets only decimal numbers through)
+        if number.adjusted() <= 100 and number == number.to_integral_value():  # 1e999999999: no giant int
+            return int(number)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
 Float = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
@@ -119,8 +158,12 @@ class BatchingConfig(_Strict):
     latency_objective_ms: Float | None = Field(
         None,
         gt=0,
+        # le: 1e300 passed; a quarter of the objective is how long a partial batch may be held under event-loop
+        # pressure, so a request could wait minutes for company, and Retry-After carried a 298-digit number.
+        le=60_000,
         description=(
-            "Latency objective (p99 target, from decode to answer) of each version of the model; unset = none. "
+            "Latency objective (p99 target, from decode to answer) of each version of the model, at most a minute; "
+            "unset = none. "
             "When set, an adaptive limit on rows queued or running, steered to where 1% of answers miss the "
             "objective, refuses requests with 429 before their body is read, and a partial batch waits for company "
             "no longer than the objective allows (docs/architecture.md). It cuts no request off: a request's own "
@@ -133,7 +176,10 @@ class BatchingConfig(_Strict):
 class DeploymentConfig(_Strict):
     replicas: Int = Field(1, ge=1, description="Ray Serve replicas of each model version.")
     num_cpus: Float = Field(
-        0.5, gt=0, description="Ray CPUs reserved per replica; ONNX Runtime threads = max(1, floor(num_cpus))."
+        # ge=0.0001: Ray counts resources in ten-thousandths; a smaller num_cpus passed config check, then
+        # serve.deployment raised 'precision ... cannot go beyond 0.0001' after Ray had started.
+        0.5, ge=0.0001, description="Ray CPUs reserved per replica (at least 0.0001, Ray's resource unit); "
+        "ONNX Runtime threads = max(1, floor(num_cpus))."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = CUDA when Ray sees a GPU, CPU otherwise."
@@ -184,17 +230,23 @@ class ModelConfig(_Strict):
     def _one_champion(self) -> ModelConfig:
         if self.champion and self.routing and self.routing.champion != self.champion:
             raise ValueError(f"champion {self.champion!r} differs from routing.champion {self.routing.champion!r}")
+        # Checked here, not on MlgateConfig: there it was reported at '(top level)', the model only in the text.
+        if self.champion and self.versions is not None and self.champion not in self.versions:
+            raise ValueError(f"champion {self.champion!r} is not in versions {self.versions}")
         return self
 
 
 class StateConfig(_Strict):
-    path: Annotated[Path, BeforeValidator(_not_empty_path)] = Field(
+    path: ConfigPath = Field(
         Path(".mlgate/state.db"),
-        description="SQLite file holding routing, tokens and the audit log (relative to the config file's folder). "
+        description="SQLite file holding routing, tokens and the audit log (relative to the config file's folder; "
+        "~ is the home folder). "
         "Gateways sharing it share their routing.",
     )
     poll_interval_s: Float = Field(
-        0.25, gt=0, le=1.0, description="How often a gateway checks the state file for changes by other processes."
+        # ge=0.01: 1e-9 passed, and every gateway polled SQLite back to back, a core's worth of CPU each.
+        0.25, ge=0.01, le=1.0,
+        description="How often a gateway checks the state file for changes by other processes (0.01-1 s).",
     )
 
 
@@ -233,16 +285,20 @@ class MonitoringConfig(_Strict):
         1024, ge=0, description="Most rows of one batch the input-feature histograms count: a uniform sample, each "
         "sampled row weighing the rows it stands for, so that large requests do not spend the gateway's CPU on "
         "binning (4,096-row requests: a third of it when every row was counted). 0: every row.")
+    # ge=1 for both: the evidence is kept and merged in one-second slots. A window_s of 0.001 was read as one
+    # slot and shown as asked (the admin API refuses it too); a refresh_s of 1e-9 recomputed the same
+    # reports in a loop, a core's worth of CPU, for numbers that change once a second.
     window_s: Float = Field(
-        60.0, gt=0, le=900, description="Window of the drift metrics and of 'mlgate drift' by default (seconds).")
-    refresh_s: Float = Field(5.0, gt=0, le=300, description="How often the drift metrics are recomputed.")
+        60.0, ge=1, le=900, description="Window of the drift metrics and of 'mlgate drift' by default (1-900 s).")
+    refresh_s: Float = Field(5.0, ge=1, le=300, description="How often the drift metrics are recomputed (1-300 s).")
 
 
 class RolloutControllerConfig(_Strict):
     enabled: bool = Field(
         True, description="Run the rollout controller here. Gateways sharing a state file elect one by lease, so "
         "exactly one acts; turn it off to keep a gateway out of the election.")
-    tick_s: Float = Field(1.0, gt=0, le=10, description="How often the controller judges every running rollout.")
+    tick_s: Float = Field(  # ge=0.1: 1e-4 passed, and the controller judged every rollout back to back
+        1.0, ge=0.1, le=10, description="How often the controller judges every running rollout (0.1-10 s).")
     lease_ttl_s: Float = Field(
         5.0, gt=0, le=60, description="How long the controller's lease lasts unrenewed: another gateway takes over "
         "this long after the holder dies. More than two ticks, or the lease lapses between them.")
@@ -253,6 +309,10 @@ class RolloutControllerConfig(_Strict):
             raise ValueError(f"lease_ttl_s ({self.lease_ttl_s:g}) must exceed two ticks (tick_s {self.tick_s:g}): "
                              "the holder renews at ticks, and would lose the lease between them")
         return self
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"(?:[^\s][^\r\n\x00]*)?")  # what the HTTP client (requests) sends
 
 
 class TracingConfig(_Strict):
@@ -268,6 +328,36 @@ class TracingConfig(_Strict):
         0.01, ge=0, le=1, description="Share of new traces recorded (parent-based: a caller's sampled "
         "traceparent is always continued, an unsampled one never).")
     service_name: str = Field("mlgate", min_length=1, description="OpenTelemetry service.name of the spans.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _an_otlp_url(cls, value: str) -> str:
+        """The exporter posts to the URL as given and only logs a failure per batch, so each of these passed config
+        check and lost every span: ``collector:4318`` (no scheme), ``''`` (the exporter's own localhost default)
+        and ``http://collector:4318`` (the collector's root, not its traces path: 404)."""
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL, e.g. http://collector:4318/v1/traces")
+        if parts.path in ("", "/"):
+            raise ValueError(f"{value!r} has no path: spans are posted to the URL as given, so name the "
+                             f"collector's traces path, e.g. {value.rstrip('/')}/v1/traces")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        """A name that is not an HTTP token, or a value with a line break or leading whitespace, made the HTTP
+        client refuse every export (logged per batch, spans lost) while config check passed."""
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if not _HEADER_VALUE.fullmatch(text):
+                raise ValueError(f"{name}: value {text!r} has a line break or leading whitespace")
+        return value
 
 
 class LogsConfig(_Strict):
@@ -291,8 +381,9 @@ class TelemetryConfig(_Strict):
 class MlgateConfig(_Strict):
     server: ServerConfig = ServerConfig()
     ray: RayConfig = RayConfig()
-    repository: Annotated[Path, BeforeValidator(_not_empty_path)] = Field(
-        Path("models"), description="Model repository root (MODEL/VERSION/model.onnx + manifest.json)."
+    repository: ConfigPath = Field(
+        Path("models"), description="Model repository root (MODEL/VERSION/model.onnx + manifest.json), relative to "
+        "the config file's folder; ~ is the home folder."
     )
     batching: BatchingConfig = BatchingConfig()
     deployment: DeploymentConfig = DeploymentConfig()
@@ -302,13 +393,6 @@ class MlgateConfig(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     rollouts: RolloutControllerConfig = RolloutControllerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
-
-    @model_validator(mode="after")
-    def _champion_is_served(self) -> MlgateConfig:
-        for name, model in self.models.items():
-            if model.champion and model.versions is not None and model.champion not in model.versions:
-                raise ValueError(f"models.{name}: champion {model.champion!r} is not in versions {model.versions}")
-        return self
 
     def batching_for(self, model: str, version: str) -> BatchingConfig:
         """The version's own batching, else its model's, else the global one (whole sections, not field by field)."""
@@ -355,6 +439,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = key_node
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """YAML 1.1 reads ``010`` as octal 8 and ``1:30`` as base 60 (90): ``http_port: 08000`` stayed 8000 but
+        ``http_port: 0700`` bound port 448, silently. YAML 1.2 dropped both; they are refused, with their value."""
+        value: int = super().construct_yaml_int(node)
+        digits = node.value.replace("_", "").lstrip("+-")
+        if ":" in digits or (len(digits) > 1 and digits[0] == "0" and digits[1] not in "bx"):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"found {node.value}, which YAML 1.1 reads as {value} ("
+                f"{'base 60' if ':' in digits else 'octal'}): write {value} if that is meant, or quote it",
+                node.start_mark)
+        return value
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        """``1:30.5`` is a base-60 float to YAML 1.1 (90.5), refused as ``construct_yaml_int`` refuses ``1:30``."""
+        value: float = super().construct_yaml_float(node)
+        if ":" in node.value:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"found {node.value}, which YAML 1.1 reads as {value:g} (base 60): write {value:g} "
+                "if that is meant, or quote it", node.start_mark)
+        return value
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_yaml_float)
+
 
 def _read_yaml(path: Path) -> Any:
     """The file's YAML document; ConfigError naming the file for anything that is not one."""
@@ -391,7 +500,7 @@ def with_overrides(config: MlgateConfig, **server: object) -> MlgateConfig:
         lines = [f"command-line options: {exc.error_count()} problem(s):"]
         for err in exc.errors():
             where = "/".join(f"--{p}".replace("_", "-") for p in err["loc"]) or "--http-port/--grpc-port"
-            lines.append(f"  {where}: {err['msg']}")
+            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("\n".join(lines)) from exc
     return config.model_copy(update={"server": checked})
 
@@ -409,7 +518,7 @@ def load_config(path: Path) -> MlgateConfig:
         lines = [f"{path}: {exc.error_count()} problem(s):"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg']}")
+            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("\n".join(lines)) from exc
     if not config.repository.is_absolute():
         config = config.model_copy(update={"repository": (path.parent / config.repository).resolve()})

@@ -190,7 +190,7 @@ def test_token_create_with_a_state_path_it_cannot_open_is_one_line(tmp_path: Pat
     (["--http-port", "70000"], "--http-port: Input should be less than or equal to 65535"),  # OverflowError
     (["--grpc-port", "-1"], "--grpc-port: Input should be greater than or equal to 0"),
     (["--http-port", "9100", "--grpc-port", "9100"],
-     "--http-port/--grpc-port: Value error, http_port and grpc_port are both 9100"),
+     "--http-port/--grpc-port: http_port and grpc_port are both 9100"),
     (["--host", ""], "--host: String should have at least 1 character"),
     (["--log-level", "loud"], "--log-level: 'loud' is not one of critical, error, warning, info, debug"),
 ])

@@ -152,11 +152,14 @@ def test_a_boolean_is_not_a_number(tmp_path: Path, text: str, where: str) -> Non
     ("batching: {max_wait_ms: 1e12}\n", "batching.max_wait_ms", "10000"),
     ("deployment: {startup_timeout_s: 1e300}\n", "deployment.startup_timeout_s", "3600"),
     ("models: {m: {version_faults: {'1': {delay_ms: 1e300}}}}\n", "models.m.version_faults.1.delay_ms", "60000"),
+    ("models: {m: {version_batching: {'2': {latency_objective_ms: 1e300}}}}\n",
+     "models.m.version_batching.2.latency_objective_ms", "60000"),
 ])
 def test_numbers_beyond_what_their_user_can_take_are_refused(tmp_path: Path, text: str, where: str,
                                                              bound: str) -> None:
     """gRPC keeps its message limit in a C int (a larger one was an OverflowError after Ray had started);
-    a huge wait or delay made requests or warm-up wait forever."""
+    a huge wait, delay or objective made requests or warm-up wait forever (a partial batch is held up to a
+    quarter of the objective under event-loop pressure)."""
     assert f"{where}: Input should be less than or equal to {bound}" in _problems(tmp_path, text)
 
 
@@ -208,7 +211,7 @@ def _tokens(*tokens: tuple[str, str, str]) -> str:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("server: {http_port: 9000, grpc_port: 9000}\n",
-     "server: Value error, http_port and grpc_port are both 9000: HTTP and gRPC need a port each"),
+     "server: http_port and grpc_port are both 9000: HTTP and gRPC need a port each"),
     ("server: {host: ''}\n", "server.host: String should have at least 1 character"),  # was every interface
     ("repository: ''\n", "repository: Input should be a path, not an empty string"),  # was the config's folder
     ("state: {path: ''}\n", "state.path: Input should be a path, not an empty string"),
@@ -218,9 +221,9 @@ def _tokens(*tokens: tuple[str, str, str]) -> str:
     ("models: {m: {version_batching: {v2: {}}}}\n", "models.m.version_batching.v2.[key]: Input should be a version"),
     ("models: {m: {version_faults: {'02': {}}}}\n", "models.m.version_faults.02.[key]: Input should be a version"),
     (_tokens(("a", "admin", "a" * 64), ("a", "viewer", "b" * 64)),
-     "auth: Value error, tokens: name 'a' given more than once"),
+     "auth: tokens: name 'a' given more than once"),
     (_tokens(("a", "admin", "a" * 64), ("b", "viewer", "a" * 64)),
-     f"auth: Value error, tokens: sha256 '{'a' * 64}' given more than once"),  # one token, two roles
+     f"auth: tokens: sha256 '{'a' * 64}' given more than once"),  # one token, two roles
 ])
 def test_values_that_cannot_mean_what_they_say_are_refused(tmp_path: Path, text: str, expected: str) -> None:
     """Each of these passed config check: a version name no repository folder can have left a model out or an
@@ -232,3 +235,86 @@ def test_ports_zero_may_both_be_picked(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("server: {http_port: 0, grpc_port: 0}\nmodels: {m: {champion: '10', versions: ['10']}}\n")
     assert load_config(path).server.http_port == 0
+
+
+def test_champion_outside_versions_is_reported_at_the_model(tmp_path: Path) -> None:
+    """It was reported at '(top level)', the model only in the text, and only the first such model."""
+    message = _problems(tmp_path, "models: {m: {champion: '3', versions: ['1', '2']},\n"
+                                  "         n: {champion: '1', versions: []}}\n")
+    assert "  models.m: champion '3' is not in versions ['1', '2']" in message
+    assert "  models.n: champion '1' is not in versions []" in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("server: {http_port: 0700}\n", "found 0700, which YAML 1.1 reads as 448 (octal): write 448 if that is meant"),
+    ("server: {http_port: 1:30}\n", "found 1:30, which YAML 1.1 reads as 90 (base 60)"),
+    ("server: {shutdown_grace_s: 1:30.5}\n", "found 1:30.5, which YAML 1.1 reads as 90.5 (base 60)"),
+])
+def test_yaml_1_1_octal_and_base_60_numbers_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """``http_port: 0700`` bound port 448 and ``1:30`` was 90, without a word."""
+    message = _problems(tmp_path, text)
+    assert expected in message and "line 1" in message
+
+
+def test_plain_hex_and_leading_zero_decimals_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {http_port: 0x1F40, grpc_port: 08001}\n")  # 08001 is no octal: a string, then 8001
+    config = load_config(path)
+    assert config.server.http_port == 8000 and config.server.grpc_port == 8001
+
+
+def test_exponents_fill_integer_fields(tmp_path: Path) -> None:
+    """YAML 1.1 hands ``1e8`` over as a string: it was 'unable to parse string as an integer'."""
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {max_request_bytes: 1e8}\nray: {object_store_bytes: 2E9}\n"
+                    "batching: {max_batch_rows: 2.5e2}\n")
+    config = load_config(path)
+    assert config.server.max_request_bytes == 100_000_000 and config.ray.object_store_bytes == 2_000_000_000
+    assert config.batching.max_batch_rows == 250
+    assert "batching.max_batch_rows: Input should be a valid integer" in _problems(
+        tmp_path, "batching: {max_batch_rows: 2.5e0}\n")  # not whole: still refused
+
+
+def test_a_tilde_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``repository: ~/models`` was a folder named '~' beside the config file."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "c.yaml"
+    path.write_text("repository: ~/models\nstate: {path: ~/state.db}\n")
+    config = load_config(path)
+    assert config.repository == tmp_path / "home" / "models"
+    assert config.state.path == tmp_path / "home" / "state.db"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("deployment: {num_cpus: 0.00001}\n", "deployment.num_cpus: Input should be greater than or equal to 0.0001"),
+    ("monitoring: {window_s: 0.5}\n", "monitoring.window_s: Input should be greater than or equal to 1"),
+    ("monitoring: {refresh_s: 1e-9}\n", "monitoring.refresh_s: Input should be greater than or equal to 1"),
+    ("state: {poll_interval_s: 1e-9}\n", "state.poll_interval_s: Input should be greater than or equal to 0.01"),
+    ("rollouts: {tick_s: 0.0001, lease_ttl_s: 0.001}\n",
+     "rollouts.tick_s: Input should be greater than or equal to 0.1"),
+])
+def test_numbers_below_what_their_user_can_take_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """Ray refused the num_cpus after it had started; a sub-second window was read as one 1 s slot and shown as
+    asked; the tiny intervals polled, recomputed or judged back to back, a core's worth of CPU."""
+    assert expected in _problems(tmp_path, text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("endpoint: ''", "telemetry.tracing.endpoint: '' is not an http:// or https:// URL"),
+    ("endpoint: 'collector:4318'", "'collector:4318' is not an http:// or https:// URL"),
+    ("endpoint: 'http://collector:4318'", "'http://collector:4318' has no path: spans are posted to the URL as "
+     "given, so name the collector's traces path, e.g. http://collector:4318/v1/traces"),
+    ("endpoint: 'http://collector:99999/v1/traces'", "Port out of range"),
+    ("headers: {'bad header': x}", "telemetry.tracing.headers: 'bad header' is not an HTTP header name"),
+    ("headers: {a: \"x\\ny\"}", "a: value 'x\\ny' has a line break or leading whitespace"),
+])
+def test_tracing_settings_the_exporter_cannot_use_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """Each passed config check; the exporter then logged a failure per batch and every span was lost."""
+    assert expected in _problems(tmp_path, f"telemetry: {{tracing: {{enabled: true, {text}}}}}\n")
+
+
+def test_usual_tracing_endpoints_still_pass(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("telemetry: {tracing: {enabled: true, endpoint: 'https://otlp.example.com/otlp/v1/traces', "
+                    "headers: {Authorization: 'Basic abc', x-scope-orgid: t1}}}\n")
+    assert load_config(path).telemetry.tracing.headers["x-scope-orgid"] == "t1"
