@@ -29,6 +29,8 @@ class DeploymentStatus:
     rows: int = 0
     execution_s: float = 0.0
     queue_wait_s: float = 0.0
+    dispatched: int = 0
+    """Requests that left the queue in a batch (``mlgate_queue_wait_seconds_count``): queue wait is per request."""
     queued_rows: int = 0
     admission_limit_rows: float | None = None
     rejections: dict[str, int] = field(default_factory=dict)
@@ -53,16 +55,18 @@ class DeploymentStatus:
         return "challenger" if self.share > 0 else "-"
 
     @property
-    def mean_rows(self) -> float:
-        return self.rows / self.batches if self.batches else 0.0
+    def mean_rows(self) -> float | None:
+        """None before the first batch: a mean of nothing is not 0."""
+        return self.rows / self.batches if self.batches else None
 
     @property
-    def mean_execution_ms(self) -> float:
-        return 1e3 * self.execution_s / self.batches if self.batches else 0.0
+    def mean_execution_ms(self) -> float | None:
+        return 1e3 * self.execution_s / self.batches if self.batches else None
 
     @property
-    def mean_queue_wait_ms(self) -> float:
-        return 1e3 * self.queue_wait_s / self.rows if self.rows else 0.0
+    def mean_queue_wait_ms(self) -> float | None:
+        """Per request, as the histogram observes it (per row was a quarter of it for 4-row requests)."""
+        return 1e3 * self.queue_wait_s / self.dispatched if self.dispatched else None
 
 
 def _get(url: str, data: bytes | None = None, timeout_s: float = 5.0) -> bytes:
@@ -115,6 +119,8 @@ def _fold(status: DeploymentStatus, name: str, labels: dict[str, str], value: fl
         status.execution_s = value
     elif name == "mlgate_queue_wait_seconds_sum":
         status.queue_wait_s = value
+    elif name == "mlgate_queue_wait_seconds_count":
+        status.dispatched = int(value)
     elif name == "mlgate_queued_rows":
         status.queued_rows = int(value)
     elif name == "mlgate_admission_limit_rows":
@@ -128,7 +134,7 @@ def _fold(status: DeploymentStatus, name: str, labels: dict[str, str], value: fl
     elif name == "mlgate_latency_model_per_row_seconds":
         status.model_per_row_us = value * 1e6
     else:
-        _fold_routing(status, name, value)
+        _fold_routing(status, name, labels, value)
 
 
 _SHADOW_COUNTERS = {
@@ -140,7 +146,10 @@ _SHADOW_COUNTERS = {
 }
 
 
-def _fold_routing(status: DeploymentStatus, name: str, value: float) -> None:
+_SHADOW_OUTCOMES = ("compared", "failed", "dropped")
+
+
+def _fold_routing(status: DeploymentStatus, name: str, labels: dict[str, str], value: float) -> None:
     if name == "mlgate_routing_champion":
         status.champion = value == 1.0
     elif name == "mlgate_routing_weight_ratio":
@@ -151,6 +160,8 @@ def _fold_routing(status: DeploymentStatus, name: str, value: float) -> None:
         status.fallbacks += int(value)
     elif name in _SHADOW_COUNTERS:
         setattr(status.shadow, _SHADOW_COUNTERS[name], value)
+    elif name == "mlgate_shadow_requests_total" and labels.get("outcome") in _SHADOW_OUTCOMES:
+        setattr(status.shadow, labels["outcome"], int(value))  # (were always 0 in --json)
 
 
 def render_table(statuses: list[DeploymentStatus]) -> str:
@@ -169,9 +180,11 @@ def render_table(statuses: list[DeploymentStatus]) -> str:
                         _maybe(tally.mean_abs_diff, "{:.3f}"), _maybe(tally.latency_ratio, "{:.2f}")))
         refused = _counts(s.rejections)
         limit = f"{s.admission_limit_rows:.0f}" if s.admission_limit_rows is not None else "-"
-        batching.append((s.model, s.version, str(s.batches), f"{s.mean_rows:.1f}",
-                         f"{s.mean_execution_ms:.2f}", f"{s.mean_queue_wait_ms:.2f}", str(s.queued_rows), limit,
-                         refused, f"{s.model_fixed_ms:.2f} + {s.model_per_row_us:.1f}", _counts(s.transports)))
+        # the latency model's gauges are set with each executed batch: before the first they read 0, not its cost
+        model = f"{s.model_fixed_ms:.2f} + {s.model_per_row_us:.1f}" if s.batches else "-"
+        batching.append((s.model, s.version, str(s.batches), _maybe(s.mean_rows, "{:.1f}"),
+                         _maybe(s.mean_execution_ms, "{:.2f}"), _maybe(s.mean_queue_wait_ms, "{:.2f}"),
+                         str(s.queued_rows), limit, refused, model, _counts(s.transports)))
     return f"{_table(traffic)}\n\n{_table(batching)}"
 
 
