@@ -46,6 +46,7 @@ from routing.rollout import RolloutRecord, RolloutSettings, RolloutSpec
 from routing.store import StaleRevision, StateStore, StoredRouting
 from telemetry import audit
 from telemetry.drift import DriftView
+from telemetry.evidence import SLOT_S
 from telemetry.evidence_store import RETENTION_S
 
 PREFIX = "/admin/v1"
@@ -308,11 +309,11 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
 
     @app.get(f"{PREFIX}/models/{{model}}/drift", summary="Input and prediction drift of a model's versions")
     async def get_drift(model: str, principal: Viewer, version: str | None = None,
-                        window_s: Annotated[float, Query(ge=1, le=RETENTION_S, allow_inf_nan=False)] = 60.0,
+                        window_s: Annotated[float, Query(ge=SLOT_S, le=RETENTION_S, allow_inf_nan=False)] = 60.0,
                         histograms: Annotated[int, Query(ge=0, le=30)] = 0) -> dict[str, Any]:
         """Every version (or ``version``) over the last ``window_s`` seconds, merged across gateway processes;
         ``histograms`` = N adds reference and live bin counts of each version's N most drifted features.
-        The window is made of whole one-second slots: less than one would be read as one and shown as asked."""
+        The window is made of whole slots: less than one would be read as one and shown as asked."""
         if drift is None:
             raise Unavailable("drift monitoring is off in this gateway (monitoring.drift: false)")
         versions = [version] if version is not None else [e.version for e in registry.versions_of(model)]

@@ -168,14 +168,15 @@ def drift(
 ) -> None:
     """Input drift per feature (PSI, JS, KS, W1 vs the training reference), prediction drift and agreement."""
     from routing.rollout import parse_duration
+    from telemetry.evidence import SLOT_S
     from telemetry.evidence_store import RETENTION_S
 
     try:
         window_s = parse_duration(window)
     except ValueError as exc:
         _fail(f"--window: {exc}")
-    if not 1 <= window_s <= RETENTION_S:  # the gateway keeps whole one-second slots, for 15 minutes
-        _fail(f"--window: must be from 1s to 15m, got {window!r}")
+    if not SLOT_S <= window_s <= RETENTION_S:  # the gateway keeps whole slots, for a limited time
+        _fail(f"--window: must be from {SLOT_S:g}s to {RETENTION_S / 60:g}m, got {window!r}")
     query = f"?window_s={window_s:g}&histograms={top if plot else 0}"
     if version is not None:
         query += f"&version={urllib.parse.quote(version)}"
