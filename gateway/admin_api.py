@@ -328,12 +328,13 @@ def build_admin_app(store: StateStore, live: LiveRouting, registry: ModelRegistr
             raise Unavailable("rollouts need drift monitoring, which is off in this gateway (monitoring.drift: false)")
         return rollouts
 
-    async def rollout_call(model: str, call: Callable[[], tuple[RolloutRecord, StoredRouting | None]]) -> Any:
+    async def rollout_call(model: str,
+                           call: Callable[[], tuple[RolloutRecord | dict[str, Any], StoredRouting | None]]) -> Any:
         registry.versions_of(model)  # 404 for an unknown model
         record, routing = await asyncio.to_thread(call)
         if routing is not None:
             live.install(routing)
-        return record.model_dump(mode="json")
+        return record.model_dump(mode="json") if isinstance(record, RolloutRecord) else record
 
     @app.get(f"{PREFIX}/models/{{model}}/rollout", summary="A model's latest rollout: state, step, judgement, history")
     async def get_rollout(model: str, principal: Viewer) -> Any:

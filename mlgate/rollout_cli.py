@@ -136,8 +136,24 @@ def rollout_abort(model: str, reason: ReasonOption = None, url: UrlOption = DEFA
     _action("abort", model, reason, url, token, as_json)
 
 
+def _unread(record: dict[str, Any]) -> list[str]:
+    """Why the gateway's stored record does not read (one written by an older mlgate, say); empty if it reads."""
+    from pydantic import ValidationError
+
+    from routing.rollout import RolloutRecord, problems_of
+
+    try:
+        RolloutRecord.model_validate(record)
+    except ValidationError as exc:
+        return problems_of(exc)
+    return []
+
+
 def _status_json(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with the fields scripts look for first at the top level."""
+    """The record with the fields scripts look for first at the top level (only the state and why not, for a
+    record that does not read)."""
+    if problems := _unread(record):
+        return {"state": record["state"], "unreadable": problems, "record": record}
     spec = record["spec"]
     return {"model": spec["model"], "state": record["state"], "step": record["step"],
             "steps": spec["steps"], "challenger": spec["challenger"], "champion": record["champion"],
@@ -149,6 +165,10 @@ def _status_json(record: dict[str, Any]) -> dict[str, Any]:
 def render(record: dict[str, Any]) -> str:
     from routing.rollout import RolloutRecord
 
+    if problems := _unread(record):  # it was "not what an mlgate gateway sends": it is, from another version
+        return "\n".join([f"state {record['state']}: the stored record cannot be read: {'; '.join(problems)}",
+                          f"reason: {record.get('reason')}",
+                          "abort rolls it back; a new rollout replaces it once it has ended"])
     hold = RolloutRecord.model_validate(record).hold_s
     spec = record["spec"]
     steps = spec["steps"]

@@ -42,12 +42,14 @@ from routing.rollout import (
     apply_traffic,
     desired_traffic,
     pause,
+    problems_of,
     promote,
     resume,
     start,
     tick,
 )
 from routing.store import AuditNote, StaleRevision, StateStore, StoredRollout, StoredRouting
+from telemetry.audit import iso_utc
 from telemetry.drift import DriftReport
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ def _readable(stored: StoredRollout) -> RolloutRecord:
     try:
         return RolloutRecord.model_validate(stored.record)
     except ValidationError as exc:
-        problems = _problems(exc)
+        problems = problems_of(exc)
         raise RolloutRefused(f"the stored rollout of model '{stored.model}' cannot be read: " + "; ".join(problems),
                              409, problems) from None
 
@@ -124,19 +126,13 @@ def _replaceable(stored: StoredRollout) -> RolloutRecord | None:
         return RolloutRecord.model_validate(stored.record)
     except ValidationError as exc:
         log.warning("model '%s': its %s rollout cannot be read (%s); the new rollout replaces it", stored.model,
-                    stored.record["state"], "; ".join(_problems(exc)))
+                    stored.record["state"], "; ".join(problems_of(exc)))
         return None
 
 
 def _unread_summary(stored: StoredRollout) -> dict[str, Any]:
     """What the audit log keeps of a record replaced unread: its state and that it could not be read."""
     return {"state": stored.record.get("state"), "unreadable": True}
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    """``field.path: what is wrong`` per error (a record-wide check has no path: only its message)."""
-    return [f"{'.'.join(str(p) for p in e['loc'])}: " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()]
 
 
 class _RoutingHeld(Exception):
@@ -157,8 +153,11 @@ class RolloutController:
         return self._as_operator(spec.model, lambda: self._start(spec, actor, now, reason))
 
     def act(self, model: str, action: str, actor: str, now: float,
-            reason: str | None = None) -> tuple[RolloutRecord, StoredRouting | None]:
-        """pause, resume, promote or abort the model's rollout, as ``actor``."""
+            reason: str | None = None) -> tuple[RolloutRecord | dict[str, Any], StoredRouting | None]:
+        """pause, resume, promote or abort the model's rollout, as ``actor``.
+
+        The record comes back as it was written: a ``RolloutRecord``, or the stored JSON of a running rollout
+        that no longer reads and was aborted (``_abort_unread``)."""
         return self._as_operator(model, lambda: self._act(model, action, actor, now, reason))
 
     @staticmethod
@@ -190,16 +189,49 @@ class RolloutController:
         return self._commit(current, previous, record, actor, "rollout.start", reason, strict=True, routing=routing)
 
     def _act(self, model: str, action: str, actor: str, now: float,
-             reason: str | None) -> tuple[RolloutRecord, StoredRouting | None]:
+             reason: str | None) -> tuple[RolloutRecord | dict[str, Any], StoredRouting | None]:
         current = self.store.rollout(model)
         if current is None:
             raise RolloutRefused(f"model '{model}' has no rollout", 404)
-        previous = _readable(current)
+        try:
+            previous = _readable(current)
+        except RolloutRefused as unreadable:
+            if action != "abort" or current.record.get("state") in ENDED:
+                raise
+            return self._abort_unread(current, unreadable.problems, actor, now, reason)
         try:
             record = ACTIONS[action](previous, now, actor, reason or "")
         except RolloutError as exc:
             raise RolloutRefused(str(exc), 409) from None
         return self._commit(current, previous, record, actor, f"rollout.{action}", reason, strict=True)
+
+    def _abort_unread(self, stored: StoredRollout, problems: list[str], actor: str, now: float,
+                      reason: str | None) -> tuple[dict[str, Any], StoredRouting | None]:
+        """Roll back a running rollout whose record no longer reads: the one action that needs nothing from it.
+
+        Refusing it (as every other action is refused) left the challenger its live share and its mirror, and
+        the model without a way to roll out again, until someone mended the state file by hand. The split goes
+        back to the champion alone, as any rollback leaves it; the challenger, when the record still names one,
+        leaves the shadows. The record keeps what it held, ended (so a new rollout replaces it) with a reason
+        that says why it was not read.
+        """
+        routing = self._routing(stored.model)
+        policy = RoutingPolicy.model_validate(routing.policy)
+        spec = stored.record.get("spec")
+        challenger = spec.get("challenger") if isinstance(spec, dict) else None
+        wanted = RoutingPolicy.model_validate({
+            **policy.model_dump(), "weights": {policy.champion: 100},
+            "shadows": {v: pct for v, pct in policy.shadows.items() if v != challenger},
+        })
+        said = f"aborted by {actor}" + (f": {reason}" if reason else "")
+        record = {**stored.record, "state": RolloutState.ROLLED_BACK.value, "challenger_percent": 0,
+                  "reason": f"{said} (its stored record could not be read: {'; '.join(problems)})",
+                  "updated_at": iso_utc(now)}
+        after = {**_unread_summary(stored), "state": record["state"], "challenger": challenger}
+        note = AuditNote(actor, "rollout.abort", _unread_summary(stored), after, record["reason"])
+        change = (wanted.model_dump(mode="json"), routing.revision) if wanted != policy else None
+        _, new_routing = self.store.write_rollout(stored.model, record, stored.revision, note, routing=change)
+        return record, new_routing
 
     # ------------------------------------------------------------------ the loop
 
@@ -213,7 +245,7 @@ class RolloutController:
                 record = RolloutRecord.model_validate(stored.record)
             except ValidationError as exc:  # it raised out of the loop: no other model's rollout was judged either
                 log.error("rollout of model '%s': the stored record cannot be read, so it is not judged: %s", model,
-                          "; ".join(_problems(exc)))  # (no traceback: the record is wrong, not the code)
+                          "; ".join(problems_of(exc)))  # (no traceback: the record is wrong, not the code)
                 continue
             try:
                 if (updated := self._tick(stored, record, now)) is not None:

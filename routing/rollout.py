@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from routing.policy import RoutingPolicy
 from telemetry.audit import iso_utc
@@ -1017,6 +1017,14 @@ def apply_traffic(policy: RoutingPolicy, traffic: Traffic) -> RoutingPolicy:
 
 
 # ---------------------------------------------------------------------------------------------- CLI helpers
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    """Why a stored record does not read, as ``field.path: what is wrong`` per error (a record-wide check has no
+    path: only its message); for operators, who see it in refusals, logs and ``mlgate rollout status``."""
+    return [f"{'.'.join(str(p) for p in e['loc'])}: " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()]
+
 
 
 def parse_steps(text: str) -> list[int]:

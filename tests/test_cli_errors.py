@@ -135,3 +135,20 @@ def test_a_url_that_does_not_speak_http_1_1() -> None:
         _fails_cleanly(_mlgate("status", "--url", f"http://127.0.0.1:{listener.getsockname()[1]}"),
                        "not HTTP/1.1", "is --url the HTTP port of an mlgate gateway?")
 
+
+
+def test_a_rollout_record_the_gateway_cannot_read_is_shown_as_such(not_mlgate: tuple[str, type[_Answers]]) -> None:
+    """A record written by an older mlgate that validated less: 'rollout status' called the gateway 'not mlgate'."""
+    import json
+
+    from routing.rollout import RolloutSpec, start
+
+    url, handler = not_mlgate
+    record = start(RolloutSpec(model="m", challenger="2"), "1", 100.0, "otto").model_dump(mode="json")
+    handler.body = json.dumps({**record, "state": "canary", "step": 99}).encode()
+    shown = _mlgate("rollout", "status", "m", "--url", url, "--token", "t")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("state canary: the stored record cannot be read: step: 99 is outside -1..3\n")
+    assert "abort rolls it back" in shown.stdout
+    as_json = json.loads(_mlgate("rollout", "status", "m", "--json", "--url", url, "--token", "t").stdout)
+    assert as_json["state"] == "canary" and as_json["unreadable"] == ["step: 99 is outside -1..3"]

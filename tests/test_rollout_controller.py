@@ -121,11 +121,44 @@ def test_an_unreadable_record_stops_neither_other_rollouts_nor_answers_with_a_50
         in caplog.text
     with pytest.raises(RolloutRefused, match=r"^the stored rollout of model 'a' cannot be read: step: 99 is outside") \
             as refused:
-        controller.act("a", "abort", "otto", now=102.0)
+        controller.act("a", "pause", "otto", now=102.0)
     assert refused.value.status == 409 and refused.value.problems == ["step: 99 is outside -1..3"]
     with pytest.raises(RolloutRefused, match="cannot be read") as refused:
         controller.start(RolloutSpec(model="a", challenger="3"), "otto", now=102.0)
     assert refused.value.status == 409
+    store.close()
+
+
+def test_a_running_rollout_that_no_longer_reads_can_still_be_aborted(tmp_path: Path) -> None:
+    """Abort was refused like every other action on an unreadable record: the challenger kept its share and its
+    mirror, and the model could not be rolled out again, until someone mended the state file by hand."""
+    store = StateStore(tmp_path / "state.db")
+    controller = _controller(store)
+    store.seed_routing("a", {"champion": "1", "shadows": {"4": 10.0}}, "config")
+    controller.start(RolloutSpec(model="a", challenger="2", steps=[50, 100]), "otto", now=100.0)
+    stored, routing = store.rollout("a"), store.routing("a")
+    assert stored is not None and routing is not None
+    live = {**routing.policy, "weights": {"1": 50, "2": 50}}  # as a first step would leave it
+    store.replace_routing("a", live, routing.revision, "rollout-controller", None)
+    store.write_rollout("a", {**stored.record, "state": "canary", "step": 99}, stored.revision, None)
+
+    record, new_routing = controller.act("a", "abort", "otto", now=101.0, reason="stuck")
+    assert isinstance(record, dict) and record["state"] == "rolled_back" and record["challenger_percent"] == 0
+    assert record["reason"] == "aborted by otto: stuck (its stored record could not be read: step: 99 is outside -1..1)"
+    assert new_routing is not None and new_routing.policy["weights"] == {"1": 100}
+    assert new_routing.policy["shadows"] == {"4": 10.0}  # the challenger's mirror gone, another shadow kept
+    assert store.routing("a") == new_routing
+    with store.separate_reader() as conn:
+        entry = audit.read_entries(conn, target="rollout/a")[-1]
+    assert (entry.actor, entry.action) == ("otto", "rollout.abort")
+    assert entry.before == {"state": "canary", "unreadable": True}
+    assert entry.after == {"state": "rolled_back", "unreadable": True, "challenger": "2"}
+
+    with pytest.raises(RolloutRefused, match="cannot be read") as refused:  # ended: nothing more to do with it
+        controller.act("a", "abort", "otto", now=102.0)
+    assert refused.value.status == 409
+    again, _ = controller.start(RolloutSpec(model="a", challenger="3"), "otto", now=103.0)
+    assert again.state is RolloutState.SHADOW
     store.close()
 
 
