@@ -7,6 +7,7 @@ that is wrong. Per-model (and per-version batching) sections replace the global 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -97,6 +98,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+"""One label of a host name (RFC 1123): what ``socket.bind`` can resolve, unlike a URL or an address with a port."""
+
+
 class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", min_length=1, description="Address both servers bind to (an empty one would "
                       "bind every interface: say 0.0.0.0 or :: for that).")
@@ -118,6 +123,24 @@ class ServerConfig(_Strict):
         "twice and only listen once their models are ready. Metrics of all of them are served by each one's "
         "/metrics. Meant for machines with cores to spare beyond Ray's replicas, where one process's CPU (decode, "
         "encode, batching on one event loop) is the limit; each process batches on its own.")
+
+    @field_validator("host")
+    @classmethod
+    def _bindable(cls, host: str) -> str:
+        """An address or a host name, nothing more: ``127.0.0.1:8000`` or ``http://0.0.0.0`` passed the check and
+        failed at bind, after the config was called valid (the ports are fields of their own)."""
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        labels = host.removesuffix(".").split(".")
+        if len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit():
+            return host  # (an all-digit last label is a mistyped address, 1.2.3.4.5, not a name)
+        hint = ("; give the address alone, without a scheme" if "://" in host
+                else "; write an IPv6 address without brackets" if host.startswith("[")
+                else "; give the port as http_port/grpc_port" if ":" in host else "")
+        raise ValueError(f"{host!r} is neither an IP address nor a host name{hint}")
 
     @model_validator(mode="after")
     def _two_ports(self) -> ServerConfig:
@@ -153,7 +176,11 @@ class BatchingConfig(_Strict):
         ),
     )
     max_inflight_batches: Int = Field(
-        2, ge=1, description="Batches in flight per replica (2 overlaps one batch's transfer with another's compute)."
+        # le: each in-flight batch holds an ONNX Runtime call and its buffers on the replica; past a few dozen a
+        # replica only queues them, and the batcher, sending whatever is queued at once, stops batching at all.
+        2, ge=1, le=64,
+        description="Batches in flight per replica, at most 64 (2 overlaps one batch's transfer with another's "
+        "compute)."
     )
     latency_objective_ms: Float | None = Field(
         None,
@@ -174,7 +201,10 @@ class BatchingConfig(_Strict):
 
 
 class DeploymentConfig(_Strict):
-    replicas: Int = Field(1, ge=1, description="Ray Serve replicas of each model version.")
+    replicas: Int = Field(
+        # le: 1e8 passed the check and left Serve placing replicas until the start-up timeout.
+        1, ge=1, le=1024, description="Ray Serve replicas of each model version (at most 1024)."
+    )
     num_cpus: Float = Field(
         # ge=0.0001: Ray counts resources in ten-thousandths; a smaller num_cpus passed config check, then
         # serve.deployment raised 'precision ... cannot go beyond 0.0001' after Ray had started.

@@ -213,6 +213,14 @@ def _tokens(*tokens: tuple[str, str, str]) -> str:
     ("server: {http_port: 9000, grpc_port: 9000}\n",
      "server: http_port and grpc_port are both 9000: HTTP and gRPC need a port each"),
     ("server: {host: ''}\n", "server.host: String should have at least 1 character"),  # was every interface
+    ("server: {host: '127.0.0.1:8000'}\n", "server.host: '127.0.0.1:8000' is neither an IP address nor a host "
+     "name; give the port as http_port/grpc_port"),  # passed, then failed at bind
+    ("server: {host: 'http://0.0.0.0'}\n", "without a scheme"),
+    ("server: {host: '[::1]'}\n", "without brackets"),
+    ("server: {host: 1.2.3.4.5}\n", "'1.2.3.4.5' is neither an IP address nor a host name"),
+    ("deployment: {replicas: 1e8}\n", "deployment.replicas: Input should be less than or equal to 1024"),
+    ("batching: {max_inflight_batches: 65}\n",
+     "batching.max_inflight_batches: Input should be less than or equal to 64"),
     ("repository: ''\n", "repository: Input should be a path, not an empty string"),  # was the config's folder
     ("state: {path: ''}\n", "state.path: Input should be a path, not an empty string"),
     ("models: {m: {versions: ['01']}}\n", "models.m.versions.0: Input should be a version: a positive integer "
@@ -229,6 +237,13 @@ def test_values_that_cannot_mean_what_they_say_are_refused(tmp_path: Path, text:
     """Each of these passed config check: a version name no repository folder can have left a model out or an
     override unapplied; an empty path or host meant the config's folder or every interface."""
     assert expected in _problems(tmp_path, text)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::", "fe80::1%lo", "localhost", "gateway-1.internal."])
+def test_addresses_and_host_names_bind(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"server: {{host: '{host}'}}\n")
+    assert load_config(path).server.host == host
 
 
 def test_ports_zero_may_both_be_picked(tmp_path: Path) -> None:
