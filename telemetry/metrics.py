@@ -70,9 +70,11 @@ MODEL_DEVICE = Gauge("mlgate_model_device_info",
                      "Gateway processes whose ready version runs on each device (label device: cpu or cuda): 1 with "
                      "one process, summed over processes with server.workers.",
                      (*_labels, "device"), multiprocess_mode="livesum", registry=REGISTRY)
-MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed cost per batch.", _labels,
+MODEL_FIXED = Gauge("mlgate_latency_model_fixed_seconds", "Latency model: fixed cost per batch (the largest over "
+                    "gateway processes, each of which learns its own).", _labels,
                     multiprocess_mode="livemax", registry=REGISTRY)
-MODEL_PER_ROW = Gauge("mlgate_latency_model_per_row_seconds", "Latency model: cost per row.", _labels,
+MODEL_PER_ROW = Gauge("mlgate_latency_model_per_row_seconds", "Latency model: cost per row (the largest over gateway "
+                      "processes).", _labels,
                       multiprocess_mode="livemax", registry=REGISTRY)
 
 LOOP_LAG = Gauge("mlgate_event_loop_lag_seconds",
