@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from routing.checks import VersionWindow, WindowEvidence
 from routing.policy import RoutingPolicy
 from routing.rollout import (
     CONTROLLER_ACTOR,
@@ -36,8 +37,6 @@ from routing.rollout import (
     RolloutRecord,
     RolloutSpec,
     RolloutState,
-    VersionWindow,
-    WindowEvidence,
     abort,
     apply_traffic,
     desired_traffic,

@@ -7,7 +7,8 @@ and every function returns a new ``RolloutRecord`` instead of changing one. The
 controller loop around it persists records (``model_dump(mode="json")`` /
 ``model_validate``), gathers a ``WindowEvidence`` every tick, calls ``tick`` and
 applies ``desired_traffic`` with ``apply_traffic``. Keeping the decisions here
-makes every rule testable with a fake clock and synthetic numbers.
+makes every rule testable with a fake clock and synthetic numbers. What the
+challenger is judged on, and the verdict of one window, are ``routing.checks``'.
 
 Phases and why they look the way they do:
 
@@ -31,27 +32,27 @@ Phases and why they look the way they do:
 from __future__ import annotations
 
 import enum
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from routing.checks import (
+    CheckResult,
+    FrozenValue,
+    Judgement,
+    OperatorSettings,
+    RolloutChecks,
+    WindowEvidence,
+    fmt_value,
+    judge,
+)
 from routing.policy import RoutingPolicy
 from telemetry.audit import iso_utc
-from telemetry.evidence import SLOT_S
-from telemetry.evidence_store import RETENTION_S
 
 CONTROLLER_ACTOR = "rollout-controller"
 """The ``actor`` of transitions made by ``tick`` (operators' actions carry their own name)."""
-
-CheckName = Literal["error_rate", "latency_p99_ratio", "disagreement", "prediction_divergence", "input_psi"]
-CheckStatus = Literal["pass", "fail", "warn", "insufficient", "disabled"]
-# Checks that compare the challenger with the champion's own samples. When the challenger
-# takes 100% of live traffic the champion answers nothing, so these cannot be measured.
-_NEEDS_CHAMPION: frozenset[str] = frozenset({"latency_p99_ratio", "disagreement", "prediction_divergence"})
 # Float slack when comparing accumulated held time with a hold (sums of tick gaps drift).
 _HOLD_EPSILON_S = 1e-6
 
@@ -79,480 +80,9 @@ class RolloutState(str, enum.Enum):
 _PHASES = (RolloutState.SHADOW, RolloutState.CANARY)
 
 
-class _Frozen(BaseModel):
-    """Strict, immutable, finite: a record is a value, and NaN/inf would not survive a JSON round trip."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 MAX_HOLD_S = 30 * 86400.0
 """Longest a step or the shadow phase may be held (30 days): ``1e300`` was accepted, and the rollout never moved."""
 
-MAX_COUNT = 10**9
-"""Most failing windows or samples a check may ask for; a window never holds more (10**30 was accepted, and the check
-was inconclusive for ever)."""
-
-
-class _Settings(_Frozen):
-    """What an operator sends: also strict in type, so ``true`` is not taken for 1, nor ``"30"`` for 30.0.
-
-    Lax pydantic read ``"steps": [true, 100]`` as ``[1, 100]``, ``"mirror_percent": true`` as 1 % and
-    ``"enabled": "no"`` as False, and the rollout started on values nobody wrote. Integers are still accepted
-    where a float is wanted. (Records are not strict: their states arrive as JSON strings.)
-    """
-
-    model_config = ConfigDict(strict=True)
-
-
-# --------------------------------------------------------------------------------------------- checks config
-
-
-class _Check(_Settings):
-    enabled: bool = Field(True, description="Judge this check at all; a disabled check never holds or fails.")
-    failing_windows: int = Field(
-        3,
-        ge=1,
-        le=MAX_COUNT,
-        description=(
-            "Consecutive failing judgements before the rollout is rolled back; a passing judgement resets the "
-            "count, a judgement with too few samples leaves it as it is."
-        ),
-    )
-
-
-class ErrorRateCheck(_Check):
-    """Fails when the challenger errs more often than the champion on the same window."""
-
-    threshold: float = Field(
-        0.05,
-        gt=0,
-        lt=1,
-        description=(
-            "Largest tolerated challenger error rate minus champion error rate (0.05 = 5 percentage points). "
-            "A champion without requests in the window counts as error rate 0. Below 1: the difference of two "
-            "rates never exceeds 1, so a threshold of 1 or more (5 meant as 5 %, say) could never fail."
-        ),
-    )
-    min_requests: int = Field(
-        50,
-        ge=1,
-        le=MAX_COUNT,
-        description=(
-            "Challenger requests (live, and mirrored ones in the shadow phase) needed in the window for a verdict."
-        ),
-    )
-
-
-class LatencyRatioCheck(_Check):
-    """Fails when the challenger's tail latency is a multiple of the champion's."""
-
-    threshold: float = Field(2.0, gt=0, description="Largest tolerated challenger p99 / champion p99.")
-    min_requests: int = Field(
-        50, ge=1, le=MAX_COUNT,
-        description="Requests needed in the window for both versions, so both p99s mean something."
-    )
-
-
-class DisagreementCheck(_Check):
-    """Fails when the challenger's answers differ from the champion's on the same inputs too often."""
-
-    threshold: float = Field(
-        0.10,
-        gt=0,
-        lt=1,
-        description=(
-            "Largest tolerated share of compared rows where the two versions disagree (0.1 = 10 %). Below 1: "
-            "a share never exceeds 1, so a threshold of 1 or more could never fail."
-        ),
-    )
-    min_compared_rows: int = Field(
-        50, ge=1, le=MAX_COUNT,
-        description="Rows answered by both versions (via mirroring) needed in the window for a verdict."
-    )
-
-
-class DivergenceCheck(_Check):
-    """Fails when the challenger's prediction distribution drifts away from the champion's."""
-
-    threshold: float = Field(
-        0.1,
-        gt=0,
-        lt=1,
-        description=(
-            "Largest tolerated Jensen-Shannon divergence (base 2, so in [0, 1]) between the two versions' "
-            "prediction histograms. Below 1, as a threshold of 1 or more could never fail."
-        ),
-    )
-    min_rows: int = Field(200, ge=1, le=MAX_COUNT, description="Rows each version must have observed in the window.")
-
-
-class InputPsiCheck(_Check):
-    """Input drift of the challenger against its own training reference.
-
-    Drifting inputs say the world changed, not that the challenger is worse than
-    the champion (both see the same inputs), so by default it only warns; set
-    ``RolloutChecks.act_on_input_drift`` to let it roll back.
-    """
-
-    warn: float = Field(0.1, gt=0, description="PSI above which a feature is reported (common practice: 0.1).")
-    act: float = Field(
-        0.25,
-        gt=0,
-        description=(
-            "PSI above which a feature counts as a failing window when act_on_input_drift is on, and as a "
-            "warning otherwise (common practice: 0.25)."
-        ),
-    )
-    min_rows: int = Field(200, ge=1, le=MAX_COUNT,
-                          description="Challenger input rows needed in the window for a verdict.")
-
-    @model_validator(mode="after")
-    def _warn_below_act(self) -> InputPsiCheck:
-        if self.warn > self.act:
-            raise ValueError(f"warn ({self.warn}) must not exceed act ({self.act})")
-        return self
-
-
-class RolloutChecks(_Settings):
-    """What the challenger is judged on every tick, always against the champion in the same window."""
-
-    window_s: float = Field(
-        10.0,
-        ge=SLOT_S,
-        le=RETENTION_S,
-        description=(
-            "Length of the evidence window the controller gathers each tick (a sliding window; ticks are about "
-            f"a second apart), at most the {RETENTION_S:g} s the evidence is kept. One tick credits at most this "
-            f"much held time. At least the evidence's {SLOT_S:g} s slot: a shorter window still reads a whole "
-            "slot, but credited only its own length per tick, so every hold took many times as long as asked."
-        ),
-    )
-    error_rate: ErrorRateCheck = Field(
-        default_factory=ErrorRateCheck, description="Challenger error rate minus champion error rate."
-    )
-    latency_p99_ratio: LatencyRatioCheck = Field(
-        default_factory=LatencyRatioCheck, description="Challenger p99 latency / champion p99 latency."
-    )
-    disagreement: DisagreementCheck = Field(
-        default_factory=DisagreementCheck, description="Share of mirrored rows where the answers differ."
-    )
-    prediction_divergence: DivergenceCheck = Field(
-        default_factory=DivergenceCheck, description="JS divergence of the prediction histograms."
-    )
-    input_psi: InputPsiCheck = Field(
-        default_factory=InputPsiCheck, description="Largest per-feature PSI of the challenger's inputs."
-    )
-    act_on_input_drift: bool = Field(
-        False,
-        description=(
-            "Let input_psi above 'act' count as failing windows (and roll back); off = it is only reported as a "
-            "warning, and too few rows for it never hold the rollout."
-        ),
-    )
-
-    def failing_windows(self, name: str) -> int:
-        """How many consecutive failing judgements of check ``name`` make the rollout act."""
-        return self._check(name).failing_windows
-
-    def _check(self, name: str) -> _Check:
-        checks: dict[str, _Check] = {
-            "error_rate": self.error_rate,
-            "latency_p99_ratio": self.latency_p99_ratio,
-            "disagreement": self.disagreement,
-            "prediction_divergence": self.prediction_divergence,
-            "input_psi": self.input_psi,
-        }
-        return checks[name]
-
-
-# ------------------------------------------------------------------------------------------------- evidence
-
-
-def _count(name: str, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-def _finite(name: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-@dataclass(frozen=True)
-class VersionWindow:
-    """What one version did in the evidence window.
-
-    For the challenger, ``requests``/``errors``/``latency_p99_s`` include its
-    mirrored executions: they are real runs of the challenger on real inputs, and
-    in the shadow phase they are all there is to judge.
-    """
-
-    requests: int  # requests this version answered or failed in the window (mirrored ones too, for the challenger)
-    errors: int  # of those, failed
-    latency_p99_s: float | None  # None when no requests
-    rows: int  # input rows observed (live + mirrored) in the window
-
-    def __post_init__(self) -> None:
-        _count("requests", self.requests)
-        _count("errors", self.errors)
-        _count("rows", self.rows)
-        if self.errors > self.requests:
-            raise ValueError(f"errors ({self.errors}) cannot exceed requests ({self.requests})")
-        _finite("latency_p99_s", self.latency_p99_s)
-
-
-@dataclass(frozen=True)
-class WindowEvidence:
-    """Numbers the controller computed for one window; validated so a controller bug cannot pass as evidence."""
-
-    window_s: float
-    champion: VersionWindow
-    challenger: VersionWindow
-    compared_rows: int  # challenger rows compared with the champion's answers for the same inputs
-    agreeing_rows: int
-    prediction_divergence: float | None  # JS divergence (base 2) of the prediction histograms; None = not computed
-    input_psi: Mapping[str, float]  # feature -> PSI of the challenger's inputs vs its training reference; may be empty
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.window_s) and self.window_s > 0):
-            raise ValueError(f"window_s must be a finite number > 0, got {self.window_s}")
-        _count("compared_rows", self.compared_rows)
-        _count("agreeing_rows", self.agreeing_rows)
-        if self.agreeing_rows > self.compared_rows:
-            raise ValueError(f"agreeing_rows ({self.agreeing_rows}) cannot exceed compared_rows ({self.compared_rows})")
-        _finite("prediction_divergence", self.prediction_divergence)
-        for feature, psi in self.input_psi.items():
-            _finite(f"input_psi[{feature!r}]", psi)
-
-
-# ------------------------------------------------------------------------------------------------- judgement
-
-
-class CheckResult(_Frozen):
-    """One check's verdict on one window, kept in the record for ``mlgate rollout status``."""
-
-    name: CheckName
-    status: CheckStatus = Field(
-        description=(
-            "pass / fail (this window exceeds the threshold) / warn (reported, never acted on) / insufficient "
-            "(too few samples) / disabled."
-        )
-    )
-    value: float | None = Field(None, description="The measured value; None when it could not be measured.")
-    threshold: float = Field(description="The threshold it was compared with (input_psi: 'act').")
-    detail: str = Field(description="Human-readable: the numbers behind the verdict.")
-    feature: str | None = Field(None, description="input_psi: the feature with the largest PSI.")
-    acting: bool = Field(
-        True,
-        description=(
-            "Whether this result can move the rollout: count toward rollback, or hold it inconclusive. False for "
-            "disabled checks, non-acting input drift, and champion comparisons while the champion serves nothing."
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """Every check's verdict on one window."""
-
-    results: tuple[CheckResult, ...]
-
-    @property
-    def failing(self) -> tuple[CheckResult, ...]:
-        """Acting checks whose value exceeds their threshold in this window."""
-        return tuple(r for r in self.results if r.status == "fail" and r.acting)
-
-    @property
-    def insufficient(self) -> tuple[CheckResult, ...]:
-        """Acting checks that lack their minimum samples: they make the judgement inconclusive."""
-        return tuple(r for r in self.results if r.status == "insufficient" and r.acting)
-
-    @property
-    def conclusive(self) -> bool:
-        return not self.insufficient
-
-    @property
-    def passing(self) -> bool:
-        """Conclusive with no failing check: the only kind of judgement that credits held time."""
-        return self.conclusive and not self.failing
-
-    def result(self, name: str) -> CheckResult:
-        for r in self.results:
-            if r.name == name:
-                return r
-        raise KeyError(name)
-
-
-def judge(checks: RolloutChecks, evidence: WindowEvidence, *, champion_serves: bool = True) -> Judgement:
-    """Judge one window of evidence with every check.
-
-    ``champion_serves=False`` says the challenger takes all live traffic (the
-    last step, 100%): the champion then answers and mirrors nothing, so the
-    checks that compare with its samples (latency ratio, disagreement,
-    divergence) are still judged when samples happen to exist (header rules may
-    pin some traffic to it), but lacking them no longer holds the rollout.
-    The error-rate check keeps working there: a champion without requests
-    counts as error rate 0, so the challenger's own rate is judged.
-    """
-    results: tuple[CheckResult, ...] = (
-        _error_rate(checks.error_rate, evidence),
-        _latency_ratio(checks.latency_p99_ratio, evidence),
-        _disagreement(checks.disagreement, evidence),
-        _divergence(checks.prediction_divergence, evidence),
-        _input_psi(checks.input_psi, checks.act_on_input_drift, evidence),
-    )
-    if not champion_serves:
-        results = tuple(_not_required_at_full_traffic(r) for r in results)
-    return Judgement(results)
-
-
-def _not_required_at_full_traffic(result: CheckResult) -> CheckResult:
-    if result.name not in _NEEDS_CHAMPION or result.status != "insufficient":
-        return result
-    detail = f"{result.detail}; not required while the challenger takes 100% of traffic (nothing to compare with)"
-    return result.model_copy(update={"acting": False, "detail": detail})
-
-
-def _fmt(x: float) -> str:
-    """Two decimals ("0.31", "2.50"), or three significant digits where two decimals would hide the value."""
-    two = f"{x:.2f}"
-    return two if abs(float(two) - x) <= abs(x) * 0.01 else f"{x:.3g}"
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:g}"
-
-
-def _cmp(failed: bool) -> str:
-    return ">" if failed else "<="
-
-
-def _disabled(name: CheckName, threshold: float) -> CheckResult:
-    return CheckResult(name=name, status="disabled", threshold=threshold, detail=f"{name}: disabled", acting=False)
-
-
-def _insufficient(name: CheckName, threshold: float, what: str, acting: bool = True) -> CheckResult:
-    return CheckResult(name=name, status="insufficient", threshold=threshold, detail=f"{name}: {what}", acting=acting)
-
-
-def _few(count: int, what: str, window_s: float, need: int) -> str:
-    return f"{count} {what} in the {_secs(window_s)} s window, need {need}"
-
-
-def _error_rate(cfg: ErrorRateCheck, ev: WindowEvidence) -> CheckResult:
-    name: CheckName = "error_rate"
-    if not cfg.enabled:
-        return _disabled(name, cfg.threshold)
-    ch, champ = ev.challenger, ev.champion
-    if ch.requests < cfg.min_requests:
-        return _insufficient(
-            name, cfg.threshold, _few(ch.requests, "challenger requests", ev.window_s, cfg.min_requests)
-        )
-    ch_rate = ch.errors / ch.requests
-    champ_rate = champ.errors / champ.requests if champ.requests else 0.0
-    value = ch_rate - champ_rate
-    failed = value > cfg.threshold
-    detail = (
-        f"{name}: challenger {_fmt(ch_rate)} - champion {_fmt(champ_rate)} = {_fmt(value)} "
-        f"{_cmp(failed)} {_fmt(cfg.threshold)}"
-    )
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
-
-
-def _latency_ratio(cfg: LatencyRatioCheck, ev: WindowEvidence) -> CheckResult:
-    name: CheckName = "latency_p99_ratio"
-    if not cfg.enabled:
-        return _disabled(name, cfg.threshold)
-    for who, window in (("challenger", ev.challenger), ("champion", ev.champion)):
-        if window.requests < cfg.min_requests:
-            return _insufficient(
-                name, cfg.threshold, _few(window.requests, f"{who} requests", ev.window_s, cfg.min_requests)
-            )
-    ch_p99, champ_p99 = ev.challenger.latency_p99_s, ev.champion.latency_p99_s
-    if ch_p99 is None or champ_p99 is None or champ_p99 <= 0:
-        missing = "champion p99 is 0 s" if champ_p99 == 0 else "no p99 latency reported"
-        return _insufficient(name, cfg.threshold, f"{missing} in the {_secs(ev.window_s)} s window")
-    value = ch_p99 / champ_p99
-    failed = value > cfg.threshold
-    detail = (
-        f"{name}: challenger p99 {ch_p99 * 1000:.1f} ms / champion p99 {champ_p99 * 1000:.1f} ms = "
-        f"{_fmt(value)} {_cmp(failed)} {_fmt(cfg.threshold)}"
-    )
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
-
-
-def _disagreement(cfg: DisagreementCheck, ev: WindowEvidence) -> CheckResult:
-    name: CheckName = "disagreement"
-    if not cfg.enabled:
-        return _disabled(name, cfg.threshold)
-    if ev.compared_rows < cfg.min_compared_rows:
-        return _insufficient(
-            name, cfg.threshold, _few(ev.compared_rows, "compared rows", ev.window_s, cfg.min_compared_rows)
-        )
-    value = 1.0 - ev.agreeing_rows / ev.compared_rows
-    failed = value > cfg.threshold
-    detail = (
-        f"{name}: {ev.compared_rows - ev.agreeing_rows} of {ev.compared_rows} compared rows differ = "
-        f"{_fmt(value)} {_cmp(failed)} {_fmt(cfg.threshold)}"
-    )
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
-
-
-def _divergence(cfg: DivergenceCheck, ev: WindowEvidence) -> CheckResult:
-    name: CheckName = "prediction_divergence"
-    if not cfg.enabled:
-        return _disabled(name, cfg.threshold)
-    for who, window in (("challenger", ev.challenger), ("champion", ev.champion)):
-        if window.rows < cfg.min_rows:
-            return _insufficient(name, cfg.threshold, _few(window.rows, f"{who} rows", ev.window_s, cfg.min_rows))
-    value = ev.prediction_divergence
-    if value is None:
-        return _insufficient(name, cfg.threshold, f"no divergence computed for the {_secs(ev.window_s)} s window")
-    failed = value > cfg.threshold
-    detail = f"{name}: JS divergence {_fmt(value)} {_cmp(failed)} {_fmt(cfg.threshold)}"
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
-
-
-def _input_psi(cfg: InputPsiCheck, act_on_drift: bool, ev: WindowEvidence) -> CheckResult:
-    name: CheckName = "input_psi"
-    if not cfg.enabled:
-        return _disabled(name, cfg.act)
-    if ev.challenger.rows < cfg.min_rows:
-        few = _few(ev.challenger.rows, "challenger rows", ev.window_s, cfg.min_rows)
-        return _insufficient(name, cfg.act, few, acting=act_on_drift)
-    if not ev.input_psi:
-        return _insufficient(
-            name, cfg.act, "no per-feature PSI (has the challenger a training reference?)", acting=act_on_drift
-        )
-    feature, value = max(ev.input_psi.items(), key=lambda item: (item[1], item[0]))
-    over_act, over_warn = value > cfg.act, value > cfg.warn
-    status: CheckStatus
-    if over_act and act_on_drift:
-        status, verdict = "fail", f"> act {_fmt(cfg.act)}"
-    elif over_act:
-        status, verdict = "warn", f"> act {_fmt(cfg.act)} (warning only: act_on_input_drift is off)"
-    elif over_warn:
-        status, verdict = "warn", f"> warn {_fmt(cfg.warn)}"
-    else:
-        status, verdict = "pass", f"<= warn {_fmt(cfg.warn)}"
-    detail = f"{name}: feature {feature!r} PSI {_fmt(value)} {verdict}"
-    return CheckResult(
-        name=name,
-        status=status,
-        value=value,
-        threshold=cfg.act,
-        detail=detail,
-        feature=feature,
-        acting=act_on_drift,
-    )
 
 
 # -------------------------------------------------------------------------------------------- spec and record
@@ -571,7 +101,7 @@ def _validate_steps(steps: list[int]) -> list[int]:
     return steps
 
 
-class RolloutSettings(_Settings):
+class RolloutSettings(OperatorSettings):
     """How a rollout proceeds: the part of its spec an operator may choose (the admin API's request body too)."""
 
     challenger: str = Field(min_length=1, description="Version being rolled out.")
@@ -614,7 +144,7 @@ class RolloutSpec(RolloutSettings):
     model: str = Field(min_length=1, description="Logical model whose routing the rollout drives.")
 
 
-class Transition(_Frozen):
+class Transition(FrozenValue):
     """One change of state, step or traffic share, with who made it and why."""
 
     at: str = Field(description="UTC ISO-8601 time of the change.")
@@ -626,7 +156,7 @@ class Transition(_Frozen):
     actor: str = Field(description=f"Operator name, or {CONTROLLER_ACTOR!r} for automatic changes.")
 
 
-class RolloutRecord(_Frozen):
+class RolloutRecord(FrozenValue):
     """Everything about one rollout: persisted as JSON after every change, reloaded on controller restart."""
 
     spec: RolloutSpec
@@ -805,7 +335,7 @@ def tick(record: RolloutRecord, evidence: WindowEvidence | None, now: float) -> 
         return current.model_copy(update={**seen, "updated_at": iso_utc(now), "reason": f"{where}: holding; {fails}"})
     held = current.held_s + min(gap, evidence.window_s)
     if held + _HOLD_EPSILON_S < current.hold_s:
-        reason = f"{where}: {held:.0f} of {_secs(current.hold_s)} s held with all checks passing"
+        reason = f"{where}: {held:.0f} of {current.hold_s:g} s held with all checks passing"
         return current.model_copy(update={**seen, "held_s": held, "updated_at": iso_utc(now), "reason": reason})
     return _advance(current, now, **seen)
 
@@ -824,7 +354,8 @@ def _counters(previous: Mapping[str, int], judgement: Judgement) -> dict[str, in
 def _rollback_reason(result: CheckResult, windows: int) -> str:
     assert result.value is not None  # a failing result always has its value
     feature = f" (feature {result.feature!r})" if result.feature is not None else ""
-    return f"{result.name} {_fmt(result.value)} > {_fmt(result.threshold)}{feature} for {windows} consecutive windows"
+    return (f"{result.name} {fmt_value(result.value)} > {fmt_value(result.threshold)}{feature} for {windows} "
+            "consecutive windows")
 
 
 def _where(phase: RolloutState, percent: int) -> str:
@@ -845,7 +376,7 @@ def _inconclusive(record: RolloutRecord, reason: str, now: float, **seen: object
 
 def _advance(record: RolloutRecord, now: float, **seen: object) -> RolloutRecord:
     spec = record.spec
-    held = f"held {_secs(record.hold_s)} s with all checks passing"
+    held = f"held {record.hold_s:g} s with all checks passing"
     if record.phase is RolloutState.SHADOW:
         nxt = 0
         reason = f"shadow {held}; {spec.steps[0]}% of traffic to {spec.challenger!r}"

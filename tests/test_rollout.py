@@ -15,22 +15,19 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from routing.checks import RolloutChecks, VersionWindow, WindowEvidence, judge
 from routing.policy import FallbackPolicy, HeaderRule, RoutingPolicy, StickyPolicy
 from routing.rollout import (
     CONTROLLER_ACTOR,
-    RolloutChecks,
     RolloutError,
     RolloutRecord,
     RolloutSpec,
     RolloutState,
     Traffic,
-    VersionWindow,
-    WindowEvidence,
     abort,
     apply_traffic,
     desired_traffic,
     iso_utc,
-    judge,
     parse_duration,
     parse_steps,
     pause,
