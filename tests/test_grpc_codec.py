@@ -16,8 +16,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.datatypes import NUMPY_DTYPES, serialize_bytes_tensor
 from gateway.errors import BadRequest
-from gateway.grpc_server import (
-    STATUS_MESSAGE_BYTES,
+from gateway.grpc_codec import (
     TYPED_FIELD,
     array_from_contents,
     decode_infer_request,
@@ -26,8 +25,8 @@ from gateway.grpc_server import (
     model_metadata_response,
     repository_index_response,
     requested_outputs,
-    status_message,
 )
+from gateway.grpc_server import STATUS_MESSAGE_BYTES, status_message
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.registry import ServedVersion, VersionState
 from gateway.service import InferResult
