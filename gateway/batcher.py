@@ -240,6 +240,11 @@ class Batcher:
                 retry_after_s=admission.objective_s,
             )
 
+    def count_late_answer(self) -> None:
+        """A request whose batch came back in time, but whose caller resumed after its deadline and answers 504:
+        counted as ``expired`` too, so that the refusals by reason add up to the 504s callers were sent."""
+        self._count_rejection("expired")
+
     def _count_rejection(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.rejections[reason].inc()

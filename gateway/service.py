@@ -209,6 +209,8 @@ class InferenceService:
         if deadline is not None and (late_s := time.monotonic() - deadline) > 0:
             # The batch came back in time for the batcher, but this caller resumed after the deadline (its event
             # loop was busy, e.g. decoding a burst of requests): the caller has given up, so it is told so.
+            if answer.entry.batcher is not None:
+                answer.entry.batcher.count_late_answer()
             raise DeadlineExceeded(f"{answer.entry.label}: the request's deadline passed {late_s * 1e3:.1f} ms "
                                    "before its answer could be sent")
         return InferResult(answer.entry, answer.outputs, specs, answer.variant, answer.fallback)

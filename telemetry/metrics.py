@@ -53,7 +53,8 @@ QUEUE_WAIT = Histogram("mlgate_queue_wait_seconds", "Time a request waited in th
 REJECTIONS = Counter("mlgate_batcher_rejections_total",
                      "Requests refused by the batcher: objective (429: at the admission limit for the latency "
                      "objective), deadline (429: cannot finish within its own timeout), queue_full (429), "
-                     "expired (504: own deadline passed).", (*_labels, "reason"), registry=REGISTRY)
+                     "expired (504: own deadline passed before the answer could be sent).", (*_labels, "reason"),
+                     registry=REGISTRY)
 BATCH_TRANSPORT = Counter("mlgate_batch_transport_total",
                           "Batches executed, by the way they reached the replica: direct (a Unix socket to a replica "
                           "on the gateway's node), shared_direct (shared memory, its layout over that socket), "

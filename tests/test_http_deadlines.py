@@ -18,6 +18,7 @@ import orjson
 from gateway.http_app import OipHttpApp
 from gateway.http_protocol import RECEIVED_AT
 from serving.batch_inputs import Arrays, Parts
+from telemetry.metrics import REGISTRY
 from tests.test_tracing import MODEL, Deployment, make_service, post
 
 INFER = f"/v2/models/{MODEL}/infer"
@@ -76,7 +77,11 @@ class StallingDeployment(Deployment):
 
 
 def test_an_answer_that_comes_back_after_the_deadline_is_not_sent_as_a_success() -> None:
-    app = OipHttpApp(make_service(None, StallingDeployment(stall_s=0.03)), 1 << 20)
-    status, body = asyncio.run(_post(app, timeout_us=10_000, arrived_s_ago=0.0))
+    """It is counted as an expired refusal too: the 504s callers got and the refusals by reason differed."""
+    service = make_service(None, StallingDeployment(stall_s=0.03), metrics=True)
+    expired = {"model": MODEL, "version": "1", "reason": "expired"}
+    before = REGISTRY.get_sample_value("mlgate_batcher_rejections_total", expired) or 0.0
+    status, body = asyncio.run(_post(OipHttpApp(service, 1 << 20), timeout_us=10_000, arrived_s_ago=0.0))
     assert status == 504, body
     assert "deadline passed" in body["error"] and "before its answer could be sent" in body["error"], body
+    assert REGISTRY.get_sample_value("mlgate_batcher_rejections_total", expired) == before + 1

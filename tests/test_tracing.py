@@ -48,6 +48,7 @@ from routing.live import LiveRouting
 from routing.store import StateStore, StoredRouting
 from serving.batch_inputs import Arrays, Parts, joined
 from serving.manifest import Manifest, TensorSpec
+from telemetry.metrics import BatchMetrics
 from telemetry.tracing import REQUEST_SPAN, Tracing, build_tracing
 from tests.conftest import RunningGateway, free_port, start_gateway, stop_gateway
 
@@ -87,14 +88,16 @@ def make_tracing(exporter: InMemorySpanExporter, ratio: float = 0.0) -> Tracing:
 
 def make_service(tracing: Tracing | None, deployment: Deployment, versions: Sequence[str] = ("1",),
                  live: LiveRouting | None = None, failing: Deployment | None = None,
-                 manifest: Manifest = MANIFEST) -> InferenceService:
-    """Versions of one model, the first the champion; ``failing`` serves the last version instead, if given."""
+                 manifest: Manifest = MANIFEST, metrics: bool = False) -> InferenceService:
+    """Versions of one model, the first the champion; ``failing`` serves the last version instead, if given;
+    ``metrics``: the batchers count into the process's metrics registry."""
     registry = ModelRegistry()
     for version in versions:
         entry = ServedVersion(MODEL, version, manifest.model_copy(update={"version": version}))
         registry.add(entry)
         execute = failing if failing is not None and version == versions[-1] else deployment
         batcher = Batcher(entry.label, execute, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=1),
+                          metrics=BatchMetrics.for_deployment(MODEL, version) if metrics else None,
                           tracing=tracing.batches(MODEL, version) if tracing is not None else None)
         entry.mark_ready(batcher, "cpu")
     registry.champions[MODEL] = versions[0]
