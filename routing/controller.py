@@ -218,7 +218,7 @@ class RolloutController:
         policy = RoutingPolicy.model_validate(routing.policy)
         spec = stored.record.get("spec")
         challenger = spec.get("challenger") if isinstance(spec, dict) else None
-        wanted = RoutingPolicy.model_validate({
+        wanted = RoutingPolicy.model_validate({  # (a valid policy with the split and a shadow taken away: valid)
             **policy.model_dump(), "weights": {policy.champion: 100},
             "shadows": {v: pct for v, pct in policy.shadows.items() if v != challenger},
         })
