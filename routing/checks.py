@@ -376,6 +376,13 @@ def _few(count: int, what: str, window_s: float, need: int) -> str:
     return f"{count} {what} in the {_secs(window_s)} s window, need {need}"
 
 
+def _against(name: CheckName, value: float, threshold: float, how: str) -> CheckResult:
+    """``value`` passed or failed against ``threshold``; ``how`` says how the value was reached, in the detail."""
+    failed = value > threshold
+    detail = f"{name}: {how} = {fmt_value(value)} {_cmp(failed)} {fmt_value(threshold)}"
+    return CheckResult(name=name, status="fail" if failed else "pass", value=value, threshold=threshold, detail=detail)
+
+
 def _error_rate(cfg: ErrorRateCheck, ev: WindowEvidence) -> CheckResult:
     name: CheckName = "error_rate"
     if not cfg.enabled:
@@ -387,15 +394,8 @@ def _error_rate(cfg: ErrorRateCheck, ev: WindowEvidence) -> CheckResult:
         )
     ch_rate = ch.errors / ch.requests
     champ_rate = champ.errors / champ.requests if champ.requests else 0.0
-    value = ch_rate - champ_rate
-    failed = value > cfg.threshold
-    detail = (
-        f"{name}: challenger {fmt_value(ch_rate)} - champion {fmt_value(champ_rate)} = {fmt_value(value)} "
-        f"{_cmp(failed)} {fmt_value(cfg.threshold)}"
-    )
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
+    return _against(name, ch_rate - champ_rate, cfg.threshold,
+                    f"challenger {fmt_value(ch_rate)} - champion {fmt_value(champ_rate)}")
 
 
 def _latency_ratio(cfg: LatencyRatioCheck, ev: WindowEvidence) -> CheckResult:
@@ -411,15 +411,8 @@ def _latency_ratio(cfg: LatencyRatioCheck, ev: WindowEvidence) -> CheckResult:
     if ch_p99 is None or champ_p99 is None or champ_p99 <= 0:
         missing = "champion p99 is 0 s" if champ_p99 == 0 else "no p99 latency reported"
         return _insufficient(name, cfg.threshold, f"{missing} in the {_secs(ev.window_s)} s window")
-    value = ch_p99 / champ_p99
-    failed = value > cfg.threshold
-    detail = (
-        f"{name}: challenger p99 {ch_p99 * 1000:.1f} ms / champion p99 {champ_p99 * 1000:.1f} ms = "
-        f"{fmt_value(value)} {_cmp(failed)} {fmt_value(cfg.threshold)}"
-    )
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
+    return _against(name, ch_p99 / champ_p99, cfg.threshold,
+                    f"challenger p99 {ch_p99 * 1000:.1f} ms / champion p99 {champ_p99 * 1000:.1f} ms")
 
 
 def _disagreement(cfg: DisagreementCheck, ev: WindowEvidence) -> CheckResult:
@@ -430,15 +423,8 @@ def _disagreement(cfg: DisagreementCheck, ev: WindowEvidence) -> CheckResult:
         return _insufficient(
             name, cfg.threshold, _few(ev.compared_rows, "compared rows", ev.window_s, cfg.min_compared_rows)
         )
-    value = 1.0 - ev.agreeing_rows / ev.compared_rows
-    failed = value > cfg.threshold
-    detail = (
-        f"{name}: {ev.compared_rows - ev.agreeing_rows} of {ev.compared_rows} compared rows differ = "
-        f"{fmt_value(value)} {_cmp(failed)} {fmt_value(cfg.threshold)}"
-    )
-    return CheckResult(
-        name=name, status="fail" if failed else "pass", value=value, threshold=cfg.threshold, detail=detail
-    )
+    return _against(name, 1.0 - ev.agreeing_rows / ev.compared_rows, cfg.threshold,
+                    f"{ev.compared_rows - ev.agreeing_rows} of {ev.compared_rows} compared rows differ")
 
 
 def _divergence(cfg: DivergenceCheck, ev: WindowEvidence) -> CheckResult:

@@ -555,6 +555,12 @@ def test_latency_needs_both_versions() -> None:
     assert ok.detail == "latency_p99_ratio: challenger p99 10.0 ms / champion p99 10.0 ms = 1.00 <= 2.00"
 
 
+def test_disagreement_says_how_many_rows_differ() -> None:
+    result = judge(RolloutChecks(), replace(GOOD, compared_rows=200, agreeing_rows=170)).result("disagreement")
+    assert (result.status, result.value) == ("fail", pytest.approx(0.15))
+    assert result.detail == "disagreement: 30 of 200 compared rows differ = 0.15 > 0.10"
+
+
 def test_divergence_needs_a_value() -> None:
     result = judge(RolloutChecks(), replace(GOOD, prediction_divergence=None)).result("prediction_divergence")
     assert (result.status, result.detail) == (
