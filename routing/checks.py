@@ -40,6 +40,10 @@ was inconclusive for ever)."""
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 """A number of windows or samples a check asks for."""
 
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+"""A threshold on a rate, a share or a base-2 divergence, none of which exceeds 1: a threshold of 1 or more (5 meant
+as 5 %, say) could never fail."""
+
 
 class OperatorSettings(FrozenValue):
     """What an operator sends: also strict in type, so ``true`` is not taken for 1, nor ``"30"`` for 30.0.
@@ -68,10 +72,8 @@ class _Check(OperatorSettings):
 class ErrorRateCheck(_Check):
     """Fails when the challenger errs more often than the champion on the same window."""
 
-    threshold: float = Field(
+    threshold: Fraction = Field(
         0.05,
-        gt=0,
-        lt=1,
         description=(
             "Largest tolerated challenger error rate minus champion error rate (0.05 = 5 percentage points). "
             "A champion without requests in the window counts as error rate 0. Below 1: the difference of two "
@@ -96,10 +98,8 @@ class LatencyRatioCheck(_Check):
 class DisagreementCheck(_Check):
     """Fails when the challenger's answers differ from the champion's on the same inputs too often."""
 
-    threshold: float = Field(
+    threshold: Fraction = Field(
         0.10,
-        gt=0,
-        lt=1,
         description=(
             "Largest tolerated share of compared rows where the two versions disagree (0.1 = 10 %). Below 1: "
             "a share never exceeds 1, so a threshold of 1 or more could never fail."
@@ -112,10 +112,8 @@ class DisagreementCheck(_Check):
 class DivergenceCheck(_Check):
     """Fails when the challenger's prediction distribution drifts away from the champion's."""
 
-    threshold: float = Field(
+    threshold: Fraction = Field(
         0.1,
-        gt=0,
-        lt=1,
         description=(
             "Largest tolerated Jensen-Shannon divergence (base 2, so in [0, 1]) between the two versions' "
             "prediction histograms. Below 1, as a threshold of 1 or more could never fail."
