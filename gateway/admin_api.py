@@ -103,14 +103,14 @@ def _refuse_unknown_query(request: Request, takes: frozenset[str]) -> None:
 
     FastAPI ignores the first and keeps the last of the second: ``/audit?lmit=1`` answered the whole log,
     ``?window_s=60&window_s=900`` judged 900 s, each as if the caller had asked for it."""
-    keys = [key for key, _ in request.query_params.multi_items()]
-    for key in keys:
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
         if key not in takes:
             taken = ", ".join(sorted(takes)) if takes else "no query parameters"
             raise Unprocessable(f"unknown query parameter {key[:60]!r}; this endpoint takes: {taken}")
-    for key in keys:
-        if keys.count(key) > 1:
+        if key in seen:
             raise Unprocessable(f"query parameter {key!r} is given twice; which one was meant cannot be told")
+        seen.add(key)
 
 
 # Module level, not inside build_admin_app: FastAPI resolves these annotations by name.
