@@ -138,6 +138,7 @@ class Batcher:
         self._queued_rows = 0
         self._inflight = 0
         self._inflight_rows = 0
+        self._inflight_requests = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._tasks: set[asyncio.Task[None]] = set()
@@ -232,7 +233,7 @@ class Batcher:
         if admission is None:
             return
         in_system = self._queued_rows + self._inflight_rows
-        if not admission.admits(in_system, rows):
+        if not admission.admits(in_system, rows, len(self._queue) + self._inflight_requests):
             self._count_rejection("objective")
             raise Overloaded(
                 f"{self.label}: at its limit for a {admission.objective_s * 1e3:g} ms latency objective "
@@ -362,6 +363,7 @@ class Batcher:
             rows = sum(p.rows for p in batch)
             self._inflight += 1
             self._inflight_rows += rows
+            self._inflight_requests += len(batch)
             task = asyncio.get_running_loop().create_task(self._run(batch, rows))
             self._tasks.add(task)
             self._inflight_finish[task] = now + self.latency.mean(rows)
@@ -459,6 +461,7 @@ class Batcher:
         finally:
             self._inflight -= 1
             self._inflight_rows -= total_rows
+            self._inflight_requests -= len(batch)
             self._dispatch()
         observer = self.observer
         if outcome is not None:

@@ -47,7 +47,7 @@ def test_the_limit_never_falls_below_its_floor() -> None:
     for step in range(50):
         limit.observe(answered=4, late=4, rows=4, rows_in_system=10, queued_rows=1, now=float(step))
     assert limit.rows == 2
-    assert limit.admits(rows_in_system=1, rows=1)
+    assert limit.admits(rows_in_system=1, rows=1, requests_in_system=1)
 
 
 def test_late_answers_never_cut_below_half_an_objective_of_the_throughput_shown() -> None:
@@ -122,9 +122,20 @@ def test_answers_in_time_raise_only_a_limit_they_tested() -> None:
 
 def test_an_empty_deployment_admits_any_request_and_a_busy_one_only_what_fits() -> None:
     limit = AdmissionLimit(objective_s=0.02, initial_rows=8, min_rows=2)
-    assert limit.admits(rows_in_system=0, rows=500)
-    assert limit.admits(rows_in_system=5, rows=3)
-    assert not limit.admits(rows_in_system=5, rows=4)
+    assert limit.admits(rows_in_system=0, rows=500, requests_in_system=0)
+    assert limit.admits(rows_in_system=5, rows=3, requests_in_system=5)
+    assert not limit.admits(rows_in_system=5, rows=4, requests_in_system=5)
+
+
+def test_a_limit_below_a_requests_size_still_admits_one_request_per_slot() -> None:
+    """Two execution slots, a limit cut to 3,000 rows: a second 16,384-row request, or a one-row probe before the
+    body is read, is admitted beside the first; a third is not, and small requests still meet the limit in rows."""
+    limit = AdmissionLimit(objective_s=0.02, initial_rows=3_000, min_rows=2)
+    assert limit.admits(rows_in_system=16_384, rows=16_384, requests_in_system=1)
+    assert limit.admits(rows_in_system=16_384, rows=1, requests_in_system=1)
+    assert not limit.admits(rows_in_system=2 * 16_384, rows=16_384, requests_in_system=2)
+    assert limit.admits(rows_in_system=2_990, rows=10, requests_in_system=299)
+    assert not limit.admits(rows_in_system=2_991, rows=10, requests_in_system=300)
 
 
 def test_arrival_rate_follows_a_steady_stream_and_decays_in_silence() -> None:

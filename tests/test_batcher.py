@@ -371,6 +371,32 @@ def test_objective_sheds_load_when_the_queue_would_make_everyone_late() -> None:
     assert elapsed < 0.07 + 0.05  # every admitted request was answered within the objective (+ tolerance)
 
 
+def test_a_limit_cut_below_a_large_request_still_lets_one_request_run_per_slot() -> None:
+    """Two slots, 40-row requests, the limit cut to 10 rows: while one runs, neither the early shedding (before a
+    body is read) nor admission refuses a second; with both slots taken, both refuse a third."""
+    executor = RecordingExecutor(delay_s=0.05)
+    batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=64, max_wait_s=0.0, max_inflight=2, objective_s=0.2))
+    assert batcher.admission is not None
+    batcher.admission.rows = 10
+
+    async def main() -> list[BaseException | Arrays]:
+        first = asyncio.ensure_future(batcher.submit(_rows(0, 40), 40))
+        await asyncio.sleep(0.01)
+        batcher.shed_early()
+        second = asyncio.ensure_future(batcher.submit(_rows(40, 40), 40))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="80 rows queued or running, limit 10"):
+            batcher.shed_early()
+        third = asyncio.ensure_future(batcher.submit(_rows(80, 40), 40))
+        return await asyncio.gather(first, second, third, return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(first, dict) and isinstance(second, dict)
+    np.testing.assert_array_equal(second["double"], _rows(40, 40)["x"] * 2)
+    assert isinstance(third, Overloaded)
+    assert executor.batch_rows == [40, 40]
+
+
 def test_queue_is_bounded() -> None:
     batcher = Batcher("m", RecordingExecutor(delay_s=0.01), BatchPolicy(8, 0.0, 1, max_queue_rows=10))
 
