@@ -94,7 +94,8 @@ bench-refusal: models
 	$(BIN)/python -m loadtests.bench_refusal --models $(MODELS) --out loadtests/results/bench_refusal.md
 
 bench-gpu: models
-	$(BIN)/python -m loadtests.bench_gpu --models $(MODELS) --workers 8 --rows 1,1024,16384,65536 --growth 1.6 \
+	$(BIN)/python -m loadtests.bench_gpu --models $(MODELS) --workers 8 --rows 16384,32768 --growth 1.2 \
+		--start-fraction 0.15 --batch-sizes 1,1024,4096,16384,65536 --offline-s 0.5 \
 		--out loadtests/results/bench_gpu.md
 
 bench-kernels: install

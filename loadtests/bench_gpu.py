@@ -25,20 +25,25 @@ One call builds, checks and times everything that issue 3's GPU target needs:
    also get its rows from host memory and back. The CUDA answers are checked against the CPU
    provider's.
 3. **The gateway.** ``mlgate serve`` with the heavy model on ``device: cuda``, the adaptive batcher
-   with the SLO as its latency objective, and the manifest's row bound raised to the offline best
-   batch size (so the batcher may form the batches that ORT likes best). Checked before timing:
+   with the SLO as its latency objective, the manifest's row bound raised to the offline best
+   batch size (so the batcher may form the batches that ORT likes best), and ``--replica-cpus``
+   as the replica's ``num_cpus``: ONNX Runtime's threads for the nodes CUDA has no kernel for (the
+   wide model's scaler and casts), which with 2 threads took twice the offline time on an H100.
+   Checked before timing:
    model metadata says ``device: cuda``, ``mlgate_model_device_info{device="cuda"}`` is 1, and the
    gateway's answer for 64 rows equals the offline CUDA answer.
-4. **Load.** For each rows-per-request R, an open-loop Poisson ramp (from 500 req/s or 1% of the
-   offline peak, whichever is less, each rate 1.5x the last) until
-   p99 misses the SLO or the gateway answers less than 80% of what is offered, driven by several
+4. **Load.** For each rows-per-request R, an open-loop Poisson ramp (from 500 req/s or
+   ``--start-fraction`` of the offline peak, whichever is less, each rate ``--growth`` times the last;
+   each point long enough for ``--min-requests``) until, at ``--misses`` rates in a row, p99 misses
+   the SLO or the gateway answers less than 80% of what is offered, driven by several
    generator processes whose latencies are merged before the percentiles are taken. Requests carry
    binary tensors both ways (as tritonclient sends them). Throughput at the SLO is the best goodput
    (rows answered within the SLO per second) over the rates whose p99 met the SLO; its ratio to the
    offline peak is the target (at least 0.8 at p99 <= 20 ms). A ramp, not a closed loop, finds the
    top: a closed loop resends every 429 at once, a retry storm that measures the refusal path.
-   Each point also gives the gateway's mean batch size, its mean Ray round trip per batch and its
-   mean queue wait (from its own histograms).
+   Each point also gives the gateway's mean batch size, its mean round trip per batch, its mean
+   queue wait (from its own histograms), the way its batches went and its batchers' refusals by
+   reason.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from serving.batch_inputs import Arrays
 from serving.deployment import io_binding_runner
 from serving.device import CPU, CUDA
 from serving.transports import TRANSPORTS
+from telemetry.metrics import REJECTION_REASONS
 
 MODEL = "breast-cancer-wide"
 PACED = "run, 5 ms apart"
@@ -108,6 +114,8 @@ class LoadPoint:
     client_cpu_pct: float
     transports: str
     """The ways the point's batches reached the replica, as shares (``mlgate_batch_transport_total``)."""
+    refusals: str
+    """The batchers' refusals by reason (``mlgate_batcher_rejections_total``), e.g. ``objective 12``."""
 
     @property
     def kept_up(self) -> bool:
@@ -249,7 +257,7 @@ def build_repository(models: Path, target: Path, max_batch_rows: int, names: tup
 
 
 def write_config(path: Path, repository: Path, http_port: int, workers: int, device: str, slo_ms: float,
-                 max_batch_rows: int) -> None:
+                 max_batch_rows: int, replica_cpus: int) -> None:
     config = {
         "server": {"host": "127.0.0.1", "http_port": http_port, "grpc_port": free_port(), "workers": workers},
         "repository": str(repository),
@@ -257,7 +265,7 @@ def write_config(path: Path, repository: Path, http_port: int, workers: int, dev
             "versions": ["1"],
             "batching": {"latency_objective_ms": slo_ms, "max_batch_rows": max_batch_rows,
                          "max_queue_rows": max(65536, 8 * max_batch_rows)},
-            "deployment": {"device": device, "num_cpus": 2},
+            "deployment": {"device": device, "num_cpus": replica_cpus},
         }},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -304,6 +312,13 @@ def transport_counts(port: int) -> dict[str, float]:
     return {t: metric_sum(samples, "mlgate_batch_transport_total", model=MODEL, transport=t) for t in TRANSPORTS}
 
 
+def rejection_counts(port: int) -> dict[str, float]:
+    """The model's batchers' refusals so far, by reason."""
+    samples = scrape(port)
+    return {r: metric_sum(samples, "mlgate_batcher_rejections_total", model=MODEL, reason=r)
+            for r in REJECTION_REASONS}
+
+
 def transport_shares(before: dict[str, float], after: dict[str, float]) -> str:
     """``way share`` for each way some batches took between two readings, e.g. ``shared_direct 100%``."""
     took = {t: after[t] - before[t] for t in after}
@@ -321,8 +336,10 @@ def drive(pool: ProcessPoolExecutor, parts: int, base: LoadConfig, port: int, wo
     configs = [replace(base, rate=base.rate / parts, connections=max(1, base.connections // parts), seed=base.seed + i)
                for i in range(parts)]
     before, hist_before, ways_before = batch_totals(port, MODEL), histogram_means(port), transport_counts(port)
+    refused_before = rejection_counts(port)
     results = list(pool.map(run_load_sync_keeping_latencies, configs))
     after, hist_after, ways_after = batch_totals(port, MODEL), histogram_means(port), transport_counts(port)
+    refused_after = rejection_counts(port)
     settle(port, mlgate=True)
     reports = [r for r, _ in results]
     latencies = np.concatenate([lat for _, lat in results])
@@ -343,22 +360,31 @@ def drive(pool: ProcessPoolExecutor, parts: int, base: LoadConfig, port: int, wo
         round_trip_ms=_mean_ms(*(h["mlgate_batch_execution_seconds"] for h in (hist_before, hist_after))),
         queue_wait_ms=_mean_ms(*(h["mlgate_queue_wait_seconds"] for h in (hist_before, hist_after))),
         client_cpu_pct=float(np.mean([r.client_cpu_percent for r in reports])),
-        transports=transport_shares(ways_before, ways_after))
+        transports=transport_shares(ways_before, ways_after),
+        refusals=", ".join(f"{r} {refused_after[r] - refused_before[r]:g}" for r in REJECTION_REASONS
+                           if refused_after[r] > refused_before[r]) or "-")
 
 
 def ramp(pool: ProcessPoolExecutor, parts: int, port: int, workers: int, rows: int, peak_rows_per_s: float,
          args: argparse.Namespace) -> list[LoadPoint]:
-    """Open-loop rates growing by ``args.growth`` until p99 misses the SLO or the gateway falls behind."""
+    """Open-loop rates growing by ``args.growth`` until p99 misses the SLO or the gateway falls behind at
+    ``args.misses`` rates in a row.
+
+    A point lasts long enough for ``args.min_requests`` requests (up to three times ``args.duration``): at
+    8 req/s, 3 s give 24 latencies, whose p99 is their maximum, and one slow request ended the ramp there."""
     base = LoadConfig(url=f"http://127.0.0.1:{port}", model=MODEL, mode="open", rows=rows, payload="binary",
                       binary_outputs=True, duration_s=args.duration, warmup_s=args.warmup, timeout_s=5.0, quiet=True,
                       slo_ms=args.slo_ms, connections=256 * parts,
-                      rate=max(2.0, min(args.start_rps, 0.01 * peak_rows_per_s / rows)))
+                      rate=max(2.0, min(args.start_rps, args.start_fraction * peak_rows_per_s / rows)))
     points: list[LoadPoint] = []
+    missed = 0
     while len(points) < args.max_steps and base.rate * rows <= 1.5 * peak_rows_per_s:
-        point = drive(pool, parts, base, port, workers)
+        duration = min(3 * args.duration, max(args.duration, args.min_requests / base.rate))
+        point = drive(pool, parts, replace(base, duration_s=duration), port, workers)
         _show(point)
         points.append(point)
-        if point.p99_ms > args.slo_ms or not point.kept_up:
+        missed = missed + 1 if point.p99_ms > args.slo_ms or not point.kept_up else 0
+        if missed >= args.misses:
             break
         base = replace(base, rate=base.rate * args.growth)
     return points
@@ -368,8 +394,8 @@ def _show(p: LoadPoint) -> None:
     print(f"  workers {p.workers} rows {p.rows_per_request:5d} offered {p.offered_rps:8.0f}/s ok {p.ok_rps:8.0f}/s "
           f"good {p.goodput_rows_per_s:12,.0f} rows/s p50 {p.p50_ms:7.2f} p99 {p.p99_ms:7.2f} refused {p.refused} "
           f"failed {p.failed} rows/batch {p.rows_per_batch:8.1f} round trip {p.round_trip_ms:6.2f} ms queue "
-          f"{p.queue_wait_ms:6.2f} ms client cpu {p.client_cpu_pct:3.0f}% ({p.transports})", file=sys.stderr,
-          flush=True)
+          f"{p.queue_wait_ms:6.2f} ms client cpu {p.client_cpu_pct:3.0f}% ({p.transports}; refused: {p.refusals})",
+          file=sys.stderr, flush=True)
 
 
 def run_gateway(args: argparse.Namespace, work: Path, workers: int, device: str, peak: OfflinePoint,
@@ -378,7 +404,7 @@ def run_gateway(args: argparse.Namespace, work: Path, workers: int, device: str,
     build_repository(args.models, repository, peak.batch_rows)
     port = free_port()
     config = work / f"mlgate-{workers}.yaml"
-    write_config(config, repository, port, workers, device, args.slo_ms, peak.batch_rows)
+    write_config(config, repository, port, workers, device, args.slo_ms, peak.batch_rows, args.replica_cpus)
     command = mlgate_command(config)
     if command is None:
         raise SystemExit("error: no mlgate CLI in this environment")
@@ -424,7 +450,8 @@ def render(args: argparse.Namespace, argv: list[str], device: str, offline: list
              environment_lines(argv, "loadtests.bench_gpu"), *gpu_lines(),
              f"- ONNX Runtime providers: {', '.join(ort.get_available_providers())}; model ran on **{device}**",
              f"- model: {MODEL}; SLO p99 <= {args.slo_ms:g} ms; {args.duration:g} s measured after {args.warmup:g} s "
-             f"warm-up per point; {args.generators} load generator processes, binary tensor payloads", "",
+             f"warm-up per point (longer for {args.min_requests} requests); {args.generators} load generator "
+             f"processes, binary tensor payloads; the replica has num_cpus {args.replica_cpus}", "",
              "## Offline, ONNX Runtime alone (rows/s)", "",
              "| batch rows | run (host in/out) | IOBinding (the replica's path) | resident on device (no copies) |",
              "|---:|---:|---:|---:|"]
@@ -440,15 +467,15 @@ def render(args: argparse.Namespace, argv: list[str], device: str, offline: list
         lines += [f"One `run` call when calls come 5 ms apart, median: {'; '.join(paced)}.", ""]
     for workers, said in checks.items():
         lines += [f"## Gateway, {workers} worker process(es)", "", *[f"- {line}" for line in said], "",
-                  "| rows/request | offered req/s | ok req/s | goodput rows/s | p50 ms | p99 ms | refused "
-                  "| failed | rows/batch | round trip ms | queue wait ms | client CPU | batches went |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| rows/request | offered req/s | ok req/s | goodput rows/s | p50 ms | p99 ms | refused | failed "
+                  "| rows/batch | round trip ms | queue wait ms | client CPU | batches went | batchers refused |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         mine = [p for p in points if p.workers == workers]
         for p in mine:
             lines.append(f"| {p.rows_per_request} | {p.offered_rps:,.0f} | {p.ok_rps:,.0f} "
                          f"| {p.goodput_rows_per_s:,.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.refused} "
                          f"| {p.failed} | {p.rows_per_batch:.1f} | {p.round_trip_ms:.2f} | {p.queue_wait_ms:.2f} "
-                         f"| {p.client_cpu_pct:.0f}% | {p.transports} |")
+                         f"| {p.client_cpu_pct:.0f}% | {p.transports} | {p.refusals} |")
         lines.append("")
         for rows in args.rows:
             best = at_slo([p for p in mine if p.rows_per_request == rows], args.slo_ms)
@@ -475,10 +502,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=ints, default=[1, 16, 64, 256, 1024, 4096, 16384, 65536])
     p.add_argument("--offline-s", type=float, default=1.0, help="seconds timed per offline (path, batch size)")
     p.add_argument("--start-rps", type=float, default=500.0,
-                   help="first rate of each ramp, req/s (lower where that would exceed 1%% of the offline peak)")
+                   help="first rate of each ramp, req/s (lower where that would exceed --start-fraction)")
+    p.add_argument("--start-fraction", type=float, default=0.01,
+                   help="the first rate of a ramp offers at most this share of the offline peak's rows/s")
     p.add_argument("--growth", type=float, default=1.5, help="each rate of a ramp over the last")
     p.add_argument("--max-steps", type=int, default=14, help="most rates per ramp")
-    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per point")
+    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per point (at least)")
+    p.add_argument("--min-requests", type=int, default=200,
+                   help="a point lasts until this many requests were offered, up to 3x --duration")
+    p.add_argument("--misses", type=int, default=2, help="a ramp ends after this many rates in a row miss the SLO")
+    p.add_argument("--replica-cpus", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
+                   help="the replica's num_cpus, which are ONNX Runtime's threads for the model's nodes that run on "
+                        "the CPU (the wide model's scaler and casts); the offline session uses every core")
     p.add_argument("--warmup", type=float, default=1.0, help="discarded seconds per point")
     p.add_argument("--generators", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)),
                    help="load generator processes")

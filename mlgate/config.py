@@ -209,7 +209,8 @@ class DeploymentConfig(_Strict):
         # ge=0.0001: Ray counts resources in ten-thousandths; a smaller num_cpus passed config check, then
         # serve.deployment raised 'precision ... cannot go beyond 0.0001' after Ray had started.
         0.5, ge=0.0001, description="Ray CPUs reserved per replica (at least 0.0001, Ray's resource unit); "
-        "ONNX Runtime threads = max(1, floor(num_cpus))."
+        "ONNX Runtime threads = max(1, floor(num_cpus)), on a GPU too: they run the nodes CUDA has no kernel "
+        "for (on an H100 the wide demo model took 2.6 ms per 16,384 rows with 2 threads, 1.3 ms with 16)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = CUDA when Ray sees a GPU, CPU otherwise."
