@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -87,9 +88,41 @@ def family(leader: int, leader_alive: bool = True) -> list[ProcInfo]:
     return [p for p in procs if p.pid in members and p.state != "Z"]
 
 
+LOWEST_PORT = 20000
+"""Ports for servers under test are drawn from here up to the kernel's ephemeral range (and above it)."""
+_handed_out: set[int] = set()
+
+
+def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
+    """The ports the kernel hands out to outgoing connections and to binds to port 0 (Linux's default where
+    it cannot be read)."""
+    try:
+        low, high = (int(x) for x in path.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A currently free loopback TCP port (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback TCP port nothing holds now, outside the kernel's ephemeral range, not handed out before by
+    this process.
+
+    A port the kernel picked (bind to port 0) went back to its ephemeral pool when the probe closed, so any
+    outgoing connection, or any of Ray's servers binding port 0, could take it in the seconds before the server
+    under test bound it: in one full test run 56 tests failed that way ("cannot listen for gRPC ... Address
+    already in use"). Outside that range only an explicit bind to the same number can collide."""
+    ephemeral = ephemeral_ports()
+    candidates = [p for p in range(LOWEST_PORT, 65536) if p not in ephemeral and p not in _handed_out]
+    rng = random.Random()
+    for port in rng.sample(candidates, min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a machine that leaves no room outside it
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

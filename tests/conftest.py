@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtests.procs import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TAMPERED_VERSION = "9"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _demo_source_digest() -> str:
