@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
+from gateway.body_budget import BodyBudget
 from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response, error_body, json_body
-from gateway.http_protocol import RECEIVED_AT, WHOLE_BODY
+from gateway.http_protocol import RECEIVED_AT, WHOLE_BODY, declared_length
 from gateway.service import CLIENT_CLOSED, InferenceService, InferResult
 from gateway.traffic import Target
 from telemetry.metrics import exposition
@@ -49,11 +50,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class OipHttpApp:
-    def __init__(self, service: InferenceService, max_request_bytes: int, admin: ASGIApp | None = None) -> None:
+    def __init__(self, service: InferenceService, max_request_bytes: int, admin: ASGIApp | None = None,
+                 max_inflight_body_bytes: int | None = None) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.admin = admin
         """The control plane (``/admin/...``), a separate application on the same port."""
+        self.bodies = None if max_inflight_body_bytes is None else BodyBudget(max_inflight_body_bytes)
+        """The bytes of request bodies this process may hold at once (None: no bound)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +65,13 @@ class OipHttpApp:
         if self.admin is not None and scope["path"].startswith("/admin/"):
             await self.admin(scope, receive, send)
             return
+        try:
+            await self._respond(scope, receive, send)
+        finally:
+            if self.bodies is not None:
+                self.bodies.release(scope)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             status, headers, body = await self._handle(scope, receive)
         except ClientDisconnected:
@@ -186,6 +197,10 @@ class OipHttpApp:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | bytearray:
         limit = self.max_request_bytes
         refuse_declared_oversize(scope["headers"], limit)
+        declared = declared_length(scope["headers"])
+        budget = self.bodies
+        if budget is not None:
+            budget.charge(scope, declared)
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -196,6 +211,8 @@ class OipHttpApp:
             total += len(chunk)
             if total > limit:
                 raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            if budget is not None and not declared:  # chunked: charged as it arrives
+                budget.charge(scope, len(chunk))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -206,6 +223,8 @@ class OipHttpApp:
         encoding = _content_coding(scope["headers"])
         if encoding is not None:
             body = _decompress(body, encoding, limit)
+            if budget is not None:
+                budget.charge(scope, len(body))
         return body
 
 
@@ -273,9 +292,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def refuse_declared_oversize(headers: list[tuple[bytes, bytes]], limit: int) -> None:
     """PayloadTooLarge if ``Content-Length`` declares more than ``limit`` bytes: refused before any is read."""
-    declared = raw_header(headers, "content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    declared = declared_length(headers)
+    if declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
 
 
 def raw_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:

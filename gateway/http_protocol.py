@@ -52,7 +52,7 @@ class StampingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         if self._gather_up_to and not self.parser.should_upgrade():
-            length = _declared_length(self.headers)
+            length = declared_length(self.headers)
             if GATHER_FROM_BYTES <= length <= self._gather_up_to:
                 self._gathered = bytearray()
 
@@ -72,11 +72,12 @@ class StampingHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
-def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int:
     """Content-Length (0 when absent or not a number: httptools has checked the framing itself)."""
     for name, value in headers:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
+            value = value.strip()
+            return int(value) if value.isascii() and value.isdigit() else 0
     return 0
 
 

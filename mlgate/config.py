@@ -110,6 +110,11 @@ class ServerConfig(_Strict):
     max_request_bytes: Int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
+    max_inflight_body_bytes: Int = Field(
+        512 * 1024 * 1024, ge=1024, description="Bytes of HTTP request bodies one gateway process holds at once, "
+        "over all its connections (at least max_request_bytes); past it a request is refused with 429 and "
+        "Retry-After before its body is read, so that many large bodies at once cannot exhaust its memory."
+    )
     grpc_max_message_bytes: Int = Field(
         64 * 1024 * 1024, ge=1024, le=2**31 - 1,
         description="Largest gRPC message accepted or sent (gRPC holds it in a C int: at most 2 GiB - 1).",
@@ -147,6 +152,14 @@ class ServerConfig(_Strict):
         """One port for both servers passed the check, then failed at listen, after Ray's start-up, as 'in use'."""
         if self.http_port == self.grpc_port != 0:
             raise ValueError(f"http_port and grpc_port are both {self.http_port}: HTTP and gRPC need a port each")
+        return self
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> ServerConfig:
+        """A budget below one largest body would refuse such a request with 429 forever, though it is valid."""
+        if self.max_inflight_body_bytes < self.max_request_bytes:
+            raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) is below max_request_bytes "
+                             f"({self.max_request_bytes}): a request of the largest size allowed could never be read")
         return self
 
 

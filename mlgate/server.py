@@ -502,7 +502,8 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
                             gateway.drift if gateway.config.monitoring.drift else None,
                             gateway.rollouts if gateway.config.monitoring.drift else None)
     http = _QuietUvicorn(listener_config(
-        OipHttpApp(gateway.service, config.max_request_bytes, TokenBeforeBody(admin, config.max_request_bytes)),
+        OipHttpApp(gateway.service, config.max_request_bytes, TokenBeforeBody(admin, config.max_request_bytes),
+                   config.max_inflight_body_bytes),
         config.host, config.http_port,
         gather_up_to=config.max_request_bytes, timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))

@@ -218,6 +218,9 @@ def _tokens(*tokens: tuple[str, str, str]) -> str:
     ("server: {host: 'http://0.0.0.0'}\n", "without a scheme"),
     ("server: {host: '[::1]'}\n", "without brackets"),
     ("server: {host: 1.2.3.4.5}\n", "'1.2.3.4.5' is neither an IP address nor a host name"),
+    ("server: {max_request_bytes: 2000000, max_inflight_body_bytes: 1000000}\n",
+     "server: max_inflight_body_bytes (1000000) is below max_request_bytes (2000000): a request of the largest "
+     "size allowed could never be read"),
     ("deployment: {replicas: 1e8}\n", "deployment.replicas: Input should be less than or equal to 1024"),
     ("batching: {max_inflight_batches: 65}\n",
      "batching.max_inflight_batches: Input should be less than or equal to 64"),

@@ -34,13 +34,15 @@ class Seen:
     """Per request the application answered: whether its body came gathered, and how many messages it read."""
 
     requests: list[tuple[bool, int]] = field(default_factory=list)
+    app: OipHttpApp | None = None
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[int, Seen]]:
     manifest = MANIFEST.model_copy(update={"max_batch_rows": 65536})
-    app = OipHttpApp(make_service(None, Deployment(delay_s=0.0), manifest=manifest), LIMIT)
-    seen = Seen()
+    app = OipHttpApp(make_service(None, Deployment(delay_s=0.0), manifest=manifest), LIMIT,
+                     max_inflight_body_bytes=LIMIT)
+    seen = Seen(app=app)
 
     async def recording(scope: Any, receive: Any, send: Any) -> None:
         messages, recorded = 0, False
@@ -221,6 +223,72 @@ def test_a_client_gone_mid_body_costs_nothing_and_the_server_keeps_serving(serve
         status, _, payload = _read_response(sock, bytearray())
     assert status == 200, payload
     np.testing.assert_array_equal(_doubled(payload), x * 2)
+
+
+def _held(seen: Seen) -> int:
+    assert seen.app is not None and seen.app.bodies is not None
+    return seen.app.bodies.held
+
+
+def _wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_bodies_past_the_process_budget_are_refused_with_429_and_the_held_one_is_answered(
+        server: tuple[int, Seen]) -> None:
+    """Budget = LIMIT (1 MiB): while a 720 KB body is on its way, a second is refused before it is read, with
+    Retry-After; once the first is answered the budget is free again, also after a client that went away."""
+    port, seen = server
+    first, x_first = _binary_request(60_000)
+    second, x_second = _binary_request(60_000, start=5.0)
+    assert len(first) + len(second) > LIMIT
+    with _connect(port) as holding, _connect(port) as refused:
+        holding.sendall(_head(first, port, first.index(b"}]}") + 3) + first[:100_000])
+        _wait_until(lambda: _held(seen) == len(first), "the first body was never charged")
+        refused.sendall(_head(second, port, second.index(b"}]}") + 3) + second)
+        status, headers, payload = _read_response(refused, bytearray())
+        assert status == 429, payload
+        assert headers["retry-after"] == "1"
+        assert "max_inflight_body_bytes" in orjson.loads(payload)["error"]
+        holding.sendall(first[100_000:])
+        status, _, payload = _read_response(holding, bytearray())
+    assert status == 200, payload
+    np.testing.assert_array_equal(_doubled(payload), x_first * 2)
+    _wait_until(lambda: _held(seen) == 0, "the answered body was never released")
+    with _connect(port) as gone:  # cut off mid-body: released all the same
+        gone.sendall(_head(second, port, second.index(b"}]}") + 3) + second[:100_000])
+        _wait_until(lambda: _held(seen) == len(second), "the cut body was never charged")
+    _wait_until(lambda: _held(seen) == 0, "the cut body was never released")
+    with _connect(port) as again:
+        again.sendall(_head(second, port, second.index(b"}]}") + 3) + second)
+        status, _, payload = _read_response(again, bytearray())
+    assert status == 200, payload
+    np.testing.assert_array_equal(_doubled(payload), x_second * 2)
+
+
+def test_a_chunked_body_is_charged_as_it_arrives(server: tuple[int, Seen]) -> None:
+    """No declared length: refused once its chunks pass what the budget has left (a 720 KB body is held)."""
+    port, seen = server
+    first, _ = _binary_request(60_000)
+    second, _ = _binary_request(60_000, start=5.0)
+    with _connect(port) as holding, _connect(port) as chunked:
+        holding.sendall(_head(first, port, first.index(b"}]}") + 3) + first[:100_000])
+        _wait_until(lambda: _held(seen) == len(first), "the first body was never charged")
+        chunked.sendall((f"POST {INFER} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+                         f"inference-header-content-length: {second.index(b'}]}') + 3}\r\n\r\n").encode())
+        for piece in range(0, len(second), 30_000):
+            chunk = second[piece:piece + 30_000]
+            try:
+                chunked.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:  # the server answered and closed: the rest is not wanted
+                break
+        status, _, payload = _read_response(chunked, bytearray())
+        assert status == 429, payload
+        assert "max_inflight_body_bytes" in orjson.loads(payload)["error"]
+    _wait_until(lambda: _held(seen) == 0, "the bodies were never released")
 
 
 @pytest.mark.parametrize("path", ["/v2/health/ready", f"/v2/models/{MODEL}", "/metrics"])
