@@ -1,4 +1,5 @@
-"""How many bytes of request bodies one gateway process holds at once, over all its connections.
+"""How many bytes of request bodies (HTTP) and messages (gRPC) one gateway process holds at once, over all its
+connections.
 
 ``server.max_request_bytes`` bounds each body, but nothing bounded their sum: a few hundred clients sending
 64 MiB bodies at once, or trickling them, made a gateway process hold them all (a gathered body is read
@@ -10,6 +11,7 @@ bodies already held are answered as usual.
 A body is charged when its handler starts reading it, by its declared length (what the protocol will gather)
 or chunk by chunk without one, plus its decompressed size when it came compressed, and released once its
 response has been sent: a decoded binary tensor is a view into the body, so the body lives that long.
+A gRPC message is charged its size before it is parsed (``gateway.grpc_server``), released once answered.
 The event loop is the only thread that touches it: no lock.
 """
 

@@ -22,7 +22,8 @@ from typing import Any, Final, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from gateway.errors import DeadlineExceeded, InferenceError
+from gateway.body_budget import BodyBudget
+from gateway.errors import DeadlineExceeded, InferenceError, Overloaded
 from gateway.grpc_codec import (
     decode_infer_request,
     describe_undecodable,
@@ -274,11 +275,12 @@ _METHODS: Final[dict[str, tuple[type[Message], type[Message]]]] = {
 SERVICE_NAME: Final = "inference.GRPCInferenceService"
 
 
-def method_handlers(servicer: OipGrpcServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+def method_handlers(servicer: OipGrpcServicer,
+                    budget: BodyBudget | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """The servicer's RPCs, each parsing its own request (see ``_parsing``)."""
     return {
         name: grpc.unary_unary_rpc_method_handler(
-            _parsing(request_type, getattr(servicer, name)),
+            _parsing(request_type, getattr(servicer, name), budget),
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )
@@ -287,21 +289,37 @@ def method_handlers(servicer: OipGrpcServicer) -> dict[str, grpc.RpcMethodHandle
 
 
 def _parsing(
-    request_type: type[Message], method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]
+    request_type: type[Message], method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]],
+    budget: BodyBudget | None,
 ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
     """The RPC on the request's raw bytes: parsed here, so that bytes protobuf refuses (a string field that is not
     UTF-8, a truncated message) are INVALID_ARGUMENT naming the field. Left to grpcio's deserializer, they were
     UNKNOWN with a traceback in the log. The parse itself is the same ``FromString`` grpcio would call.
+
+    The message's bytes count against the process's ``budget`` (``server.max_inflight_body_bytes``, shared with
+    HTTP) until the RPC is answered; past it, RESOURCE_EXHAUSTED with a ``retry-after`` trailer before it is
+    parsed. grpcio has received the message by then, so this bounds the messages held while they are served,
+    not those on their way in.
     """
 
     async def handler(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        held: dict[str, int] = {}
         try:
-            request = request_type.FromString(payload)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                describe_undecodable(request_type.DESCRIPTOR, payload))
-            raise AssertionError("context.abort() returned") from None
-        return await method(request, context)
+            if budget is not None:
+                try:
+                    budget.charge(held, len(payload))
+                except Overloaded as exc:
+                    await abort_with(context, exc)
+            try:
+                request = request_type.FromString(payload)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    describe_undecodable(request_type.DESCRIPTOR, payload))
+                raise AssertionError("context.abort() returned") from None
+            return await method(request, context)
+        finally:
+            if budget is not None:
+                budget.release(held)
 
     return handler
 
@@ -311,7 +329,8 @@ def _parsing(
 
 
 def build_grpc_server(
-    service: InferenceService, host: str, port: int, max_message_bytes: int, share_port: bool = False
+    service: InferenceService, host: str, port: int, max_message_bytes: int, share_port: bool = False,
+    budget: BodyBudget | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The (not yet started) gRPC server and the port it bound; port 0 picks a free one.
 
@@ -326,7 +345,7 @@ def build_grpc_server(
         ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.aio.server(options=options)
-    handlers = method_handlers(OipGrpcServicer(service))
+    handlers = method_handlers(OipGrpcServicer(service), budget)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

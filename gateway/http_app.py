@@ -51,13 +51,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class OipHttpApp:
     def __init__(self, service: InferenceService, max_request_bytes: int, admin: ASGIApp | None = None,
-                 max_inflight_body_bytes: int | None = None) -> None:
+                 bodies: BodyBudget | None = None) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.admin = admin
         """The control plane (``/admin/...``), a separate application on the same port."""
-        self.bodies = None if max_inflight_body_bytes is None else BodyBudget(max_inflight_body_bytes)
-        """The bytes of request bodies this process may hold at once (None: no bound)."""
+        self.bodies = bodies
+        """The bytes of request bodies this process may hold at once, shared with gRPC (None: no bound)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -111,9 +111,10 @@ class ServerConfig(_Strict):
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
     max_inflight_body_bytes: Int = Field(
-        512 * 1024 * 1024, ge=1024, description="Bytes of HTTP request bodies one gateway process holds at once, "
-        "over all its connections (at least max_request_bytes); past it a request is refused with 429 and "
-        "Retry-After before its body is read, so that many large bodies at once cannot exhaust its memory."
+        512 * 1024 * 1024, ge=1024, description="Bytes of request bodies (HTTP) and messages (gRPC) one gateway "
+        "process holds at once, over all its connections (at least max_request_bytes and grpc_max_message_bytes); "
+        "past it a request is refused with 429 and Retry-After (gRPC: RESOURCE_EXHAUSTED) before it is read or "
+        "parsed, so that many large requests at once cannot exhaust its memory."
     )
     grpc_max_message_bytes: Int = Field(
         64 * 1024 * 1024, ge=1024, le=2**31 - 1,
@@ -157,9 +158,11 @@ class ServerConfig(_Strict):
     @model_validator(mode="after")
     def _one_body_fits(self) -> ServerConfig:
         """A budget below one largest body would refuse such a request with 429 forever, though it is valid."""
-        if self.max_inflight_body_bytes < self.max_request_bytes:
-            raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) is below max_request_bytes "
-                             f"({self.max_request_bytes}): a request of the largest size allowed could never be read")
+        for name in ("max_request_bytes", "grpc_max_message_bytes"):
+            if self.max_inflight_body_bytes < getattr(self, name):
+                raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) is below {name} "
+                                 f"({getattr(self, name)}): a request of the largest size allowed could never be "
+                                 "served")
         return self
 
 

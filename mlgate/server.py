@@ -31,6 +31,7 @@ import uvicorn
 from gateway.admin_api import TokenBeforeBody, build_admin_app
 from gateway.auth import AuthState, Role, TokenRecord
 from gateway.batcher import Batcher, BatchPolicy
+from gateway.body_budget import BodyBudget
 from gateway.grpc_server import build_grpc_server
 from gateway.http_app import OipHttpApp
 from gateway.http_protocol import listener_config
@@ -501,9 +502,10 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
     admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
                             gateway.drift if gateway.config.monitoring.drift else None,
                             gateway.rollouts if gateway.config.monitoring.drift else None)
+    bodies = BodyBudget(config.max_inflight_body_bytes)  # HTTP bodies and gRPC messages, one process's
     http = _QuietUvicorn(listener_config(
         OipHttpApp(gateway.service, config.max_request_bytes, TokenBeforeBody(admin, config.max_request_bytes),
-                   config.max_inflight_body_bytes),
+                   bodies),
         config.host, config.http_port,
         gather_up_to=config.max_request_bytes, timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
     ))
@@ -511,7 +513,7 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
         await gateway.load_models(deploy=False)
     try:
         grpc_server, grpc_port = build_grpc_server(gateway.service, config.host, config.grpc_port,
-                                                   config.grpc_max_message_bytes, share_port=shared)
+                                                   config.grpc_max_message_bytes, share_port=shared, budget=bodies)
     except RuntimeError as exc:
         raise StartupError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc}") from None
     finally:

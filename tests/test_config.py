@@ -220,7 +220,9 @@ def _tokens(*tokens: tuple[str, str, str]) -> str:
     ("server: {host: 1.2.3.4.5}\n", "'1.2.3.4.5' is neither an IP address nor a host name"),
     ("server: {max_request_bytes: 2000000, max_inflight_body_bytes: 1000000}\n",
      "server: max_inflight_body_bytes (1000000) is below max_request_bytes (2000000): a request of the largest "
-     "size allowed could never be read"),
+     "size allowed could never be served"),
+    ("server: {max_request_bytes: 1024, max_inflight_body_bytes: 1000000}\n",
+     "server: max_inflight_body_bytes (1000000) is below grpc_max_message_bytes (67108864)"),
     ("deployment: {replicas: 1e8}\n", "deployment.replicas: Input should be less than or equal to 1024"),
     ("batching: {max_inflight_batches: 65}\n",
      "batching.max_inflight_batches: Input should be less than or equal to 64"),

@@ -20,6 +20,7 @@ import orjson
 import pytest
 import uvicorn
 
+from gateway.body_budget import BodyBudget
 from gateway.http_app import OipHttpApp
 from gateway.http_protocol import GATHER_FROM_BYTES, WHOLE_BODY, listener_config
 from tests.conftest import free_port
@@ -41,7 +42,7 @@ class Seen:
 def server() -> Iterator[tuple[int, Seen]]:
     manifest = MANIFEST.model_copy(update={"max_batch_rows": 65536})
     app = OipHttpApp(make_service(None, Deployment(delay_s=0.0), manifest=manifest), LIMIT,
-                     max_inflight_body_bytes=LIMIT)
+                     bodies=BodyBudget(LIMIT))
     seen = Seen(app=app)
 
     async def recording(scope: Any, receive: Any, send: Any) -> None:
