@@ -102,6 +102,9 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 """One label of a host name (RFC 1123): what ``socket.bind`` can resolve, unlike a URL or an address with a port."""
 
 
+DEFAULT_BODY_BUDGET_BYTES = 512 * 1024 * 1024
+
+
 class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", min_length=1, description="Address both servers bind to (an empty one would "
                       "bind every interface: say 0.0.0.0 or :: for that).")
@@ -110,11 +113,12 @@ class ServerConfig(_Strict):
     max_request_bytes: Int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
-    max_inflight_body_bytes: Int = Field(
-        512 * 1024 * 1024, ge=1024, description="Bytes of request bodies (HTTP) and messages (gRPC) one gateway "
-        "process holds at once, over all its connections (at least max_request_bytes and grpc_max_message_bytes); "
-        "past it a request is refused with 429 and Retry-After (gRPC: RESOURCE_EXHAUSTED) before it is read or "
-        "parsed, so that many large requests at once cannot exhaust its memory."
+    max_inflight_body_bytes: Int | None = Field(
+        None, ge=1024, description="Bytes of request bodies (HTTP) and messages (gRPC) one gateway process holds "
+        "at once, over all its connections (at least max_request_bytes and grpc_max_message_bytes; default: 512 MiB "
+        "or the larger of those two); past it a request is refused with 429 and Retry-After (gRPC: "
+        "RESOURCE_EXHAUSTED) before it is read or parsed, so that many large requests at once cannot exhaust its "
+        "memory."
     )
     grpc_max_message_bytes: Int = Field(
         64 * 1024 * 1024, ge=1024, le=2**31 - 1,
@@ -159,11 +163,18 @@ class ServerConfig(_Strict):
     def _one_body_fits(self) -> ServerConfig:
         """A budget below one largest body would refuse such a request with 429 forever, though it is valid."""
         for name in ("max_request_bytes", "grpc_max_message_bytes"):
-            if self.max_inflight_body_bytes < getattr(self, name):
+            if self.max_inflight_body_bytes is not None and self.max_inflight_body_bytes < getattr(self, name):
                 raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) is below {name} "
                                  f"({getattr(self, name)}): a request of the largest size allowed could never be "
                                  "served")
         return self
+
+    @property
+    def body_budget_bytes(self) -> int:
+        """``max_inflight_body_bytes``, or its default: 512 MiB, or more where one request may be larger."""
+        if self.max_inflight_body_bytes is not None:
+            return self.max_inflight_body_bytes
+        return max(DEFAULT_BODY_BUDGET_BYTES, self.max_request_bytes, self.grpc_max_message_bytes)
 
 
 class RayConfig(_Strict):

@@ -502,7 +502,7 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
     admin = build_admin_app(gateway.store, gateway.live, gateway.registry, gateway.auth, gateway.service.shadows,
                             gateway.drift if gateway.config.monitoring.drift else None,
                             gateway.rollouts if gateway.config.monitoring.drift else None)
-    bodies = BodyBudget(config.max_inflight_body_bytes)  # HTTP bodies and gRPC messages, one process's
+    bodies = BodyBudget(config.body_budget_bytes)  # HTTP bodies and gRPC messages, one process's
     http = _QuietUvicorn(listener_config(
         OipHttpApp(gateway.service, config.max_request_bytes, TokenBeforeBody(admin, config.max_request_bytes),
                    bodies),

@@ -180,6 +180,19 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
         tmp_path, "server:\n  http_port: 9000\n  http_port: 9001\n")
 
 
+def test_the_body_budget_defaults_to_512_mib_or_one_largest_request(tmp_path: Path) -> None:
+    """A config raising max_request_bytes alone stays valid: the budget's default grows with it."""
+    def budget(text: str) -> int:
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        return load_config(path).server.body_budget_bytes
+
+    assert budget("{}\n") == 512 * 1024 * 1024
+    assert budget("server: {max_request_bytes: 1000000000}\n") == 1_000_000_000
+    assert budget("server: {grpc_max_message_bytes: 900000000}\n") == 900_000_000
+    assert budget("server: {max_inflight_body_bytes: 100000000}\n") == 100_000_000
+
+
 def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("batching: &tight {max_batch_rows: 8, max_wait_ms: 1}\n"
