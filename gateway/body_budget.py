@@ -2,9 +2,9 @@
 connections.
 
 ``server.max_request_bytes`` bounds each body, but nothing bounded their sum: a few hundred clients sending
-64 MiB bodies at once, or trickling them, made a gateway process hold them all (a gathered body is read
-without pausing: ``gateway.http_protocol``) until the kernel killed it, and every caller lost their
-answers with it. Past ``server.max_inflight_body_bytes`` a request is refused with 429 and ``Retry-After``
+64 MiB bodies at once, or trickling them, could make a gateway process hold them all (a gathered body is read
+without pausing: ``gateway.http_protocol``) until its memory ran out, and every caller would lose their
+answer with it. Past ``server.max_inflight_body_bytes`` a request is refused with 429 and ``Retry-After``
 before its body is read (or, without a declared length, as soon as its chunks cross the line), and the
 bodies already held are answered as usual.
 

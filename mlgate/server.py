@@ -65,6 +65,7 @@ from telemetry.metrics import (
     record_rollout,
     record_routing,
     refresh_sampled,
+    track_body_budget,
     track_loop_load,
     transport_counter,
 )
@@ -503,6 +504,7 @@ async def serve_forever(gateway: Gateway, listeners: Listeners) -> None:
                             gateway.drift if gateway.config.monitoring.drift else None,
                             gateway.rollouts if gateway.config.monitoring.drift else None)
     bodies = BodyBudget(config.body_budget_bytes)  # HTTP bodies and gRPC messages, one process's
+    track_body_budget(lambda: bodies.held, bodies.limit)
     http = _QuietUvicorn(listener_config(
         OipHttpApp(gateway.service, config.max_request_bytes, TokenBeforeBody(admin, config.max_request_bytes),
                    bodies),

@@ -14,7 +14,8 @@ from telemetry import metrics
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
-UNITS = {"_seconds": "seconds", "_rows": "rows", "_ratio": "ratio (0-1)", "_psi": "PSI", "_percent": "percent"}
+UNITS = {"_seconds": "seconds", "_rows": "rows", "_bytes": "bytes", "_ratio": "ratio (0-1)", "_psi": "PSI",
+         "_percent": "percent"}
 
 PREAMBLE = """# Metrics catalogue
 

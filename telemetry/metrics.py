@@ -91,6 +91,20 @@ LOOP_BUSY = Gauge("mlgate_event_loop_busy_ratio",
                   "when the process's own work is the bottleneck; the largest over processes.",
                   multiprocess_mode="livemax", registry=REGISTRY)
 
+BODY_BYTES = Gauge("mlgate_request_body_bytes",
+                   "Bytes of HTTP request bodies and gRPC messages the gateway holds now, summed over processes: a "
+                   "request that would take its process past server.max_inflight_body_bytes is refused (429, gRPC "
+                   "RESOURCE_EXHAUSTED) before it is read.", multiprocess_mode="livesum", registry=REGISTRY)
+BODY_LIMIT = Gauge("mlgate_request_body_limit_bytes",
+                   "server.max_inflight_body_bytes (or its default), summed over gateway processes: what "
+                   "mlgate_request_body_bytes may reach.", multiprocess_mode="livesum", registry=REGISTRY)
+
+
+def track_body_budget(read_held: Callable[[], float], limit: int) -> None:
+    """The request bytes this process holds (``gateway.body_budget``) and its limit."""
+    sample(BODY_BYTES, read_held)
+    sample(BODY_LIMIT, lambda: float(limit))
+
 
 def track_loop_load(read_lag_s: Callable[[], float], read_pressure: Callable[[], float],
                     read_busy: Callable[[], float]) -> None:

@@ -236,6 +236,13 @@ def test_prometheus_sees_the_whole_gateway(gateway: RunningGateway) -> None:
             f'max by (feature) (mlgate_drift_feature_psi{{model="{MODEL}",version="1"}})')}
         assert {name for name, value in psi.items() if value > 0.25} == SHIFTED_NAMES, psi
         assert prometheus.query('max(mlgate_model_state{state="ready"}) == 2'), "both processes report ready"
+        # each process's request-body budget (the default, 512 MiB), and what they hold: nothing once idle (a
+        # process copies the figure to the shared metrics once a second, so the first scrape may predate that)
+        assert prometheus.query(f"sum(mlgate_request_body_limit_bytes) == {2 * 512 * 1024 * 1024}")
+        deadline = time.monotonic() + 10 * SCRAPE_S
+        while not prometheus.query("sum(mlgate_request_body_bytes) == 0"):
+            assert time.monotonic() < deadline, prometheus.query("mlgate_request_body_bytes")
+            time.sleep(SCRAPE_S)
 
         # Every dashboard panel and every recording rule has data.
         empty = []
