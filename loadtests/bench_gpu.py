@@ -68,7 +68,7 @@ import onnxruntime as ort
 import orjson
 import yaml
 
-from loadtests.bench_batching import batch_totals, settle
+from loadtests.bench_batching import settle
 from loadtests.bench_oip import environment_lines, mlgate_command
 from loadtests.bench_routing import metric_sum, scrape
 from loadtests.loadgen import LoadConfig, run_load_sync_keeping_latencies
@@ -299,24 +299,34 @@ def check_gateway(port: int, device: str, reference: Callable[[np.ndarray], Arra
 # Load, from several generator processes
 
 
-def histogram_means(port: int) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the gateway's batch round-trip and queue-wait histograms for the model."""
+@dataclass(frozen=True)
+class Reading:
+    """The model's counters in the gateway at one moment, from one scrape of ``/metrics``."""
+
+    batches: float
+    rows: float
+    round_trip: tuple[float, float]
+    """(sum, count) of the batch round-trip histogram."""
+    queue_wait: tuple[float, float]
+    """(sum, count) of the queue-wait histogram."""
+    transports: dict[str, float]
+    """Batches so far by the way they reached the replica."""
+    refusals: dict[str, float]
+    """The batchers' refusals so far by reason."""
+
+
+def read_counters(port: int) -> Reading:
     samples = scrape(port)
-    return {name: (metric_sum(samples, f"{name}_sum", model=MODEL), metric_sum(samples, f"{name}_count", model=MODEL))
-            for name in ("mlgate_batch_execution_seconds", "mlgate_queue_wait_seconds")}
 
+    def total(name: str, **labels: str) -> float:
+        return metric_sum(samples, name, model=MODEL, **labels)
 
-def transport_counts(port: int) -> dict[str, float]:
-    """Batches of the model so far, by the way they reached the replica."""
-    samples = scrape(port)
-    return {t: metric_sum(samples, "mlgate_batch_transport_total", model=MODEL, transport=t) for t in TRANSPORTS}
-
-
-def rejection_counts(port: int) -> dict[str, float]:
-    """The model's batchers' refusals so far, by reason."""
-    samples = scrape(port)
-    return {r: metric_sum(samples, "mlgate_batcher_rejections_total", model=MODEL, reason=r)
-            for r in REJECTION_REASONS}
+    return Reading(
+        batches=total("mlgate_batch_rows_count"), rows=total("mlgate_batch_rows_sum"),
+        round_trip=(total("mlgate_batch_execution_seconds_sum"), total("mlgate_batch_execution_seconds_count")),
+        queue_wait=(total("mlgate_queue_wait_seconds_sum"), total("mlgate_queue_wait_seconds_count")),
+        transports={t: total("mlgate_batch_transport_total", transport=t) for t in TRANSPORTS},
+        refusals={r: total("mlgate_batcher_rejections_total", reason=r) for r in REJECTION_REASONS})
 
 
 def transport_shares(before: dict[str, float], after: dict[str, float]) -> str:
@@ -335,11 +345,9 @@ def drive(pool: ProcessPoolExecutor, parts: int, base: LoadConfig, port: int, wo
     """One load level split evenly over ``parts`` generator processes; latencies merged before percentiles."""
     configs = [replace(base, rate=base.rate / parts, connections=max(1, base.connections // parts), seed=base.seed + i)
                for i in range(parts)]
-    before, hist_before, ways_before = batch_totals(port, MODEL), histogram_means(port), transport_counts(port)
-    refused_before = rejection_counts(port)
+    before = read_counters(port)
     results = list(pool.map(run_load_sync_keeping_latencies, configs))
-    after, hist_after, ways_after = batch_totals(port, MODEL), histogram_means(port), transport_counts(port)
-    refused_after = rejection_counts(port)
+    after = read_counters(port)
     settle(port, mlgate=True)
     reports = [r for r, _ in results]
     latencies = np.concatenate([lat for _, lat in results])
@@ -350,19 +358,19 @@ def drive(pool: ProcessPoolExecutor, parts: int, base: LoadConfig, port: int, wo
     refused = errors.pop("http_429", 0)
     within = int(np.count_nonzero(latencies <= (base.slo_ms or 0.0) * 1e6))
     p50, p99 = (np.percentile(latencies, [50, 99]) / 1e6) if latencies.size else (np.nan, np.nan)
-    batches = after[0] - before[0]
+    batches = after.batches - before.batches
     return LoadPoint(
         workers=workers, rows_per_request=base.rows,
         offered_rps=sum(r.offered_rate or 0.0 for r in reports), ok_rps=sum(r.throughput for r in reports),
         goodput_rows_per_s=within * base.rows / base.duration_s, p50_ms=float(p50), p99_ms=float(p99),
         refused=refused, failed=sum(errors.values()),
-        rows_per_batch=(after[1] - before[1]) / batches if batches else float("nan"),
-        round_trip_ms=_mean_ms(*(h["mlgate_batch_execution_seconds"] for h in (hist_before, hist_after))),
-        queue_wait_ms=_mean_ms(*(h["mlgate_queue_wait_seconds"] for h in (hist_before, hist_after))),
+        rows_per_batch=(after.rows - before.rows) / batches if batches else float("nan"),
+        round_trip_ms=_mean_ms(before.round_trip, after.round_trip),
+        queue_wait_ms=_mean_ms(before.queue_wait, after.queue_wait),
         client_cpu_pct=float(np.mean([r.client_cpu_percent for r in reports])),
-        transports=transport_shares(ways_before, ways_after),
-        refusals=", ".join(f"{r} {refused_after[r] - refused_before[r]:g}" for r in REJECTION_REASONS
-                           if refused_after[r] > refused_before[r]) or "-")
+        transports=transport_shares(before.transports, after.transports),
+        refusals=", ".join(f"{r} {after.refusals[r] - before.refusals[r]:g}" for r in REJECTION_REASONS
+                           if after.refusals[r] > before.refusals[r]) or "-")
 
 
 def ramp(pool: ProcessPoolExecutor, parts: int, port: int, workers: int, rows: int, peak_rows_per_s: float,
