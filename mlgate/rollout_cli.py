@@ -163,13 +163,12 @@ def _status_json(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(record: dict[str, Any]) -> str:
-    from routing.rollout import RolloutRecord, RolloutState
+    from routing.rollout import ENDED, RolloutRecord
 
     if problems := _unread(record):  # it was "not what an mlgate gateway sends": it is, from another version
-        ended = record["state"] in {state.value for state in RolloutState if state.terminal}
         return "\n".join([f"state {record['state']}: the stored record cannot be read: {'; '.join(problems)}",
-                          f"reason: {record.get('reason')}",
-                          "a new rollout replaces it" if ended else "abort rolls it back; nothing else can act on it"])
+                          f"reason: {record.get('reason')}", "a new rollout replaces it" if record["state"] in ENDED
+                          else "abort rolls it back; nothing else can act on it"])
     hold = RolloutRecord.model_validate(record).hold_s
     spec = record["spec"]
     steps = spec["steps"]

@@ -33,6 +33,7 @@ from routing.checks import VersionWindow, WindowEvidence
 from routing.policy import RoutingPolicy
 from routing.rollout import (
     CONTROLLER_ACTOR,
+    ENDED,
     RolloutError,
     RolloutRecord,
     RolloutSpec,
@@ -59,7 +60,6 @@ OPERATOR_ATTEMPTS = 5
 """How often an operator's action is re-read and applied again when another writer committed in between."""
 RUNNING = frozenset({RolloutState.SHADOW.value, RolloutState.CANARY.value, RolloutState.INCONCLUSIVE.value})
 """States the controller judges (a paused rollout waits for its operator, a terminal one is done)."""
-ENDED = frozenset(state.value for state in RolloutState if state.terminal)
 
 EvidenceSource = Callable[[str, str, str, float, float], "tuple[DriftReport, DriftReport] | None"]
 """(model, champion, challenger, window_s, now) -> (champion's report, challenger's report compared with it)."""

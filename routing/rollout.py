@@ -77,6 +77,10 @@ class RolloutState(str, enum.Enum):
         return self in (RolloutState.PROMOTED, RolloutState.ROLLED_BACK)
 
 
+ENDED = frozenset(state.value for state in RolloutState if state.terminal)
+"""The terminal states as stored: what a record's ``state`` says even where the rest of it no longer reads."""
+
+
 _PHASES = (RolloutState.SHADOW, RolloutState.CANARY)
 
 
