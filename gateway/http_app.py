@@ -196,8 +196,7 @@ class OipHttpApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | bytearray:
         limit = self.max_request_bytes
-        refuse_declared_oversize(scope["headers"], limit)
-        declared = declared_length(scope["headers"])
+        declared = refuse_declared_oversize(scope["headers"], limit)
         budget = self.bodies
         if budget is not None:
             budget.charge(scope, declared)
@@ -290,11 +289,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None if value is None else value.lower()
 
 
-def refuse_declared_oversize(headers: list[tuple[bytes, bytes]], limit: int) -> None:
-    """PayloadTooLarge if ``Content-Length`` declares more than ``limit`` bytes: refused before any is read."""
+def refuse_declared_oversize(headers: list[tuple[bytes, bytes]], limit: int) -> int:
+    """The declared ``Content-Length`` (0 without one); PayloadTooLarge if it is more than ``limit`` bytes, refused
+    before any is read."""
     declared = declared_length(headers)
     if declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    return declared
 
 
 def raw_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
