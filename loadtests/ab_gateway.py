@@ -37,7 +37,7 @@ from loadtests.bench_oip import mlgate_command
 from loadtests.bench_routing import cpu_ticks
 from loadtests.loadgen import Arrival
 from loadtests.payloads import json_body, load_rows
-from loadtests.procs import CLK_TCK, free_port, running, wait_ready
+from loadtests.procs import CLK_TCK, all_procs, free_port, running, wait_ready
 
 CLOSED = "closed"
 """A point's "arrival" for a closed loop: its RATE is then the number of connections, each sending its next request
@@ -74,8 +74,10 @@ def checked_out(revision: str, tree: Path) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
 
 
-def write_config(path: Path, models: Path, objective_ms: float, max_batch_rows: int | None = None) -> int:
-    """Both demo models with one objective (and row bound, if given), a sliver of a CPU each; returns the HTTP port.
+def write_config(path: Path, models: Path, objective_ms: float, max_batch_rows: int | None = None,
+                 workers: int = 1) -> int:
+    """Both demo models with one objective (and row bound, if given), a sliver of a CPU each, served by ``workers``
+    gateway processes; returns the HTTP port.
 
     The state file is the side's own (beside ``path``, named after it): the two revisions may not
     agree on its schema, and routing left by one side must not steer the other.
@@ -85,7 +87,7 @@ def write_config(path: Path, models: Path, objective_ms: float, max_batch_rows: 
     if max_batch_rows is not None:
         batching["max_batch_rows"] = max_batch_rows
     deployment = {"batching": batching, "deployment": {"num_cpus": 0.05}}
-    config = {"server": {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port()},
+    config = {"server": {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "workers": workers},
               "repository": str(models.resolve()), "state": {"path": f".{path.stem}-state/state.db"},
               "models": {m: deployment for m in BASE_MODELS}}
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -95,7 +97,7 @@ def write_config(path: Path, models: Path, objective_ms: float, max_batch_rows: 
 def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Serve ``tree`` and run every point once against it."""
     config = work / f"{name}.yaml"
-    port = write_config(config, args.models, args.slo_ms, args.max_batch_rows)
+    port = write_config(config, args.models, args.slo_ms, args.max_batch_rows, args.workers)
     command = mlgate_command(config)
     if command is None:
         raise SystemExit("error: no mlgate CLI in this environment")
@@ -111,7 +113,7 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
                 neighbour = subprocess.Popen([sys.executable, "-m", "loadtests.cpu_neighbour", "--busy-ms", str(busy),
                                               "--period-ms", str(period), "--duration", str(NEIGHBOUR_MAX_S)],
                                              cwd=REPO)
-            gateway = [server.popen.pid]
+            gateway = gateway_pids(server.popen.pid)
             ticks_before = cpu_ticks(gateway)
             try:
                 result = (closed_loop(port, model, int(rate), args, args.rows) if arrival == CLOSED
@@ -128,6 +130,19 @@ def run_side(name: str, tree: Path, args: argparse.Namespace, work: Path) -> lis
     return results
 
 
+def gateway_pids(supervisor: int) -> list[int]:
+    """The gateway's processes: the one started and its worker processes (``server.workers``), not Ray's."""
+    workers = [p.pid for p in all_procs() if p.ppid == supervisor and "mlgate.workers" in _command_line(p.pid)]
+    return [supervisor, *workers]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _per_answer(ticks: int, result: dict[str, Any], args: argparse.Namespace) -> float:
     """Gateway CPU µs per answer over the whole point: its ticks (warm-up included) over the answers counted in
     the measured window, scaled to the warm-up too (as if the rate were steady). Refusals cost CPU as well; at
@@ -139,7 +154,8 @@ def _per_answer(ticks: int, result: dict[str, Any], args: argparse.Namespace) ->
 def render(args: argparse.Namespace, rounds: list[dict[str, list[dict[str, Any]]]]) -> str:
     seconds = args.duration
     lines = [f"A/B: baseline `{args.baseline}` vs candidate `{args.candidate}`, {len(rounds)} rounds, objective "
-             f"{args.slo_ms:g} ms, {args.rows} row(s) per request, neighbour {args.neighbour or 'none'}; per round: "
+             f"{args.slo_ms:g} ms, {args.workers} gateway process(es), {args.rows} row(s) per request, neighbour "
+             f"{args.neighbour or 'none'}; per round: "
              "goodput/s (refused/s, p99 ms)",
              "", "| model | offered | arrivals | baseline | candidate |", "|---|---:|---|---|---|"]
     for i, (model, rate, arrival) in enumerate(args.points):
@@ -148,7 +164,7 @@ def render(args: argparse.Namespace, rounds: list[dict[str, list[dict[str, Any]]
             cells.append("; ".join(f"{r[side][i]['goodput']:,.0f} ({r[side][i]['refused'] / seconds:,.0f}, "
                                    f"{r[side][i]['p99_ms']:,.0f})" for r in rounds))
         lines.append(f"| {model} | {rate:,.0f} | {arrival} | {cells[0]} | {cells[1]} |")
-    lines += ["", "The gateway process's CPU per answer, µs, per round:", "",
+    lines += ["", "The gateway processes' CPU per answer, µs, per round:", "",
               "| model | offered | arrivals | baseline | candidate |", "|---|---:|---|---|---|"]
     for i, (model, rate, arrival) in enumerate(args.points):
         cpu = ["; ".join(f"{r[side][i]['cpu_us_per_answer']:,.0f}" for r in rounds)
@@ -173,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-rows", type=int, default=None,
                    help="serve copies of both models whose manifests allow this many rows per request and batch, "
                         "with batching.max_batch_rows set to it (default: the manifests' own bound)")
+    p.add_argument("--workers", type=int, default=1, help="gateway processes (server.workers) on both sides")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="discarded seconds per point")
     p.add_argument("--seed", type=int, default=0)
@@ -180,6 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
     if args.rows < 1 or (args.max_batch_rows is not None and args.max_batch_rows < args.rows):
         p.error("--rows must be at least 1, and --max-batch-rows at least --rows")
     if args.neighbour is not None and (len(args.neighbour) != 2 or not 0 < args.neighbour[0] < args.neighbour[1]):

@@ -207,7 +207,8 @@ class BatchingConfig(_Strict):
         # replica only queues them, and the batcher, sending whatever is queued at once, stops batching at all.
         2, ge=1, le=64,
         description="Batches in flight per replica, at most 64 (2 overlaps one batch's transfer with another's "
-        "compute)."
+        "compute), from each gateway process: with server.workers processes a replica may run workers times as "
+        "many at once."
     )
     latency_objective_ms: Float | None = Field(
         None,
