@@ -104,7 +104,7 @@ class OnnxModel:
         outputs = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, outputs, strict=True))
 
-    async def infer_shared(self, layout: Layout) -> dict[str, np.ndarray] | None:
+    async def infer_shared(self, layout: Layout, warm_up: bool = False) -> dict[str, np.ndarray] | None:
         """Run one batch laid out in a shared-memory segment. None: the segment is on another node (the
         gateway then sends the batch through Ray); {}: the outputs are in the segment; otherwise the outputs
         themselves, when they do not fit the room left for them (a model whose outputs are not one row per
@@ -112,15 +112,15 @@ class OnnxModel:
         views = self._segment_views(layout)
         if views is None:
             return None
-        outputs = await self.infer(views[0])
+        outputs = await self.infer(views[0], warm_up)
         return {} if write_outputs(outputs, views[1]) else outputs
 
-    def _run_shared_direct(self, layout: Layout) -> dict[str, np.ndarray] | None:
+    def _run_shared_direct(self, layout: Layout, warm_up: bool) -> dict[str, np.ndarray] | None:
         """``infer_shared`` for a layout sent over the direct channel, on that connection's thread."""
         views = self._segment_views(layout)
         if views is None:
             return None
-        outputs = self._run_direct(views[0], False)
+        outputs = self._run_direct(views[0], warm_up)
         return {} if write_outputs(outputs, views[1]) else outputs
 
     def _segment_views(self, layout: Layout) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:

@@ -159,9 +159,9 @@ def _check_lengths(header_bytes: int, payload_bytes: int) -> None:
 
 Runner = Callable[[Arrays, bool], Arrays]
 """Runs one batch: (inputs, warm_up) -> outputs. Called from the channel's threads."""
-SharedRunner = Callable[[Layout], Arrays | None]
-"""Runs one batch laid out in shared memory: its outputs, {} if they were written into the segment, None if
-this replica cannot see the segment. Called from the channel's threads."""
+SharedRunner = Callable[[Layout, bool], Arrays | None]
+"""Runs one batch laid out in shared memory: (layout, warm_up) -> its outputs, {} if they were written into the
+segment, None if this replica cannot see the segment. Called from the channel's threads."""
 WRITTEN, ABSENT = "written", "absent"
 """What a reply's ``segment`` field says of a batch sent as a layout: outputs in the segment; segment not seen."""
 
@@ -237,7 +237,8 @@ class ReplicaListener:
     def _answer(self, header: dict[str, Any], payload: bytes | bytearray) -> list[bytes | memoryview]:
         try:
             if "layout" in header:
-                outputs = None if self._run_shared is None else self._run_shared(Layout.from_json(header["layout"]))
+                outputs = None if self._run_shared is None else self._run_shared(Layout.from_json(header["layout"]),
+                                                                                   bool(header.get("warm_up", False)))
                 if not outputs:
                     return encode(segment=ABSENT if outputs is None else WRITTEN)
                 return encode([outputs])  # they did not fit the room the gateway left: they come back in the frame
@@ -343,10 +344,11 @@ class DirectReplicas:
         header, payload = await self._round_trip(encode(parts, warm_up=warm_up) if warm_up else encode(parts))
         return decode_arrays(header, payload)
 
-    async def call_shared(self, layout: Layout) -> Arrays | None:
+    async def call_shared(self, layout: Layout, warm_up: bool = False) -> Arrays | None:
         """Run one batch laid out in shared memory on a replica, as ``call`` does: its outputs if they came back
         in the reply, {} if the replica wrote them into the segment, None if it cannot see the segment."""
-        header, payload = await self._round_trip(encode(layout=layout))
+        header, payload = await self._round_trip(encode(layout=layout, warm_up=warm_up) if warm_up
+                                                 else encode(layout=layout))
         segment = header.get("segment")
         if segment == ABSENT:
             return None

@@ -235,50 +235,54 @@ class RayServeBackend:
                      "" if pool is None else f"; from {SHARED_OVER_CHANNEL_BYTES >> 10} KiB of inputs only their "
                                              "shared-memory layout")
 
-        async def execute(parts: Parts) -> Arrays:
+        async def send(parts: Parts, warm_up: bool) -> Arrays:
+            """One batch by the cheapest way to its replica. Warm-up batches go the same way as traffic, so that the
+            latency model learns the transport traffic will take and the shared-memory segments traffic will reuse
+            exist before it comes; they are exempt from injected errors and not counted as traffic."""
+            counted = (lambda transport: None) if warm_up else took
             nbytes = batch_nbytes(parts)
             channel = direct if direct is not None and direct.usable() else None
             if pool is not None and nbytes >= (SHARED_MEMORY_BYTES if channel is None else SHARED_OVER_CHANNEL_BYTES):
-                answer = await through_shared_memory(pool, parts, nbytes, channel)
+                answer = await through_shared_memory(pool, parts, nbytes, channel, warm_up, counted)
                 if answer is not None:
                     return answer
             if channel is not None and nbytes < DIRECT_MAX_BYTES:
                 try:
-                    outputs = await channel.call(parts)
-                    took("direct")
+                    outputs = await channel.call(parts, warm_up)
+                    counted("direct")
                     return outputs
                 except ChannelDown as exc:  # the replica died or was replaced: Serve knows where to go
                     log.warning("direct channel to %s failed (%s); sending the batch through Ray", name, exc)
             by_reference = sends_by_reference(nbytes)
-            result: Arrays = await (infer_by_reference if by_reference else infer).remote(joined(parts))
-            took("by_reference" if by_reference else "by_value")
+            result: Arrays = await (infer_by_reference if by_reference else infer).remote(joined(parts), warm_up)
+            counted("by_reference" if by_reference else "by_value")
             return result
 
         async def through_shared_memory(pool: shared_batch.SegmentPool, parts: Parts, nbytes: int,
-                                        channel: DirectReplicas | None) -> Arrays | None:
+                                        channel: DirectReplicas | None, warm_up: bool,
+                                        counted: Callable[[Transport], None]) -> Arrays | None:
             """The outputs of a batch written into one of ``pool``'s segments, its layout sent over ``channel``
             (else through Ray); None if no segment could carry it or the replica could not see it."""
             try:
                 with pool.batch(parts) as batch:
-                    answer: Arrays | None = await (
-                        infer_shared.remote(batch.layout) if channel is None else channel.call_shared(batch.layout))
+                    answer: Arrays | None = await (infer_shared.remote(batch.layout, warm_up) if channel is None
+                                                   else channel.call_shared(batch.layout, warm_up))
                     if answer is None:
                         return None
-                    took("shared_ray" if channel is None else "shared_direct")
+                    counted("shared_ray" if channel is None else "shared_direct")
                     return answer or batch.read_outputs()
             except shared_batch.NoSharedMemory as exc:  # /dev/shm full or gone: this batch goes through Ray
                 log.warning("no shared memory for a %d-byte batch (%s); sending it through Ray", nbytes, exc)
             except ChannelDown as exc:  # its segment is dropped with the call (a replica may still write it)
                 log.warning("direct channel to %s failed (%s); sending the layout through Ray", name, exc)
-                return await through_shared_memory(pool, parts, nbytes, None)
+                return await through_shared_memory(pool, parts, nbytes, None, warm_up, counted)
             return None
 
+        async def execute(parts: Parts) -> Arrays:
+            return await send(parts, False)
+
         async def warm_up(parts: Parts) -> Arrays:
-            if direct is not None and direct.usable():
-                with contextlib.suppress(ChannelDown):
-                    return await direct.call(parts, warm_up=True)
-            result: Arrays = await infer.remote(joined(parts), True)
-            return result
+            return await send(parts, True)
 
         return DeployedVersion(execute=execute, warm_up=warm_up, device=str(description["device"]))
 

@@ -139,9 +139,12 @@ def test_a_failing_model_comes_back_as_a_replica_error_and_the_connection_lives_
     np.testing.assert_array_equal(asyncio.run(run())["y"], np.full((2, 1), 2.0))
 
 
-def _double_in_segment(mappings: Mappings) -> direct_channel.SharedRunner:
-    """What a replica does with a layout (serving.deployment): its outputs into the segment if they fit."""
-    def run(layout: Layout) -> Arrays | None:
+def _double_in_segment(mappings: Mappings, warm_ups: list[bool] | None = None) -> direct_channel.SharedRunner:
+    """What a replica does with a layout (serving.deployment): its outputs into the segment if they fit. Each
+    call's warm-up flag is appended to ``warm_ups``."""
+    def run(layout: Layout, warm_up: bool) -> Arrays | None:
+        if warm_ups is not None:
+            warm_ups.append(warm_up)
         try:
             inputs, room = mappings.views(layout)
         except FileNotFoundError:
@@ -152,7 +155,8 @@ def _double_in_segment(mappings: Mappings) -> direct_channel.SharedRunner:
 
 
 def test_a_batch_in_shared_memory_crosses_the_channel_as_its_layout(directory: Path) -> None:
-    replica = ReplicaListener(directory, _double, _double_in_segment(Mappings()))
+    warm_ups: list[bool] = []
+    replica = ReplicaListener(directory, _double, _double_in_segment(Mappings(), warm_ups))
     assert replica.start()
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     fitting = SegmentPool(node_id="n1", output_rows={"y": ("<f4", (3,))})
@@ -165,6 +169,7 @@ def test_a_batch_in_shared_memory_crosses_the_channel_as_its_layout(directory: P
             with fitting.batch([{"x": x}]) as batch:
                 written = await channel.call_shared(batch.layout)
                 in_segment = batch.read_outputs()
+                assert await channel.call_shared(batch.layout, warm_up=True) == {}
             with misfit.batch([{"x": x}]) as batch:
                 returned = await channel.call_shared(batch.layout)
                 assert not np.any(batch.read_outputs()["y"])  # nothing written into a room that does not fit
@@ -187,6 +192,7 @@ def test_a_batch_in_shared_memory_crosses_the_channel_as_its_layout(directory: P
     assert returned is not None
     np.testing.assert_array_equal(returned["y"], x * 2)
     assert absent is None  # the gateway then sends the batch through Ray
+    assert warm_ups == [False, True, False, False, False]  # a warm-up's layout says so (exempt from injected errors)
 
 
 def test_a_replica_without_shared_memory_says_it_cannot_see_the_segment(directory: Path,
