@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from gateway import batcher as batcher_module
 from gateway.arrivals import ArrivalRate
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
@@ -459,13 +460,32 @@ def test_batch_is_capped_so_the_oldest_request_still_meets_its_deadline() -> Non
     assert asyncio.run(main()) == 110
 
 
-def test_warm_up_seeds_the_latency_model_across_batch_sizes() -> None:
+def test_warm_up_seeds_the_latency_model_across_batch_sizes_up_to_the_largest() -> None:
     executor = RecordingExecutor()
-    batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=100, max_wait_s=0.0, max_inflight=1))
+    batcher = Batcher("m", executor, BatchPolicy(max_batch_rows=1000, max_wait_s=0.0, max_inflight=2))
     asyncio.run(batcher.warm_up(lambda rows: _rows(0, rows), repeats=3, priming=2))
     assert executor.batch_rows[:2] == [1, 1]  # priming calls, not timed
-    assert executor.batch_rows[2:] == [size for size in (1, 4, 16, 64, 100) for _ in range(3)]
-    assert batcher.latency.observations == len(executor.batch_rows) - 2
+    # at each size, one untimed call per slot (run side by side), then the timed ones
+    assert executor.batch_rows[2:] == [size for size in (1, 4, 16, 64, 256, 1000) for _ in range(2 + 3)]
+    assert batcher.latency.observations == 6 * 3
+
+
+def test_warm_up_stops_growing_once_a_batch_takes_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heavy model with a large row bound would spend seconds on sizes no plan uses: the sweep stops at the first
+    size whose batches take ``WARM_UP_LONGEST_BATCH_S``."""
+    monkeypatch.setattr(batcher_module, "WARM_UP_LONGEST_BATCH_S", 0.02)
+    timed: list[int] = []
+
+    async def half_a_millisecond_a_row(parts: Parts) -> Arrays:
+        rows = sum(len(part["x"]) for part in parts)
+        timed.append(rows)
+        await asyncio.sleep(rows * 0.0005)
+        return {"double": joined(parts)["x"] * 2}
+
+    batcher = Batcher("m", half_a_millisecond_a_row, BatchPolicy(max_batch_rows=65536, max_wait_s=0.0, max_inflight=1))
+    asyncio.run(batcher.warm_up(lambda rows: _rows(0, rows), repeats=2, priming=0))
+    assert sorted(set(timed)) == [1, 4, 16, 64]  # 64 rows take 32 ms: no 256
+    assert batcher.latency.coefficients()[1] == pytest.approx(0.0005, rel=0.3)  # seconds per row
 
 
 def test_without_objective_or_timeout_nothing_is_refused_or_capped() -> None:
