@@ -96,6 +96,8 @@ class Point:
     policy: str
     offered_rps: float
     ok_rps: float
+    ok: float
+    """Answers in the measured window."""
     goodput: float
     p50_ms: float
     p99_ms: float

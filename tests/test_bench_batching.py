@@ -7,12 +7,34 @@ from collections.abc import Callable
 
 import pytest
 
-from loadtests.bench_batching import Point, highest_sustained, levels, medians, parse_args, rotated, sustains
+from loadtests.bench_batching import (
+    Point,
+    highest_sustained,
+    levels,
+    medians,
+    parse_args,
+    rotated,
+    run_summary,
+    sustains,
+)
+from loadtests.report import Report
 
 
 def _point(policy: str, goodput: float, p99_ms: float, repeat: int, load_pct: int = 10) -> Point:
-    return Point("breast-cancer", "poisson", load_pct, policy, 100.0, 99.0, goodput, 5.0, p99_ms, 1, 0, 2.0, 50.0,
-                 math.nan, repeat=repeat)
+    return Point("breast-cancer", "poisson", load_pct, policy, 100.0, 99.0, 297, goodput, 5.0, p99_ms, 1, 0, 2.0,
+                 50.0, math.nan, repeat=repeat)
+
+
+def test_a_load_run_summary_fills_a_point() -> None:
+    """The sweep builds each point from ``run_summary``'s keys: one added there and not here (``ok``, for
+    ab_gateway) stopped ``make bench-batching`` at its first point with a TypeError."""
+    report = Report(mode="open", url="http://127.0.0.1:1", model="breast-cancer", payload="json", rows=1,
+                    duration_s=3.0, warmup_s=1.0, ok=297, errors={"http_429": 3, "http_503": 1}, throughput=99.0,
+                    latency_ms={"p50": 5.0, "p99": 20.0}, goodput=95.0)
+    point = Point("breast-cancer", "poisson", 10, "adaptive", 100.0, **run_summary(report), rows_per_batch=2.0,
+                  gateway_cpu_pct=50.0, admission_limit_rows=64.0)
+    assert (point.ok, point.ok_rps, point.goodput, point.p99_ms) == (297, 99.0, 95.0, 20.0)
+    assert (point.refused, point.failed) == (3, 1)
 
 
 def test_each_point_is_the_median_of_its_repeats_figure_by_figure() -> None:
