@@ -333,7 +333,7 @@ class Batcher:
         The first calls to a new replica are slow for reasons that never recur (session first run,
         channel set-up); ``priming`` untimed calls keep them out of the model, and so does one untimed
         round at each new size, run ``max_inflight`` at once as traffic will run them (a first batch of
-        16,384 rows on the champion took 2.0 ms where the next took 1.5). Sizes grow fourfold up to the
+        16,384 rows on the champion took 2.0 ms, the fourth and fifth 1.5). Sizes grow fourfold up to the
         largest batch the deployment may run, or until one takes ``WARM_UP_LONGEST_BATCH_S``: a sweep
         that stopped at 256 rows left the champion's per-row cost at 0 (its fixed cost hid it), and the
         model predicted 0.22 ms for a 16,384-row batch that took 2.35. ``execute`` replaces the batch
