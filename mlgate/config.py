@@ -207,8 +207,9 @@ class BatchingConfig(_Strict):
         # replica only queues them, and the batcher, sending whatever is queued at once, stops batching at all.
         2, ge=1, le=64,
         description="Batches in flight per replica, at most 64 (2 overlaps one batch's transfer with another's "
-        "compute), from each gateway process: with server.workers processes a replica may run workers times as "
-        "many at once."
+        "compute), shared among the server.workers gateway processes: each batches on its own with its share of "
+        "them, rounded down and at least one, so the gateway runs at most this many per replica at once, or one "
+        "per process if there are more processes."
     )
     latency_objective_ms: Float | None = Field(
         None,

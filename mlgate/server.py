@@ -161,13 +161,17 @@ def build_registry(config: MlgateConfig, entries: list[RepositoryEntry]) -> Mode
 
 
 def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
+    """One gateway process's batching for a version. Its slots are its share of the replicas' batches in flight,
+    rounded down, at least one: every one of ``server.workers`` processes batches on its own, and with the whole
+    count each, the replicas ran workers times as many batches at once as configured (16 on one replica from
+    8 processes on the H100 runs), while each process's batches were smaller."""
     batching = config.batching_for(entry.model, entry.version)
     replicas = config.deployment_for(entry.model).replicas
     model_max = entry.manifest.max_batch_rows if entry.manifest else batching.max_batch_rows
     return BatchPolicy(
         max_batch_rows=min(batching.max_batch_rows, model_max),
         max_wait_s=batching.max_wait_ms / 1000.0,
-        max_inflight=batching.max_inflight_batches * replicas,
+        max_inflight=max(1, batching.max_inflight_batches * replicas // config.server.workers),
         objective_s=None if batching.latency_objective_ms is None else batching.latency_objective_ms / 1000.0,
         max_queue_rows=batching.max_queue_rows,
         variable_shapes=entry.manifest is not None and any(-1 in spec.shape[1:] for spec in entry.manifest.inputs),

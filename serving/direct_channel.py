@@ -281,7 +281,8 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 MAX_CONNECTIONS = 8
 """Connections (so replica threads) per replica and gateway process; more batches in flight wait for one.
-The batcher bounds them anyway (``batching.max_inflight_batches`` per replica, 2 by default)."""
+The batcher bounds them anyway (``batching.max_inflight_batches`` per replica, 2 by default, shared among the
+gateway processes)."""
 
 
 class _Replica:

@@ -92,6 +92,26 @@ models:
     assert config.batching_for("other", "1").latency_objective_ms is None
 
 
+@pytest.mark.parametrize(("workers", "replicas", "batches", "slots"),
+                         [(1, 1, 2, 2), (1, 3, 2, 6), (2, 1, 2, 1), (2, 3, 2, 3), (3, 2, 2, 1), (8, 1, 2, 1),
+                          (8, 1, 16, 2)])
+def test_gateway_processes_share_the_replicas_batches_in_flight(tmp_path: Path, workers: int, replicas: int,
+                                                                 batches: int, slots: int) -> None:
+    """Each of ``server.workers`` processes batches on its own: each gets its share of the slots, rounded down so that
+    together they stay within them, but at least one."""
+    from gateway.registry import ServedVersion
+    from mlgate.server import batch_policy
+    from serving.manifest import Manifest, TensorSpec
+
+    path = tmp_path / "workers.yaml"
+    path.write_text(f"server: {{workers: {workers}}}\nmodels:\n  m:\n    deployment: {{replicas: {replicas}}}\n"
+                    f"    batching: {{max_inflight_batches: {batches}}}\n")
+    manifest = Manifest(name="m", version="1", sha256="0" * 64,
+                        inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 2)),),
+                        outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),))
+    assert batch_policy(load_config(path), ServedVersion("m", "1", manifest)).max_inflight == slots
+
+
 def test_only_a_version_with_a_variable_dimension_after_the_rows_batches_its_requests_by_shape(
         tmp_path: Path) -> None:
     from gateway.registry import ServedVersion
