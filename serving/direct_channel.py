@@ -97,10 +97,10 @@ about 1 µs, as much as copying 30 KiB. On the 2-core box, encoding 16 parts of 
 128 single rows of the champion took 142 µs as parts and 27 µs joined; 4 parts of 480 KiB, 7 µs and 154 µs."""
 
 
-def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
-    """A frame carrying ``fields`` and one array per input of ``parts``: the parts' rows back to back in the
-    payload, 64-byte aligned per input, each part's buffer sent as it is unless the parts are small
-    (``JOIN_PARTS_BELOW``): a large batch is never joined first.
+def encode(parts: Parts = (), warm_up: bool = False, **fields: Any) -> list[bytes | memoryview]:
+    """A frame carrying ``fields`` (and ``warm_up`` only when set, so traffic's headers do not grow) and one array
+    per input of ``parts``: the parts' rows back to back in the payload, 64-byte aligned per input, each part's
+    buffer sent as it is unless the parts are small (``JOIN_PARTS_BELOW``): a large batch is never joined first.
 
     Numeric and boolean arrays only: a version with string tensors never opens the channel. ValueError if the
     parts disagree on an input's trailing shape, or, sent part by part, on its dtype (joined, np.concatenate would
@@ -127,6 +127,8 @@ def encode(parts: Parts = (), **fields: Any) -> list[bytes | memoryview]:
             if array.nbytes:
                 buffers.append(array.reshape(-1).view(np.uint8).data)
                 offset += array.nbytes
+    if warm_up:
+        fields["warm_up"] = True
     header = orjson.dumps({**fields, "arrays": described})
     return [_PREFIX.pack(len(header), offset), header, *buffers]
 
@@ -342,14 +344,13 @@ class DirectReplicas:
 
     async def call(self, parts: Parts, warm_up: bool = False) -> Arrays:
         """Run one batch on a replica; ChannelDown if no connection could carry it, ReplicaError if it failed."""
-        header, payload = await self._round_trip(encode(parts, warm_up=warm_up) if warm_up else encode(parts))
+        header, payload = await self._round_trip(encode(parts, warm_up))
         return decode_arrays(header, payload)
 
     async def call_shared(self, layout: Layout, warm_up: bool = False) -> Arrays | None:
         """Run one batch laid out in shared memory on a replica, as ``call`` does: its outputs if they came back
         in the reply, {} if the replica wrote them into the segment, None if it cannot see the segment."""
-        header, payload = await self._round_trip(encode(layout=layout, warm_up=warm_up) if warm_up
-                                                 else encode(layout=layout))
+        header, payload = await self._round_trip(encode(warm_up=warm_up, layout=layout))
         segment = header.get("segment")
         if segment == ABSENT:
             return None

@@ -63,6 +63,13 @@ def _frame_arrays(arrays: Arrays) -> Arrays:
     return decode_arrays(header, payload)
 
 
+def test_only_a_warm_up_frame_says_so() -> None:
+    for warm_up, fields in ((False, {}), (True, {"warm_up": True})):
+        frame = b"".join(bytes(b) for b in encode(warm_up=warm_up, layout="L"))
+        header_bytes, _ = direct_channel._PREFIX.unpack(frame[:12])
+        assert orjson.loads(frame[12:12 + header_bytes]) == {"layout": "L", **fields, "arrays": []}
+
+
 def test_frames_carry_every_numeric_dtype_and_shape_exactly() -> None:
     rng = np.random.default_rng(0)
     arrays: Arrays = {
