@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from gateway.batcher import BatchPolicy
 from mlgate.cli import app
-from mlgate.config import ConfigError, load_config
+from mlgate.config import ConfigError, MlgateConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +93,19 @@ models:
     assert config.batching_for("other", "1").latency_objective_ms is None
 
 
+def _batch_policy(config: MlgateConfig, *input_shapes: tuple[int, ...]) -> BatchPolicy:
+    """``mlgate.server.batch_policy`` for version 1 of a model "m" whose inputs have these shapes."""
+    from gateway.registry import ServedVersion
+    from mlgate.server import batch_policy
+    from serving.manifest import Manifest, TensorSpec
+
+    manifest = Manifest(name="m", version="1", sha256="0" * 64,
+                        inputs=tuple(TensorSpec(name=f"in{i}", datatype="FP32", shape=shape)
+                                     for i, shape in enumerate(input_shapes)),
+                        outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),))
+    return batch_policy(config, ServedVersion("m", "1", manifest))
+
+
 @pytest.mark.parametrize(("workers", "replicas", "batches", "slots"),
                          [(1, 1, 2, 2), (1, 3, 2, 6), (2, 1, 2, 1), (2, 3, 2, 3), (3, 2, 2, 1), (8, 1, 2, 1),
                           (8, 1, 16, 2)])
@@ -99,40 +113,21 @@ def test_gateway_processes_share_the_replicas_batches_in_flight(tmp_path: Path, 
                                                                  batches: int, slots: int) -> None:
     """Each of ``server.workers`` processes batches on its own: each gets its share of the slots, rounded down so that
     together they stay within them, but at least one."""
-    from gateway.registry import ServedVersion
-    from mlgate.server import batch_policy
-    from serving.manifest import Manifest, TensorSpec
-
     path = tmp_path / "workers.yaml"
     path.write_text(f"server: {{workers: {workers}}}\nmodels:\n  m:\n    deployment: {{replicas: {replicas}}}\n"
                     f"    batching: {{max_inflight_batches: {batches}}}\n")
-    manifest = Manifest(name="m", version="1", sha256="0" * 64,
-                        inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 2)),),
-                        outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),))
-    assert batch_policy(load_config(path), ServedVersion("m", "1", manifest)).max_inflight == slots
+    assert _batch_policy(load_config(path), (-1, 2)).max_inflight == slots
 
 
 def test_only_a_version_with_a_variable_dimension_after_the_rows_batches_its_requests_by_shape(
         tmp_path: Path) -> None:
-    from gateway.registry import ServedVersion
-    from mlgate.server import batch_policy
-    from serving.manifest import Manifest, TensorSpec
-
     path = tmp_path / "empty.yaml"
     path.write_text("")
     config = load_config(path)
-
-    def policy(*input_shapes: tuple[int, ...]) -> bool:
-        manifest = Manifest(name="m", version="1", sha256="0" * 64,
-                            inputs=tuple(TensorSpec(name=f"in{i}", datatype="FP32", shape=shape)
-                                         for i, shape in enumerate(input_shapes)),
-                            outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),))
-        return batch_policy(config, ServedVersion("m", "1", manifest)).variable_shapes
-
-    assert not policy((-1, 30))
-    assert not policy((-1, 30), (-1, 4, 4))
-    assert policy((-1, 30), (-1, -1))  # a sequence of any length
-    assert policy((-1, 8, -1))
+    assert not _batch_policy(config, (-1, 30)).variable_shapes
+    assert not _batch_policy(config, (-1, 30), (-1, 4, 4)).variable_shapes
+    assert _batch_policy(config, (-1, 30), (-1, -1)).variable_shapes  # a sequence of any length
+    assert _batch_policy(config, (-1, 8, -1)).variable_shapes
 
 
 def _problems(tmp_path: Path, text: str) -> str:
