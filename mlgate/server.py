@@ -163,8 +163,8 @@ def build_registry(config: MlgateConfig, entries: list[RepositoryEntry]) -> Mode
 def batch_policy(config: MlgateConfig, entry: ServedVersion) -> BatchPolicy:
     """One gateway process's batching for a version. Its slots are its share of the replicas' batches in flight,
     rounded down, at least one: every one of ``server.workers`` processes batches on its own, and with the whole
-    count each, the replicas ran workers times as many batches at once as configured (16 on one replica from
-    8 processes on the H100 runs), while each process's batches were smaller."""
+    count each, the replicas could get workers times as many batches at once as configured (16 on one replica
+    from 8 processes in the H100 runs), while each process's batches were smaller."""
     batching = config.batching_for(entry.model, entry.version)
     replicas = config.deployment_for(entry.model).replicas
     model_max = entry.manifest.max_batch_rows if entry.manifest else batching.max_batch_rows
