@@ -7,7 +7,54 @@ with its traceback and the caller gets a generic 500/INTERNAL without details.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import grpc
+
+SHOWN_CHARS = 64
+"""Most characters of a caller's name or value an error message repeats. Messages quoted what they refused whole:
+a 1 MB routing key, tensor name or datatype came back as a 1 MB error body (and as gRPC status details, which
+travel in trailers that clients cap at 8 KiB by default)."""
+
+
+def quoted(name: str) -> str:
+    """A name the caller sent (model, version, tensor), as error messages show it: in single quotes, cut to
+    ``SHOWN_CHARS`` with its full length said."""
+    if len(name) <= SHOWN_CHARS:
+        return f"'{name}'"
+    return f"'{name[:SHOWN_CHARS]}...' ({len(name):,} characters)"
+
+
+def shown(value: Any, depth: int = 0) -> str:
+    """A value the caller sent, as error messages show it: in JSON's spelling (``true``, ``null``, ``"soon"``, not
+    Python's ``True``, ``None``, ``'soon'``: the caller wrote JSON, or protobuf fields JSON spells the same), cut to
+    about ``SHOWN_CHARS`` with its full length said. Lists show their first items, two levels deep."""
+    if isinstance(value, str):
+        text = json.dumps(value[:SHOWN_CHARS], ensure_ascii=False)
+        return text if len(value) <= SHOWN_CHARS else f"{text[:-1]}...\" ({len(value):,} characters)"
+    if isinstance(value, list):
+        if depth >= 2:
+            return "[...]" if value else "[]"
+        items: list[str] = []
+        length = 0
+        for item in value:
+            if length > SHOWN_CHARS:
+                break
+            items.append(shown(item, depth + 1))
+            length += len(items[-1]) + 2
+        if len(items) == len(value):
+            return f"[{', '.join(items)}]"
+        return f"[{', '.join(items)}, ...] ({len(value):,} items)"
+    if isinstance(value, dict):
+        return f"an object with {len(value):,} key{'' if len(value) == 1 else 's'}"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**SHOWN_CHARS else f"an integer of over {SHOWN_CHARS} digits"
+    if isinstance(value, float):
+        return json.dumps(value)
+    return f"a value of type {type(value).__name__}"
 
 
 class InferenceError(Exception):

@@ -24,7 +24,7 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, quoted
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.service import InferResult, refuse_sequence
 from gateway.tensors import (
@@ -113,7 +113,7 @@ def decode_raw_inputs(request: pb.ModelInferRequest, declared: Declared | None =
         name, datatype, shape = _header(tensor, declared, seen)
         if tensor.HasField("contents"):
             raise BadRequest(
-                f"input '{name}' has typed contents but the request also uses raw_input_contents; "
+                f"input {quoted(name)} has typed contents but the request also uses raw_input_contents; "
                 "send every input one way or the other"
             )
         array = array_from_buffer(name, datatype, shape, memoryview(blob))
@@ -139,7 +139,7 @@ def _header(
     name = tensor.name
     if not name:
         raise BadRequest("every input needs a non-empty 'name'")
-    refuse_shared_memory(f"input '{name}'", tensor.parameters)
+    refuse_shared_memory(f"input {quoted(name)}", tensor.parameters)
     datatype = check_datatype(name, tensor.datatype)
     check_input_header(declared, seen, name, datatype)
     shape = parse_shape(name, list(tensor.shape))
@@ -153,26 +153,26 @@ def array_from_contents(
     field = TYPED_FIELD.get(datatype)
     if field is None:
         raise BadRequest(
-            f"input '{name}': {datatype} tensors must be sent in raw_input_contents "
+            f"input {quoted(name)}: {datatype} tensors must be sent in raw_input_contents "
             "(the protocol has no typed contents field for them)"
         )
     present = [descriptor.name for descriptor, _ in contents.ListFields()]
     strays = [f for f in present if f != field]
     if strays:
         raise BadRequest(
-            f"input '{name}': {datatype} data belongs in contents.{field}, "
+            f"input {quoted(name)}: {datatype} data belongs in contents.{field}, "
             f"but contents has {', '.join(strays)}"
         )
     values = getattr(contents, field)
     count = math.prod(shape)
     if not present and count:
         raise BadRequest(
-            f"input '{name}' has no data: put its {count} elements in contents.{field} or send the request's "
+            f"input {quoted(name)} has no data: put its {count} elements in contents.{field} or send the request's "
             "inputs as raw_input_contents"
         )
     if len(values) != count:
         raise BadRequest(
-            f"input '{name}': shape {list(shape)} needs {count} elements "
+            f"input {quoted(name)}: shape {list(shape)} needs {count} elements "
             f"but contents.{field} has {len(values)}"
         )
     if datatype == "BYTES":
@@ -195,7 +195,7 @@ def _narrow(name: str, datatype: str, array: np.ndarray, target: np.dtype) -> np
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
             raise BadRequest(
-                f"input '{name}': value out of range for {datatype} [{info.min}, {info.max}]: {bad}"
+                f"input {quoted(name)}: value out of range for {datatype} [{info.min}, {info.max}]: {bad}"
             )
     return array.astype(target)
 
@@ -210,7 +210,7 @@ def requested_outputs(request: pb.ModelInferRequest, declared: Declared | None =
     seen: set[str] = set()
     for output in request.outputs:
         name = output.name
-        where = f"output '{name}'"
+        where = f"output {quoted(name)}"
         check_output_name(declared, seen, name)
         refuse_shared_memory(where, output.parameters)
         if "classification" in output.parameters:

@@ -130,9 +130,11 @@ refuse trailers past 16 KiB outright and, from 8 KiB, at random (grpc's metadata
 def status_message(message: str) -> str:
     """``message``, cut in the middle to fit ``STATUS_MESSAGE_BYTES`` once percent-encoded.
 
-    Messages quote what the client sent (a model name, a tensor name, a routing key); a long one made the trailer
-    too large, and the client saw RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of the
-    error. The head names the field and quotes the value, the tail says what was expected, so both are kept.
+    Messages quoted what the client sent (a model name, a tensor name, a routing key) whole; a long one made the
+    trailer too large, and the client saw RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of
+    the error. They now quote only its start (``errors.quoted``, ``errors.shown``); this bound stays for what they
+    list at length (every served model, every declared input). The head names the field and quotes the value, the
+    tail says what was expected, so both are kept.
     The fast path costs one length check: no character is sent as more than 12 bytes (4 UTF-8 bytes, each %XX);
     past it, only the first and last ``STATUS_MESSAGE_BYTES`` characters are ever read.
     """

@@ -20,7 +20,15 @@ from typing import Any
 import orjson
 
 from gateway.body_budget import BodyBudget
-from gateway.errors import BadRequest, InferenceError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from gateway.errors import (
+    BadRequest,
+    InferenceError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    quoted,
+)
 from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response, error_body, json_body
 from gateway.http_protocol import RECEIVED_AT, WHOLE_BODY, declared_length
 from gateway.service import CLIENT_CLOSED, InferenceService, InferResult
@@ -245,7 +253,7 @@ def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     its end, or bytes after a deflate stream, are refused rather than served as what could be read."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
-        raise BadRequest(f"unsupported Content-Encoding '{encoding}'; use gzip, deflate or identity")
+        raise BadRequest(f"unsupported Content-Encoding {quoted(encoding)}; use gzip, deflate or identity")
     pieces: list[bytes] = []
     size = 0
     rest: bytes | bytearray = body

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from gateway.datatypes import numpy_dtype, serialize_bytes_tensor
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, quoted
 from gateway.service import InferResult, parse_routing_key, parse_timeout_us, refuse_sequence
 from gateway.tensors import (
     Declared,
@@ -147,17 +147,17 @@ def _decode_inputs(raw: Any, tail: memoryview, declared: Declared | None, header
         datatype = check_datatype(name, item.get("datatype"))
         check_input_header(declared, seen, name, datatype)
         shape = parse_shape(name, item.get("shape"))
-        parameters = _parameters(item.get("parameters"), f"input '{name}'")
-        refuse_shared_memory(f"input '{name}'", parameters)
+        parameters = _parameters(item.get("parameters"), f"input {quoted(name)}")
+        refuse_shared_memory(f"input {quoted(name)}", parameters)
         size = parameters.get("binary_data_size")
         if size is not None:
             if "data" in item:
-                raise BadRequest(f"input '{name}' has both 'data' and parameter 'binary_data_size'")
+                raise BadRequest(f"input {quoted(name)} has both 'data' and parameter 'binary_data_size'")
             if type(size) is not int or size < 0:
-                raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+                raise BadRequest(f"input {quoted(name)}: binary_data_size must be a non-negative integer")
             if offset + size > len(tail):
                 raise BadRequest(
-                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"input {quoted(name)}: binary_data_size {size} runs past the end of the body "
                     f"({len(tail) - offset} binary bytes left)" + ("" if header_given else
                     "; without the Inference-Header-Content-Length header the whole body is read as JSON, "
                     "so binary tensor data needs that header to give the JSON's length")
@@ -167,7 +167,7 @@ def _decode_inputs(raw: Any, tail: memoryview, declared: Declared | None, header
         elif "data" in item:
             array = array_from_json(name, datatype, shape, item["data"])
         else:
-            raise BadRequest(f"input '{name}' has neither 'data' nor parameter 'binary_data_size'")
+            raise BadRequest(f"input {quoted(name)} has neither 'data' nor parameter 'binary_data_size'")
         tensors.append(WireTensor(name, datatype, shape, array))
     if offset != len(tail):
         raise BadRequest(f"{len(tail) - offset} bytes after the JSON header belong to no input")
@@ -189,13 +189,13 @@ def _decode_outputs(raw: Any, binary_default: bool, declared: Declared | None) -
             raise BadRequest("each entry of 'outputs' must be an object with a string 'name'")
         name = item["name"]
         check_output_name(declared, seen, name)
-        parameters = _parameters(item.get("parameters"), f"output '{name}'")
-        refuse_shared_memory(f"output '{name}'", parameters)
+        parameters = _parameters(item.get("parameters"), f"output {quoted(name)}")
+        refuse_shared_memory(f"output {quoted(name)}", parameters)
         if parameters.get("classification"):
-            raise BadRequest(f"output '{name}': the classification extension is not supported")
+            raise BadRequest(f"output {quoted(name)}: the classification extension is not supported")
         wants_binary = parameters.get("binary_data", binary_default)
         if not isinstance(wants_binary, bool):
-            raise BadRequest(f"output '{name}': parameter 'binary_data' must be true or false")
+            raise BadRequest(f"output {quoted(name)}: parameter 'binary_data' must be true or false")
         names.append(name)
         if wants_binary:
             binary.add(name)

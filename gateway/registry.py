@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 from gateway.batcher import Batcher
-from gateway.errors import NotFound
+from gateway.errors import NotFound, quoted
 from routing.champion import pick_default_version, version_sort_key
 from serving.manifest import Manifest
 from telemetry.metrics import record_device, record_model_state
@@ -78,20 +78,21 @@ class ModelRegistry:
 
     def versions_of(self, model: str) -> list[ServedVersion]:
         if model not in self.versions:
-            raise NotFound(f"unknown model '{model}'; served models: {', '.join(self.models()) or 'none'}")
+            raise NotFound(f"unknown model {quoted(model)}; served models: {', '.join(self.models()) or 'none'}")
         return self._sorted(model)
 
     def get(self, model: str, version: str | None) -> ServedVersion:
         """The version a request names, or the model's default version; NotFound with a precise message."""
         entries = self.versions.get(model)
         if entries is None:
-            raise NotFound(f"unknown model '{model}'; served models: {', '.join(self.models()) or 'none'}")
+            raise NotFound(f"unknown model {quoted(model)}; served models: {', '.join(self.models()) or 'none'}")
         if version is None:
             version = pick_default_version(self.champions.get(model), ((v, e.ready) for v, e in entries.items()))
         entry = entries.get(version) if version is not None else None
         if entry is None:
             known = ", ".join(e.version for e in self._sorted(model))
-            raise NotFound(f"model '{model}' has no version '{version}'; versions: {known}")
+            missing = "no versions" if version is None else f"no version {quoted(version)}"
+            raise NotFound(f"model {quoted(model)} has {missing}; versions: {known}")
         return entry
 
     def default_versions_ready(self) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gateway.auth import AuthState
-from gateway.errors import BadRequest, DeadlineExceeded, InferenceError, Unavailable
+from gateway.errors import BadRequest, DeadlineExceeded, InferenceError, Unavailable, shown
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.shadows import ShadowMirror
 from gateway.tensors import Declared, WireTensor, bind_inputs, check_output_name
@@ -221,7 +221,7 @@ def parse_routing_key(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= 256:
-        raise BadRequest(f"request parameter 'routing_key' must be a string of 1 to 256 characters, got {value!r}")
+        raise BadRequest(f"request parameter 'routing_key' must be a string of 1 to 256 characters, got {shown(value)}")
     return value
 
 
@@ -232,8 +232,8 @@ def refuse_sequence(sequence_id: Any) -> None:
     tritonclient sends the parameter only for a sequence (not for its default 0)."""
     if sequence_id is None or sequence_id == 0 or sequence_id == "":
         return
-    raise BadRequest(f"request parameter 'sequence_id' ({sequence_id!r}): sequences are not supported; mlgate serves "
-                     "stateless models, so each request would be answered on its own")
+    raise BadRequest(f"request parameter 'sequence_id' ({shown(sequence_id)}): sequences are not supported; mlgate "
+                     "serves stateless models, so each request would be answered on its own")
 
 
 def parse_timeout_us(value: Any) -> float | None:
@@ -247,7 +247,7 @@ def parse_timeout_us(value: Any) -> float | None:
         return None
     if type(value) is not int or value < 0:
         raise BadRequest("request parameter 'timeout' must be a non-negative integer of microseconds (0: no "
-                         f"timeout), got {value!r}")
+                         f"timeout), got {shown(value)}")
     return None if value == 0 else value / 1e6
 
 

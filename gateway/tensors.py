@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gateway.datatypes import NUMPY_DTYPES, deserialize_bytes_tensor, is_float
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, quoted, shown
 from serving.manifest import TensorSpec
 
 MAX_DIMS = 8
@@ -48,12 +48,13 @@ class WireTensor:
 
 def parse_shape(name: str, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not raw or len(raw) > MAX_DIMS:
-        raise BadRequest(f"input '{name}': shape must be a list of 1 to {MAX_DIMS} non-negative integers, got {raw!r}")
+        raise BadRequest(f"input {quoted(name)}: shape must be a list of 1 to {MAX_DIMS} non-negative integers, "
+                         f"got {shown(raw)}")
     for dim in raw:
         if type(dim) is not int or dim < 0:
-            raise BadRequest(f"input '{name}': shape must hold non-negative integers, got {raw!r}")
+            raise BadRequest(f"input {quoted(name)}: shape must hold non-negative integers, got {shown(raw)}")
     if math.prod(dim for dim in raw if dim) > MAX_SHAPE_PRODUCT:
-        raise BadRequest(f"input '{name}': shape {raw!r} is too large (its dimensions multiply past 2**56)")
+        raise BadRequest(f"input {quoted(name)}: shape {shown(raw)} is too large (its dimensions multiply past 2**56)")
     return tuple(raw)
 
 
@@ -68,7 +69,7 @@ def refuse_shared_memory(where: str, parameters: Any) -> None:
 def check_datatype(name: str, datatype: Any) -> str:
     if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
         known = ", ".join(NUMPY_DTYPES)
-        raise BadRequest(f"input '{name}': unknown datatype {datatype!r}; expected one of {known}")
+        raise BadRequest(f"input {quoted(name)}: unknown datatype {shown(datatype)}; expected one of {known}")
     return str(datatype)
 
 
@@ -82,11 +83,11 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any)
     array = _bytes_from_json(name, data) if datatype == "BYTES" else _numbers_from_json(name, datatype, data)
     if array.size != count:
         raise BadRequest(
-            f"input '{name}': shape {list(shape)} needs {count} elements but data has {array.size}"
+            f"input {quoted(name)}: shape {list(shape)} needs {count} elements but data has {array.size}"
         )
     if array.ndim > 1 and array.shape != shape:
         raise BadRequest(
-            f"input '{name}': nested data has shape {list(array.shape)} but the tensor declares {list(shape)}"
+            f"input {quoted(name)}: nested data has shape {list(array.shape)} but the tensor declares {list(shape)}"
         )
     return array.reshape(shape)
 
@@ -97,7 +98,7 @@ def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
     try:
         parsed = np.asarray(data)
     except ValueError:
-        raise BadRequest(f"input '{name}': nested data is ragged (rows of different lengths)") from None
+        raise BadRequest(f"input {quoted(name)}: nested data is ragged (rows of different lengths)") from None
     target = NUMPY_DTYPES[datatype]
     kind = parsed.dtype.kind
     if parsed.size == 0:
@@ -106,21 +107,21 @@ def _numbers_from_json(name: str, datatype: str, data: Any) -> np.ndarray:
         _refuse_mixed_booleans(name, datatype, data, parsed)
     if datatype == "BOOL":
         if kind != "b":
-            raise BadRequest(f"input '{name}': BOOL data must be true/false, got {_describe_kind(kind)}")
+            raise BadRequest(f"input {quoted(name)}: BOOL data must be true/false, got {_describe_kind(kind)}")
     elif target.kind in "iu":
         if kind == "f" and target == np.uint64:  # integers from 2**63 up beside smaller ones: numpy made floats of them
             parsed, kind = _uint64_from_json(name, data), "u"
         if kind not in "iu":
-            raise BadRequest(f"input '{name}': {datatype} data must be integers, got {_describe_kind(kind)}")
+            raise BadRequest(f"input {quoted(name)}: {datatype} data must be integers, got {_describe_kind(kind)}")
         info = np.iinfo(target)
         low, high = parsed.min(), parsed.max()
         if low < info.min or high > info.max:
             raise BadRequest(
-                f"input '{name}': value out of range for {datatype} [{info.min}, {info.max}]: "
+                f"input {quoted(name)}: value out of range for {datatype} [{info.min}, {info.max}]: "
                 f"{low if low < info.min else high}"
             )
     elif kind not in "iuf":
-        raise BadRequest(f"input '{name}': {datatype} data must be numbers, got {_describe_kind(kind)}")
+        raise BadRequest(f"input {quoted(name)}: {datatype} data must be numbers, got {_describe_kind(kind)}")
     elif target.kind == "f" and target != parsed.dtype:
         return _narrowed(name, datatype, parsed, target)
     return parsed.astype(target, copy=False)
@@ -140,7 +141,7 @@ def _refuse_mixed_booleans(name: str, datatype: str, data: list[Any], parsed: np
     for _ in range(parsed.ndim - 1):
         elements = itertools.chain.from_iterable(elements)
     if bool in set(map(type, elements)):
-        raise BadRequest(f"input '{name}': {datatype} data must be numbers, got true/false among them")
+        raise BadRequest(f"input {quoted(name)}: {datatype} data must be numbers, got true/false among them")
 
 
 _BOOLEAN_GATE_ELEMENTS = 128
@@ -157,7 +158,7 @@ def _narrowed(name: str, datatype: str, parsed: np.ndarray, target: np.dtype) ->
     except FloatingPointError:
         largest = float(np.finfo(target).max)
         beyond = np.isfinite(parsed) & (np.abs(parsed) > largest)
-        raise BadRequest(f"input '{name}': value out of range for {datatype} [{-largest:g}, {largest:g}]: "
+        raise BadRequest(f"input {quoted(name)}: value out of range for {datatype} [{-largest:g}, {largest:g}]: "
                          f"{float(parsed[beyond].flat[0]):g}") from None
 
 
@@ -166,10 +167,10 @@ def _uint64_from_json(name: str, data: list[Any]) -> np.ndarray:
     element, but only for UINT64 data holding values from 2**63 up."""
     values = np.asarray(data, dtype=object)
     if not all(type(value) is int for value in values.flat):
-        raise BadRequest(f"input '{name}': UINT64 data must be integers, got non-integer numbers")
+        raise BadRequest(f"input {quoted(name)}: UINT64 data must be integers, got non-integer numbers")
     low, high = min(values.flat), max(values.flat)
     if low < 0 or high > np.iinfo(np.uint64).max:
-        raise BadRequest(f"input '{name}': value out of range for UINT64 [0, {np.iinfo(np.uint64).max}]: "
+        raise BadRequest(f"input {quoted(name)}: value out of range for UINT64 [0, {np.iinfo(np.uint64).max}]: "
                          f"{low if low < 0 else high}")
     return values.astype(np.uint64)
 
@@ -185,13 +186,13 @@ def _bytes_from_json(name: str, data: Any) -> np.ndarray:
     def walk(item: Any, depth: int) -> None:
         if isinstance(item, list):
             if depth == MAX_DIMS:  # deeper lists could not match any shape (and recursing on would exhaust the stack)
-                raise BadRequest(f"input '{name}': BYTES data is nested deeper than {MAX_DIMS} levels")
+                raise BadRequest(f"input {quoted(name)}: BYTES data is nested deeper than {MAX_DIMS} levels")
             for sub in item:
                 walk(sub, depth + 1)
         elif isinstance(item, str):
             flat.append(item.encode("utf-8"))
         else:
-            raise BadRequest(f"input '{name}': BYTES data must be strings, got {type(item).__name__}")
+            raise BadRequest(f"input {quoted(name)}: BYTES data must be strings, got {type(item).__name__}")
 
     walk(data, 0)
     out = np.empty(len(flat), dtype=object)
@@ -206,17 +207,17 @@ def array_from_buffer(name: str, datatype: str, shape: tuple[int, ...], buffer: 
         try:
             return deserialize_bytes_tensor(buffer, count).reshape(shape)
         except ValueError as exc:
-            raise BadRequest(f"input '{name}': {exc}") from None
+            raise BadRequest(f"input {quoted(name)}: {exc}") from None
     dtype = NUMPY_DTYPES[datatype]
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise BadRequest(
-            f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes but {len(buffer)} were sent"
+            f"input {quoted(name)}: {datatype} shape {list(shape)} needs {expected} bytes but {len(buffer)} were sent"
         )
     if datatype == "BOOL":
         raw = np.frombuffer(buffer, dtype=np.uint8)
         if raw.size and raw.max() > 1:
-            raise BadRequest(f"input '{name}': BOOL bytes must be 0 or 1")
+            raise BadRequest(f"input {quoted(name)}: BOOL bytes must be 0 or 1")
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
@@ -232,7 +233,7 @@ def bind_inputs(
     by_name: dict[str, WireTensor] = {}
     for tensor in tensors:
         if tensor.name in by_name:
-            raise BadRequest(f"input '{tensor.name}' is given more than once")
+            raise BadRequest(f"input {quoted(tensor.name)} is given more than once")
         by_name[tensor.name] = tensor
     expected = {spec.name for spec in specs}
     for name in by_name:
@@ -294,7 +295,7 @@ def check_input_header(declared: Declared | None, seen: set[str], name: str, dat
     one gRPC input repeated a million times for 8 to 11 s.
     """
     if name in seen:
-        raise BadRequest(f"input '{name}' is given more than once")
+        raise BadRequest(f"input {quoted(name)} is given more than once")
     seen.add(name)
     if declared is None:
         return
@@ -311,7 +312,7 @@ def check_output_name(declared: Declared | None, seen: set[str], name: str) -> T
     with ``declared``, one the model does not have. The codecs call it as each name is read, ``select_outputs``
     for the version that answers."""
     if name in seen:
-        raise BadRequest(f"output '{name}' is requested more than once")
+        raise BadRequest(f"output {quoted(name)} is requested more than once")
     seen.add(name)
     if declared is None:
         return None
@@ -319,12 +320,12 @@ def check_output_name(declared: Declared | None, seen: set[str], name: str) -> T
         if spec.name == name:
             return spec
     known = ", ".join(spec.name for spec in declared.outputs)
-    raise BadRequest(f"unknown output '{name}' for {declared.label}; it has outputs: {known}")
+    raise BadRequest(f"unknown output {quoted(name)} for {declared.label}; it has outputs: {known}")
 
 
 def _unknown_input(model_label: str, specs: Sequence[TensorSpec], name: str) -> BadRequest:
     expected = sorted(spec.name for spec in specs)
-    return BadRequest(f"unknown input '{name}' for {model_label}; expected inputs: {', '.join(expected)}")
+    return BadRequest(f"unknown input {quoted(name)} for {model_label}; expected inputs: {', '.join(expected)}")
 
 
 def _wrong_datatype(model_label: str, spec: TensorSpec, datatype: str) -> BadRequest:
@@ -336,7 +337,7 @@ def _check_finite(model_label: str, name: str, array: np.ndarray) -> None:
     if not finite.all():
         where = np.unravel_index(int(np.argmin(finite)), array.shape)
         raise BadRequest(
-            f"input '{name}' holds a non-finite value (NaN or infinity) at index {list(map(int, where))}; "
+            f"input {quoted(name)} holds a non-finite value (NaN or infinity) at index {list(map(int, where))}; "
             f"{model_label} accepts finite values only"
         )
 

@@ -90,7 +90,7 @@ def test_name_and_datatype_are_checked_before_the_data_is_decoded(http: httpx.Cl
 
 
 def test_unknown_datatype(http: httpx.Client) -> None:
-    _assert_error(http.post(INFER, json=_body(datatype="FLOAT")), 400, "unknown datatype 'FLOAT'")
+    _assert_error(http.post(INFER, json=_body(datatype="FLOAT")), 400, 'unknown datatype "FLOAT"')
 
 
 def test_shape_does_not_match_data_length(http: httpx.Client) -> None:
@@ -263,9 +263,40 @@ def test_unknown_endpoint(http: httpx.Client) -> None:
     _assert_error(http.post("/v2foo/models/breast-cancer/infer", json=_body()), 404, "no such endpoint")
 
 
-def test_malformed_timeout_parameter(http: httpx.Client) -> None:
-    response = http.post(INFER, json={**_body(), "parameters": {"timeout": "soon"}})
-    _assert_error(response, 400, "'timeout' must be a non-negative integer of microseconds")
+@pytest.mark.parametrize(("value", "shown"), [("soon", '"soon"'), (True, "true"), (1.5, "1.5"), ([1], "[1]")])
+def test_malformed_timeout_parameter(http: httpx.Client, value: Any, shown: str) -> None:
+    """The value is quoted as the caller wrote it in JSON: ``true`` was shown as Python's ``True``."""
+    response = http.post(INFER, json={**_body(), "parameters": {"timeout": value}})
+    _assert_error(response, 400,
+                  f"'timeout' must be a non-negative integer of microseconds (0: no timeout), got {shown}")
+
+
+LONG = 200_000
+"""Characters of a name or value no message should repeat whole (the test gateway's body limit is 1 MiB)."""
+
+
+@pytest.mark.parametrize(("body", "fragments"), [
+    ({**_body(), "parameters": {"routing_key": "k" * LONG}},
+     ["'routing_key' must be a string of 1 to 256 characters, got \"kkkk", '..." (200,000 characters)']),
+    (_body(name="n" * LONG), ["unknown input 'nnnn", "...' (200,000 characters) for model 'breast-cancer'",
+                              "expected inputs: features"]),
+    (_body(datatype="F" * LONG), ['unknown datatype "FFFF', '..." (200,000 characters); expected one of']),
+    (_body(shape=[1] * LONG), ["non-negative integers, got [1, 1, ", ", ...] (200,000 items)"]),
+    ({**_body(), "outputs": [{"name": "o" * LONG}]}, ["unknown output 'oooo", "...' (200,000 characters) for"]),
+    ({**_body(), "parameters": {"sequence_id": "s" * LONG}}, ['\'sequence_id\' ("ssss', "(200,000 characters)):"]),
+], ids=["routing-key", "input-name", "datatype", "shape", "output-name", "sequence-id"])
+def test_messages_quote_only_the_start_of_a_long_name_or_value(http: httpx.Client, body: dict[str, Any],
+                                                               fragments: list[str]) -> None:
+    """Messages quoted what they refused whole: a 200,000-character routing key came back as a 200 KB error."""
+    response = http.post(INFER, json=body)
+    _assert_error(response, 400, *fragments)
+    assert len(response.content) < 400, response.text
+
+
+def test_a_long_model_name_is_quoted_in_part(http: httpx.Client) -> None:
+    response = http.post(f"/v2/models/{'m' * 20_000}/infer", json=_body())
+    _assert_error(response, 404, "unknown model 'mmmm", "...' (20,000 characters); served models: breast-cancer")
+    assert len(response.content) < 400, response.text
 
 
 def test_a_timeout_of_zero_is_none_as_in_triton_and_a_negative_one_is_refused(http: httpx.Client) -> None:
