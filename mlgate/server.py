@@ -381,8 +381,13 @@ class Gateway:
         # process: keep it out of the collector's full passes, which would otherwise pause the loop.
         gc.collect()
         gc.freeze()
-        states = {e.label: e.state.value for e in self.registry.all_versions()}
-        log.info("models loaded: %s; server ready: %s", states, self.service.ready())
+        versions = self.registry.all_versions()
+        ready = self.service.ready()
+        log.info("models loaded: %s; server %s", ", ".join(f"{e.label} {e.state.value}" for e in versions),
+                 "ready" if ready else "not ready (a model's default version is not)",
+                 extra={"event": "models_loaded", "ready": ready,
+                        "versions": [{"model": e.model, "version": e.version, "state": e.state.value}
+                                     for e in versions]})
 
     async def _wait_deployed(self, entry: RepositoryEntry, owner: bool) -> DeployedVersion | None:
         served = self.registry.get(entry.model, entry.version)

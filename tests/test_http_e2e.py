@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -59,6 +61,21 @@ def test_repository_index_lists_every_version_with_state(client: httpclient.Infe
     tampered = index[(MODEL, TAMPERED_VERSION)]
     assert tampered["state"] == "UNAVAILABLE"
     assert "model.onnx" in tampered["reason"] and "SHA-256" in tampered["reason"]
+
+
+def test_the_start_up_log_says_each_version_s_state_in_words_and_fields(gateway: RunningGateway) -> None:
+    """The line `make demo` is ready at read "models loaded: {\"model 'breast-cancer' version '1'\": 'READY', ...};
+    server ready: True", a Python dict and bool in a JSON log, with nothing a log query could select on."""
+    docs = [json.loads(line) for line in gateway.log_path.read_text(errors="replace").splitlines()
+            if line.startswith("{")]
+    (loaded,) = [doc for doc in docs if doc.get("event") == "models_loaded"]
+    assert loaded["ready"] is True
+    states = {(v["model"], v["version"]): v["state"] for v in loaded["versions"]}
+    assert states[(MODEL, "1")] == "READY" and states[("breast-cancer-wide", "1")] == "READY"
+    assert states[(MODEL, TAMPERED_VERSION)] == "UNAVAILABLE"
+    assert loaded["message"].startswith("models loaded: model 'breast-cancer' version '1' READY, ")
+    assert loaded["message"].endswith("; server ready")
+    assert f"version '{TAMPERED_VERSION}' UNAVAILABLE" in loaded["message"]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
