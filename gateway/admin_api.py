@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth import AuthState, Principal, Role, create_stored_token, revoke_stored_token
-from gateway.errors import Conflict, InferenceError, NotFound, Unavailable, Unprocessable
+from gateway.errors import Conflict, InferenceError, NotFound, Unavailable, Unprocessable, quoted, shown
 from gateway.http_app import raw_header, refuse_declared_oversize
 from gateway.registry import ModelRegistry
 from gateway.shadows import ShadowMirror
@@ -107,9 +107,9 @@ def _refuse_unknown_query(request: Request, takes: frozenset[str]) -> None:
     for key, _ in request.query_params.multi_items():
         if key not in takes:
             taken = ", ".join(sorted(takes)) if takes else "no query parameters"
-            raise Unprocessable(f"unknown query parameter {key[:60]!r}; this endpoint takes: {taken}")
+            raise Unprocessable(f"unknown query parameter {quoted(key)}; this endpoint takes: {taken}")
         if key in seen:
-            raise Unprocessable(f"query parameter {key!r} is given twice; which one was meant cannot be told")
+            raise Unprocessable(f"query parameter {quoted(key)} is given twice; which one was meant cannot be told")
         seen.add(key)
 
 
@@ -421,7 +421,7 @@ def _expected_revision(body_revision: int | None, if_match: str | None) -> int:
     if if_match is not None:
         text = if_match.strip().removeprefix("W/").strip('"')
         if not (text.isascii() and text.isdigit() and len(text) <= 18):
-            raise Unprocessable(f"If-Match must be a routing revision (an integer), got {if_match[:40]!r}")
+            raise Unprocessable(f"If-Match must be a routing revision (an integer), got {shown(if_match)}")
         header_revision = int(text)
     if body_revision is None and header_revision is None:
         raise Unprocessable("say which revision the change is based on: body field 'revision' or If-Match")

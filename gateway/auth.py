@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, quoted
 from routing.store import StateStore, utc_now
 from telemetry import audit
 
@@ -48,7 +48,7 @@ class Role(enum.IntEnum):
         try:
             return cls[text.upper()]
         except KeyError:
-            raise BadRequest(f"unknown role {text!r}; roles: viewer, operator, admin") from None
+            raise BadRequest(f"unknown role {quoted(text)}; roles: viewer, operator, admin") from None
 
     @property
     def label(self) -> str:
@@ -86,7 +86,7 @@ def digest(token: str) -> str:
 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):  # (match with ^...$ lets a trailing newline through)
-        raise BadRequest(f"token name {name!r} must be 1-64 characters of letters, digits, '_', '.', '@', '-' "
+        raise BadRequest(f"token name {quoted(name)} must be 1-64 characters of letters, digits, '_', '.', '@', '-' "
                          "and start with a letter or digit")
     return name
 

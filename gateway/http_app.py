@@ -28,6 +28,7 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthorized,
     quoted,
+    shown,
 )
 from gateway.http_codec import HttpInferRequest, decode_infer_request, encode_infer_response, error_body, json_body
 from gateway.http_protocol import RECEIVED_AT, WHOLE_BODY, declared_length
@@ -320,7 +321,7 @@ def _header_length(scope: Scope) -> int | None:
     if raw is None:
         return None
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):  # ('²' is a digit to str.isdigit, not to int)
-        raise BadRequest(f"Inference-Header-Content-Length must be a non-negative integer, got {raw[:40]!r}")
+        raise BadRequest(f"Inference-Header-Content-Length must be a non-negative integer, got {shown(raw)}")
     return int(raw)
 
 

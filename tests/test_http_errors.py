@@ -180,7 +180,9 @@ def test_binary_header_length_that_is_not_a_plain_number(http: httpx.Client, val
     body, headers = _binary_request(np.ones((1, 30), np.float32))
     raw_headers = {name.encode(): text.encode() for name, text in headers.items()}
     response = http.post(INFER, content=body, headers={**raw_headers, b"Inference-Header-Content-Length": value})
-    _assert_error(response, 400, "Inference-Header-Content-Length must be a non-negative integer")
+    text = value.decode("latin-1")
+    shown = f'"{text[:64]}..." (5,000 characters)' if len(text) > 64 else f'"{text}"'
+    _assert_error(response, 400, f"Inference-Header-Content-Length must be a non-negative integer, got {shown}")
 
 
 def test_a_lone_surrogate_is_bad_json_not_a_server_error(http: httpx.Client) -> None:
