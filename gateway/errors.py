@@ -19,8 +19,8 @@ travel in trailers that clients cap at 8 KiB by default)."""
 
 
 def quoted(name: str) -> str:
-    """A name the caller sent (model, version, tensor), as error messages show it: in single quotes, cut to
-    ``SHOWN_CHARS`` with its full length said."""
+    """A name the caller sent (a model, version, tensor, token, role, query parameter or content coding), as
+    error messages show it: in single quotes, cut to ``SHOWN_CHARS`` with its full length said."""
     if len(name) <= SHOWN_CHARS:
         return f"'{name}'"
     return f"'{name[:SHOWN_CHARS]}...' ({len(name):,} characters)"
