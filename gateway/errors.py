@@ -14,8 +14,8 @@ import grpc
 
 SHOWN_CHARS = 64
 """Most characters of a caller's name or value an error message repeats. Messages quoted what they refused whole:
-a 1 MB routing key, tensor name or datatype came back as a 1 MB error body (and as gRPC status details, which
-travel in trailers that clients cap at 8 KiB by default)."""
+a 1 MB routing key, tensor name or datatype came back as a 1 MB HTTP error body (gRPC already cut its status
+details to 4 KiB: ``grpc_server.status_message``)."""
 
 
 def quoted(name: str) -> str:

@@ -11,11 +11,12 @@ tells the two cases apart is the event loop running late: a timer due every
 
 What lateness does not see: a loop that is busy but whose iterations are short.
 In bursts at 8,000-9,800 requests/s on the champion, the loop's thread was on a
-CPU 0.6-0.93 of the time while its timer stayed within 0.2-1.0 ms (smoothed), so
-the pressure stayed 0 except right after a stall (loadtests/README.md, "Where a
-burst's batches come from"); the bursts' batches grew from the queue alone, to
-7-15 rows. Raising the pressure on a fast busy share as well saved CPU at 90%
-Poisson load and nothing in bursts, and was not adopted.
+CPU 0.6-0.93 of the time by the end of a long burst (``busy_share``) while its
+timer stayed within 0.2-1.0 ms (smoothed), so the pressure stayed 0 except right
+after a stall (loadtests/README.md, "Where a burst's batches come from"); the
+bursts' batches grew from the queue alone, to 7-30 rows. Raising the pressure on
+a fast busy share as well saved CPU at 90% Poisson load and nothing in bursts,
+and was not adopted.
 
 ``pressure`` in [0, 1] rises by a factor while the smoothed lateness is above
 ``HIGH_LAG_S`` and decays while it is below ``LOW_LAG_S``, so it settles at the
